@@ -1,3 +1,13 @@
-"""Entropy-controlling RL for LLM reasoning on top of TRL's GRPOTrainer."""
+"""Entropy-controlling RL for LLM reasoning on top of TRL's GRPOTrainer.
+
+`CEGPPOTrainer` / `CEGPPOConfig` add CE-GPPO (arXiv 2509.20712), the dual clip and Entropy Ratio Clipping
+(arXiv 2512.05591) to `trl.GRPOTrainer`; the per-token math lives in `ce_gppo_trl.losses`.
+"""
+
+from .config import CEGPPOConfig
+from .losses import entropy_ratio_mask, gppo_policy_loss
+from .trainer import CEGPPOTrainer
 
 __version__ = "0.1.0"
+
+__all__ = ["CEGPPOConfig", "CEGPPOTrainer", "entropy_ratio_mask", "gppo_policy_loss"]

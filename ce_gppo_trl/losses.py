@@ -1,0 +1,261 @@
+"""Per-token policy losses, as pure tensor functions.
+
+Every function here takes tensors and floats, returns a per-token loss of the broadcast shape of its inputs (before
+masking and aggregation) and never reads trainer state, so it can be checked line by line against its paper and
+reused outside TRL. Notation follows `PAPERS.md`: `log_ratio = log pi_theta - log pi_old`, `ratio = exp(log_ratio)`,
+`advantages` the group-normalised advantages, `sg` the stop-gradient.
+
+`POLICY_LOSSES` maps each `loss_type` to its per-token function (one signature, keyword-only knobs, like verl's
+`register_policy_loss`); `aggregate_loss` turns a per-token loss into a scalar in one place.
+
+Example:
+    >>> import torch
+    >>> from ce_gppo_trl.losses import gppo_policy_loss
+    >>> log_ratio = torch.log(torch.tensor([0.5, 1.0, 1.5]))
+    >>> advantages = torch.tensor([-1.0, 1.0, 1.0])
+    >>> gppo_policy_loss(log_ratio, advantages, epsilon_low=0.2, epsilon_high=0.2, beta1=0.5, beta2=1.0)
+    tensor([ 0.4000, -1.0000, -1.2000])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Bound = float | torch.Tensor
+
+# Ratios are computed from log-ratios clamped here, so exp() stays finite in float32 (e^20 ~ 4.9e8) for any drift
+# between pi_theta and pi_old; a token beyond it gets no gradient, as it would under any dual clip.
+MAX_LOG_RATIO = 20.0
+
+
+def _as_like(bound: Bound, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(bound, dtype=like.dtype, device=like.device)
+
+
+def safe_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
+    """`exp(log_ratio)` with the log-ratio clamped at `MAX_LOG_RATIO` so it is finite for any input."""
+    return torch.exp(log_ratio.clamp(max=MAX_LOG_RATIO))
+
+
+def clip_regions(
+    ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: Bound, epsilon_high: Bound
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the two regions where PPO clipping removes the gradient.
+
+    Returns `(is_low, is_high)`: `is_low` is NA&LP (`r < 1 - eps_low` and `A < 0`), `is_high` is PA&LP
+    (`r > 1 + eps_high` and `A > 0`). These are TRL's `clip_ratio/low_*` and `clip_ratio/high_*` masks.
+    """
+    is_low = (ratio < 1 - epsilon_low) & (advantages < 0)
+    is_high = (ratio > 1 + epsilon_high) & (advantages > 0)
+    return is_low, is_high
+
+
+def dual_clip(per_token_loss: torch.Tensor, advantages: torch.Tensor, clip_ratio_c: float | None) -> torch.Tensor:
+    """Dual-clip (Ye et al. 2020, as in the CE-GPPO authors' code): for `A < 0` cap the loss at `-A * clip_ratio_c`."""
+    if clip_ratio_c is None:
+        return per_token_loss
+    capped = torch.minimum(per_token_loss, -advantages * clip_ratio_c)
+    return torch.where(advantages < 0, capped, per_token_loss)
+
+
+def dual_clip_mask(ratio: torch.Tensor, advantages: torch.Tensor, clip_ratio_c: float | None) -> torch.Tensor:
+    """Tokens whose gradient the dual clip removes: `A < 0` and `r > clip_ratio_c`."""
+    if clip_ratio_c is None:
+        return torch.zeros_like(ratio, dtype=torch.bool)
+    return (advantages < 0) & (ratio > clip_ratio_c)
+
+
+def gppo_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    epsilon_low: Bound,
+    epsilon_high: Bound,
+    beta1: float,
+    beta2: float,
+    clip_ratio_c: float | None = None,
+) -> torch.Tensor:
+    """CE-GPPO per-token loss (arXiv 2509.20712, Eq. 8), negated for minimisation.
+
+    | region | objective | gradient factor on `A * grad log pi` |
+    |---|---|---|
+    | NA&LP: `r < 1 - eps_low`, `A < 0` | `beta1 * (1 - eps_low) / sg(r) * r * A` | `beta1 * (1 - eps_low)` |
+    | PA&LP: `r > 1 + eps_high`, `A > 0` | `beta2 * (1 + eps_high) / sg(r) * r * A` | `beta2 * (1 + eps_high)` |
+    | otherwise | `r * A` | `r` |
+
+    `beta1 = beta2 = 1` is GPPO (Klear-Reasoner); `beta1 = beta2 = 0` gives the gradients of PPO/DAPO clipping. The
+    forward value in the two clipped regions is `beta * (1 -/+ eps) * A`. `clip_ratio_c` adds the dual clip.
+
+    Args:
+        log_ratio: `log pi_theta - log pi_old` per token, `(B, T)` (or `(B, 1)`).
+        advantages: advantages broadcastable to `log_ratio`, typically `(B, 1)`.
+        epsilon_low, epsilon_high: clip half-widths, floats or per-token tensors broadcastable to `log_ratio`.
+        beta1: gradient scale of the NA&LP region (larger pushes entropy down).
+        beta2: gradient scale of the PA&LP region (larger pushes entropy up).
+        clip_ratio_c: dual-clip ratio (> 1) for negative advantages, or `None`.
+
+    Returns:
+        The per-token loss, same shape as `log_ratio` broadcast with `advantages`.
+    """
+    ratio = safe_ratio(log_ratio)
+    # sg(r)^-1 * r is 1 in value with gradient grad(log pi): computed in log space so that it stays finite.
+    unit_ratio = torch.exp(log_ratio - log_ratio.detach())
+    is_low, is_high = clip_regions(ratio, advantages, epsilon_low, epsilon_high)
+    low_scale = beta1 * (1 - _as_like(epsilon_low, log_ratio))
+    high_scale = beta2 * (1 + _as_like(epsilon_high, log_ratio))
+    objective = torch.where(
+        is_low,
+        low_scale * unit_ratio * advantages,
+        torch.where(is_high, high_scale * unit_ratio * advantages, ratio * advantages),
+    )
+    return dual_clip(-objective, advantages, clip_ratio_c)
+
+
+def ppo_clip_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    epsilon_low: Bound,
+    epsilon_high: Bound,
+    delta: float | None = None,
+    clip_ratio_c: float | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """PPO clipped surrogate `-min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)`: TRL's grpo/bnpo/dr_grpo/dapo/luspo.
+
+    `delta` is INTELLECT-2's two-sided upper cap on `r` (TRL's `delta`); bounds may be per-token tensors.
+    """
+    ratio = safe_ratio(log_ratio)
+    clipped = torch.clamp(ratio, 1 - _as_like(epsilon_low, ratio), 1 + _as_like(epsilon_high, ratio))
+    if delta is not None:
+        ratio = torch.clamp(ratio, max=delta)
+    per_token_loss = -torch.min(ratio * advantages, clipped * advantages)
+    return dual_clip(per_token_loss, advantages, clip_ratio_c)
+
+
+def cispo_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    per_token_logps: torch.Tensor,
+    epsilon_high: Bound,
+    **_: object,
+) -> torch.Tensor:
+    """CISPO (MiniMax-M1): `-sg(min(r, eps_high)) * A * log pi`, as TRL's `cispo`."""
+    clamped = torch.minimum(safe_ratio(log_ratio), _as_like(epsilon_high, log_ratio)).detach()
+    return -clamped * advantages * per_token_logps
+
+
+def sapo_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    sapo_temperature_pos: float,
+    sapo_temperature_neg: float,
+    **_: object,
+) -> torch.Tensor:
+    """SAPO soft gate `-sigmoid(tau * (r - 1)) * 4 / tau * A`, as TRL's `sapo`."""
+    temperatures = torch.where(advantages > 0, sapo_temperature_pos, sapo_temperature_neg)
+    return -torch.sigmoid(temperatures * (safe_ratio(log_ratio) - 1)) * 4 / temperatures * advantages
+
+
+def vespo_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    per_token_logps: torch.Tensor,
+    phi_seq: torch.Tensor,
+    **_: object,
+) -> torch.Tensor:
+    """VESPO `-phi(w) * A * log pi` with TRL's detached gamma weights `phi_seq` (B, 1)."""
+    return -phi_seq * advantages * per_token_logps
+
+
+def _ce_gppo(log_ratio: torch.Tensor, advantages: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    names = ("epsilon_low", "epsilon_high", "beta1", "beta2", "clip_ratio_c")
+    return gppo_policy_loss(log_ratio, advantages, **{name: kwargs[name] for name in names})
+
+
+PolicyLossFn = Callable[..., torch.Tensor]
+
+# loss_type -> per-token loss. Every function is called as fn(log_ratio, advantages, **knobs) with the same knobs
+# (see CEGPPOTrainer._policy_loss_knobs) and ignores the ones it does not use.
+POLICY_LOSSES: dict[str, PolicyLossFn] = {
+    "ce_gppo": _ce_gppo,
+    "grpo": ppo_clip_policy_loss,
+    "bnpo": ppo_clip_policy_loss,
+    "dr_grpo": ppo_clip_policy_loss,
+    "dapo": ppo_clip_policy_loss,
+    "luspo": ppo_clip_policy_loss,
+    "cispo": cispo_policy_loss,
+    "sapo": sapo_policy_loss,
+    "vespo": vespo_policy_loss,
+}
+
+# Loss types whose gradient is removed by ratio clipping in the NA&LP / PA&LP regions, so clip metrics apply.
+CLIPPED_LOSS_TYPES = ("ce_gppo", "grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+
+# loss_type -> aggregation, as TRL 1.16 normalises each loss type.
+AGGREGATION: dict[str, str] = {
+    "grpo": "seq-mean-token-mean",
+    "sapo": "seq-mean-token-mean",
+    "bnpo": "token-mean-local",
+    "dr_grpo": "seq-mean-token-sum-norm",
+    "dapo": "token-mean",
+    "cispo": "token-mean",
+    "vespo": "token-mean",
+    "ce_gppo": "token-mean",
+    "luspo": "seq-mean-token-sum",
+}
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    num_items: torch.Tensor | float | None = None,
+    max_completion_length: int | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    Modes (verl's names): `token-mean` divides the masked sum by `num_items`, the number of loss tokens in the whole
+    batch the update spans (DAPO / CE-GPPO token-level mean); `token-mean-local` by this micro-batch's tokens;
+    `seq-mean-token-mean` averages per-sequence means (GRPO); `seq-mean-token-sum-norm` divides by
+    `B * max_completion_length` (Dr. GRPO); `seq-mean-token-sum` averages per-sequence sums (LUSPO).
+    """
+    masked = per_token_loss * mask
+    if mode == "token-mean":
+        if num_items is None:
+            raise ValueError("aggregate_loss(mode='token-mean') needs num_items, the batch-wide token count.")
+        return masked.sum() / torch.as_tensor(num_items, dtype=masked.dtype).clamp(min=1.0)
+    if mode == "token-mean-local":
+        return masked.sum() / mask.sum().clamp(min=1.0)
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if mode == "seq-mean-token-sum-norm":
+        if max_completion_length is None:
+            raise ValueError("aggregate_loss(mode='seq-mean-token-sum-norm') needs max_completion_length.")
+        return masked.sum() / (per_token_loss.size(0) * max_completion_length)
+    if mode == "seq-mean-token-sum":
+        return masked.sum(-1).mean()
+    raise ValueError(f"aggregate_loss: unknown mode {mode!r}; allowed: {sorted(set(AGGREGATION.values()))}.")
+
+
+def entropy_ratio(entropy: torch.Tensor, old_entropy: torch.Tensor) -> torch.Tensor:
+    """ERC's per-token entropy ratio `rho = (H_theta + 1e-8) / (H_old + 1e-8)` (arXiv 2512.05591)."""
+    return (entropy + 1e-8) / (old_entropy + 1e-8)
+
+
+def entropy_ratio_mask(entropy: torch.Tensor, old_entropy: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Entropy Ratio Clipping: True where a token keeps its gradient, i.e. `low < rho < high` (open band).
+
+    Example:
+        >>> import torch
+        >>> entropy_ratio_mask(torch.tensor([1.0, 0.5, 2.0]), torch.tensor([1.0, 1.0, 1.0]), 0.95, 1.05)
+        tensor([ True, False, False])
+    """
+    rho = entropy_ratio(entropy, old_entropy)
+    return (rho > low) & (rho < high)

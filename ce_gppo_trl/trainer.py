@@ -1,0 +1,299 @@
+"""`CEGPPOTrainer`: TRL's `GRPOTrainer` with CE-GPPO, the dual clip and Entropy Ratio Clipping.
+
+The trainer reuses all of TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and overrides
+three methods:
+
+- `_compute_loss`: when the config needs this library's loss (`CEGPPOConfig.uses_own_loss`), the per-token loss
+  comes from the `losses.POLICY_LOSSES` registry and is aggregated by `losses.aggregate_loss`; otherwise TRL's own
+  `_compute_loss` runs untouched, so every TRL loss type behaves exactly as in TRL.
+- `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
+  that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
+  forward pass is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import nanmax, nanmin
+
+from .config import CEGPPOConfig
+from .losses import (
+    AGGREGATION,
+    CLIPPED_LOSS_TYPES,
+    POLICY_LOSSES,
+    aggregate_loss,
+    clip_regions,
+    dual_clip_mask,
+    entropy_ratio,
+    entropy_ratio_mask,
+    safe_ratio,
+)
+
+logger = logging.getLogger(__name__)
+
+# Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
+_EXTRA_MODEL_INPUTS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+class CEGPPOTrainer(GRPOTrainer):
+    """GRPO trainer with CE-GPPO (arXiv 2509.20712), the dual clip and Entropy Ratio Clipping (arXiv 2512.05591).
+
+    Takes the same arguments as `trl.GRPOTrainer`; `args` must be a [`CEGPPOConfig`].
+
+    Example:
+        ```python
+        from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+        from ce_gppo_trl.rewards import math_accuracy_reward
+
+        args = CEGPPOConfig(output_dir="out", ce_gppo_beta1=0.5, ce_gppo_beta2=1.0, steps_per_generation=8)
+        trainer = CEGPPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=math_accuracy_reward,
+                                args=args, train_dataset=dataset)
+        trainer.train()
+        ```
+    """
+
+    def __init__(self, model: Any, reward_funcs: Any = None, args: CEGPPOConfig | None = None, **kwargs: Any):
+        if args is None:
+            args = CEGPPOConfig(output_dir="ce-gppo-output")
+        if not isinstance(args, CEGPPOConfig):
+            raise TypeError(
+                f"CEGPPOTrainer needs args=CEGPPOConfig(...), got {type(args).__name__}; CEGPPOConfig accepts every "
+                "GRPOConfig field (use trl.GRPOTrainer for a plain GRPOConfig)."
+            )
+        # Current values of the loss knobs; entropy-control callbacks change them between steps.
+        self.ce_gppo_beta1 = args.ce_gppo_beta1
+        self.ce_gppo_beta2 = args.ce_gppo_beta2
+        self.erc_low = args.erc_low
+        self.erc_high = args.erc_high
+        self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
+        super().__init__(model, reward_funcs, args=args, **kwargs)
+        self._warn_if_on_policy()
+
+    def _warn_if_on_policy(self) -> None:
+        args = self.args
+        acting = [name for name, on in (("ce_gppo", args.loss_type == "ce_gppo"), ("ERC", args.erc_enabled)) if on]
+        if args.off_policy or not acting or not self.accelerator.is_main_process:
+            return
+        logger.warning(
+            "%s cannot act in this run: every update is on-policy (gradient_accumulation_steps=%d is a multiple of "
+            "steps_per_generation=%d x num_iterations=%d), so pi_theta == pi_old, the ratio is 1 and entropy "
+            "ratios are 1 for every token. Set steps_per_generation to a multiple of gradient_accumulation_steps "
+            "(the papers use 8 optimizer updates per rollout batch) or num_iterations > 1.",
+            " and ".join(acting),
+            args.gradient_accumulation_steps,
+            args.steps_per_generation,
+            self.num_iterations,
+        )
+
+    # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps.
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        capture = self.args.erc_enabled and self.args.off_policy
+        # A list means "waiting for the old-logps pass"; that pass is TRL's first call on self.model under no_grad.
+        self._old_entropies = [] if capture else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if capture:
+                if not isinstance(self._old_entropies, torch.Tensor):
+                    raise RuntimeError(
+                        "ERC expected TRL's scoring pass for old_per_token_logps to run; this TRL version no longer "
+                        "calls _get_per_token_logps_and_entropies(self.model, ...) there."
+                    )
+                output["old_entropies"] = self._old_entropies
+        finally:
+            self._old_entropies = None
+        return output
+
+    def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any):
+        capture = isinstance(self._old_entropies, list) and model is self.model and not torch.is_grad_enabled()
+        if not capture:
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+            model, *args, **{**kwargs, "compute_entropy": True}
+        )
+        self._old_entropies = entropies
+        return logps, (entropies if kwargs.get("compute_entropy") else None), aux_loss
+
+    # The loss.
+
+    def _policy_loss_knobs(self, inputs: dict[str, Any], per_token_logps: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments passed to every `POLICY_LOSSES` function (each ignores what it does not use)."""
+        args = self.args
+        return {
+            "per_token_logps": per_token_logps,
+            "epsilon_low": self.epsilon_low,
+            "epsilon_high": self.epsilon_high,
+            "beta1": self.ce_gppo_beta1,
+            "beta2": self.ce_gppo_beta2,
+            "clip_ratio_c": args.clip_ratio_c,
+            "delta": args.delta,
+            "sapo_temperature_pos": args.sapo_temperature_pos,
+            "sapo_temperature_neg": args.sapo_temperature_neg,
+        }
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        if not self.args.uses_own_loss:
+            return super()._compute_loss(model, inputs)
+        # Same inputs, masks, knobs and normalisers as TRL 1.16's GRPOTrainer._compute_loss; only the per-token loss
+        # (registry), ERC and the metrics differ. TRL's entropy bonus is refused by CEGPPOConfig on this path.
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in _EXTRA_MODEL_INPUTS},
+        )
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        if old_per_token_logps is None:  # on-policy: TRL skips the scoring pass, pi_old == pi_theta
+            old_per_token_logps = per_token_logps.detach()
+
+        log_ratio = per_token_logps - old_per_token_logps
+        if self.importance_sampling_level == "sequence":
+            log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+
+        knobs = self._policy_loss_knobs(inputs, per_token_logps)
+        if self.loss_type == "vespo":
+            knobs["phi_seq"] = self.get_gamma_weights(
+                advantages=advantages,
+                log_ratio_per_token=per_token_logps - old_per_token_logps,
+                mask=mask,
+                importance_sampling_ratio=inputs.get("importance_sampling_ratio"),
+                k_pos=args.vespo_k_pos,
+                lambda_pos=args.vespo_lambda_pos,
+                k_neg=args.vespo_k_neg,
+                lambda_neg=args.vespo_lambda_neg,
+            )
+        per_token_loss = POLICY_LOSSES[self.loss_type](log_ratio, advantages, **knobs)
+
+        if self.off_policy_mask_threshold is not None:
+            per_token_loss = per_token_loss * self.get_off_policy_mask(
+                advantages=advantages,
+                per_token_logps=per_token_logps,
+                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
+                mask=mask,
+                off_policy_threshold=self.off_policy_mask_threshold,
+            )
+        entropy_mask = None
+        if self.top_entropy_quantile < 1.0:
+            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            per_token_loss = per_token_loss * entropy_mask
+        if self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo":
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        if args.erc_enabled:
+            # ERC (arXiv 2512.05591) on top of clipping, dual clip and IS correction: out-of-band tokens keep their
+            # value and their place in the normaliser, but no gradient.
+            old_entropies = inputs.get("old_entropies", entropies.detach())
+            keep = entropy_ratio_mask(entropies.detach(), old_entropies, self.erc_low, self.erc_high)
+            per_token_loss = torch.where(keep, per_token_loss, per_token_loss.detach())
+            self._log_entropy_ratio(mode, entropy_ratio(entropies.detach(), old_entropies), mask)
+
+        if self.beta != 0.0:
+            ref_per_token_logps = inputs["ref_per_token_logps"]
+            per_token_kl = (
+                torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
+            )
+            if args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * safe_ratio(log_ratio)
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
+
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        aggregation = AGGREGATION[self.loss_type]
+        if aggregation == "token-mean":
+            # num_items_in_batch spans the generation batch on all processes: rescale it to one accumulation window
+            num_items = inputs["num_items_in_batch"] / self.accelerator.num_processes
+            if mode == "train":
+                num_items = num_items * accumulation / args.steps_per_generation
+            loss = aggregate_loss(per_token_loss, mask, aggregation, num_items=num_items)
+        else:
+            loss = aggregate_loss(per_token_loss, mask, aggregation, max_completion_length=self.max_completion_length)
+            loss = loss / accumulation
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+
+        self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
+        self._log_clip_metrics(mode, log_ratio, advantages, mask, knobs)
+        return loss
+
+    # Metrics, reduced over processes like TRL's.
+
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        if x.shape[1] == 1:  # sequence-level values: one per sequence
+            local = torch.stack([x.sum(), torch.tensor(float(x.shape[0]), device=x.device)])
+        else:
+            local = torch.stack([(x * mask).sum(), mask.sum().float()])
+        totals = self.accelerator.reduce(local.detach().float(), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _log_clip_metrics(
+        self,
+        mode: str,
+        log_ratio: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        knobs: dict[str, Any],
+    ) -> None:
+        metrics = self._metrics[mode]
+        ratio = safe_ratio(log_ratio.detach())
+        if self.loss_type == "cispo":
+            is_capped = (ratio > knobs["epsilon_high"]) & (advantages > 0)
+            metrics["cispo_clip_ratio"].append(self._global_masked_mean(is_capped.float(), mask))
+            return
+        if self.loss_type == "vespo":
+            metrics["vespo/phi_seq_mean"].append(self._global_masked_mean(knobs["phi_seq"], mask))
+            return
+        if self.loss_type not in CLIPPED_LOSS_TYPES:
+            return
+        is_low, is_high = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
+        metrics["clip_ratio/low_mean"].append(self._global_masked_mean(is_low.float(), mask))
+        metrics["clip_ratio/high_mean"].append(self._global_masked_mean(is_high.float(), mask))
+        metrics["clip_ratio/region_mean"].append(self._global_masked_mean((is_low | is_high).float(), mask))
+        metrics["clip_ratio/low_min"].append(nanmin(self.accelerator.gather(self._seq_mean(is_low, mask))).item())
+        metrics["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(self._seq_mean(is_high, mask))).item())
+        if knobs["clip_ratio_c"] is not None:
+            is_dual = dual_clip_mask(ratio, advantages, knobs["clip_ratio_c"])
+            metrics["clip_ratio/dual_mean"].append(self._global_masked_mean(is_dual.float(), mask))
+
+    @staticmethod
+    def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[1] == 1:
+            return x.squeeze(1)
+        return (x * mask).sum(-1) / mask.sum(-1)
+
+    def _log_entropy_ratio(self, mode: str, rho: torch.Tensor, mask: torch.Tensor) -> None:
+        metrics = self._metrics[mode]
+        valid = mask.bool()
+        inf = torch.tensor(float("inf"), device=rho.device)
+        metrics["entropy_ratio/mean"].append(self._global_masked_mean(rho, mask))
+        metrics["entropy_ratio/min"].append(self.accelerator.gather(torch.where(valid, rho, inf).min()).min().item())
+        metrics["entropy_ratio/max"].append(self.accelerator.gather(torch.where(valid, rho, -inf).max()).max().item())
+        metrics["entropy_ratio/clip_low_mean"].append(self._global_masked_mean((rho <= self.erc_low).float(), mask))
+        metrics["entropy_ratio/clip_high_mean"].append(self._global_masked_mean((rho >= self.erc_high).float(), mask))
