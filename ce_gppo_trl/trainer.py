@@ -149,6 +149,10 @@ class CEGPPOTrainer(GRPOTrainer):
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         if not self.args.uses_own_loss:
             return super()._compute_loss(model, inputs)
+        return self._compute_policy_loss(model, inputs)
+
+    def _compute_policy_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """This library's loss path, for every loss type in `POLICY_LOSSES`."""
         # Same inputs, masks, knobs and normalisers as TRL 1.16's GRPOTrainer._compute_loss; only the per-token loss
         # (registry), ERC and the metrics differ. TRL's entropy bonus is refused by CEGPPOConfig on this path.
         args = self.args
