@@ -1,0 +1,170 @@
+"""Per-token losses against hand-computed values of CE-GPPO Eq. 8 (PAPERS.md section 1) and TRL's formulas."""
+
+import math
+
+import pytest
+import torch
+
+from ce_gppo_trl.losses import (
+    aggregate_loss,
+    dual_clip_mask,
+    entropy_ratio_mask,
+    gppo_policy_loss,
+    ppo_clip_policy_loss,
+)
+
+# 0.25 keeps the band edges 0.75 / 1.25 exact in binary floating point.
+EPS = 0.25
+
+
+def loss_and_grad(ratio, advantages, dtype=torch.float64, **kwargs):
+    """Per-token loss and d loss / d log_ratio (= the factor on grad log pi) for ratios given directly."""
+    log_ratio = torch.log(torch.tensor(ratio, dtype=dtype)).requires_grad_(True)
+    loss = gppo_policy_loss(log_ratio, torch.tensor(advantages, dtype=dtype), **kwargs)
+    (grad,) = torch.autograd.grad(loss.sum(), log_ratio)
+    return loss.detach(), grad
+
+
+def gppo(**overrides):
+    return {"epsilon_low": EPS, "epsilon_high": EPS, "beta1": 0.5, "beta2": 1.0, **overrides}
+
+
+@pytest.mark.parametrize(
+    ("ratio", "advantage", "expected_loss", "expected_grad", "region"),
+    [
+        # NA&LP: value -beta1 (1 - eps) A, gradient factor beta1 (1 - eps)
+        (0.5, -2.0, 0.5 * 0.75 * 2.0, 0.5 * 0.75 * 2.0, "NA&LP"),
+        # PA&LP: value -beta2 (1 + eps) A, gradient factor beta2 (1 + eps)
+        (1.5, 2.0, -1.0 * 1.25 * 2.0, -1.0 * 1.25 * 2.0, "PA&LP"),
+        # The two out-of-band regions PPO does not clip keep r * A
+        (0.5, 2.0, -0.5 * 2.0, -0.5 * 2.0, "A>0, r<1-eps"),
+        (1.5, -2.0, 1.5 * 2.0, 1.5 * 2.0, "A<0, r>1+eps"),
+        # Inside the band
+        (1.1, 1.0, -1.1, -1.1, "band"),
+        (0.9, -1.0, 0.9, 0.9, "band"),
+        # Band edges are inside the band (strict inequalities in Eq. 8)
+        (0.75, -1.0, 0.75, 0.75, "lower edge"),
+        (1.25, 1.0, -1.25, -1.25, "upper edge"),
+    ],
+)
+def test_regions_values_and_gradients(ratio, advantage, expected_loss, expected_grad, region):
+    assert torch.exp(torch.log(torch.tensor(ratio, dtype=torch.float64))).item() == ratio
+    loss, grad = loss_and_grad([ratio], [advantage], **gppo())
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-12), region
+    assert grad.item() == pytest.approx(expected_grad, rel=1e-12), region
+
+
+def test_zero_advantage_gives_zero_loss_and_gradient_everywhere():
+    loss, grad = loss_and_grad([0.1, 0.75, 1.0, 1.25, 3.0], [0.0] * 5, **gppo())
+    assert torch.equal(loss, torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(grad, torch.zeros(5, dtype=torch.float64))
+
+
+def test_gppo_is_beta_one_and_values_are_the_clipped_bound():
+    loss, grad = loss_and_grad([0.5, 1.5], [-1.0, 1.0], **gppo(beta1=1.0, beta2=1.0))
+    # GPPO keeps PPO's clipped value in the forward pass with gradient factor (1 -/+ eps)
+    torch.testing.assert_close(loss, torch.tensor([0.75, -1.25], dtype=torch.float64))
+    torch.testing.assert_close(grad, torch.tensor([0.75, -1.25], dtype=torch.float64))
+
+
+def test_zero_betas_give_exactly_the_ppo_clip_gradients():
+    ratios = torch.tensor([0.3, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 4.0] * 2, dtype=torch.float64)
+    advantages = torch.tensor([1.0] * 9 + [-1.0] * 9, dtype=torch.float64)
+    log_ratio = torch.log(ratios).requires_grad_(True)
+    gppo_loss = gppo_policy_loss(log_ratio, advantages, **gppo(beta1=0.0, beta2=0.0))
+    (gppo_grad,) = torch.autograd.grad(gppo_loss.sum(), log_ratio)
+    ppo_loss = ppo_clip_policy_loss(log_ratio, advantages, epsilon_low=EPS, epsilon_high=EPS)
+    (ppo_grad,) = torch.autograd.grad(ppo_loss.sum(), log_ratio)
+    assert torch.equal(gppo_grad, ppo_grad)
+    # Values differ only where PPO clips: there PPO's value is the constant (1 -/+ eps) A, CE-GPPO's is 0
+    clipped = ((ratios < 1 - EPS) & (advantages < 0)) | ((ratios > 1 + EPS) & (advantages > 0))
+    assert clipped.sum() == 4
+    torch.testing.assert_close(gppo_loss[~clipped], ppo_loss[~clipped])
+    assert torch.equal(gppo_loss[clipped], torch.zeros(4, dtype=torch.float64))
+
+
+def test_beta_scales_only_their_own_region():
+    _, grad = loss_and_grad([0.5, 1.5, 1.0], [-1.0, 1.0, 1.0], **gppo(beta1=0.3, beta2=2.0))
+    torch.testing.assert_close(grad, torch.tensor([0.3 * 0.75, -2.0 * 1.25, -1.0], dtype=torch.float64))
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    loss, grad = loss_and_grad([5.0, 20.0, 20.0], [-1.0, -1.0, 1.0], **gppo(clip_ratio_c=10.0))
+    # r=5 < c: r * |A| with its gradient; r=20 > c, A<0: capped at c * |A|, no gradient; A>0 untouched (PA&LP)
+    torch.testing.assert_close(loss, torch.tensor([5.0, 10.0, -1.25], dtype=torch.float64))
+    torch.testing.assert_close(grad, torch.tensor([5.0, 0.0, -1.25], dtype=torch.float64))
+    mask = dual_clip_mask(torch.tensor([5.0, 20.0, 20.0]), torch.tensor([-1.0, -1.0, 1.0]), 10.0)
+    assert mask.tolist() == [False, True, False]
+
+
+def test_per_token_epsilon_tensors():
+    ratios = [0.7, 0.7, 1.3, 1.3]
+    advantages = [-1.0, -1.0, 1.0, 1.0]
+    eps_low = torch.tensor([0.25, 0.5], dtype=torch.float64).repeat(2)
+    eps_high = torch.tensor([0.25, 0.5], dtype=torch.float64).repeat(2)
+    loss, grad = loss_and_grad(ratios, advantages, **gppo(epsilon_low=eps_low, epsilon_high=eps_high))
+    # Token 0: 0.7 < 0.75 -> NA&LP; token 1: 0.7 > 0.5 -> in band; token 2: 1.3 > 1.25 -> PA&LP; token 3: in band
+    expected_grad = torch.tensor([0.5 * 0.75, 0.7, -1.25, -1.3], dtype=torch.float64)
+    torch.testing.assert_close(grad, expected_grad)
+    torch.testing.assert_close(loss, expected_grad)
+
+
+def test_gradcheck_float64():
+    """Autograd against finite differences wherever the forward value carries the gradient.
+
+    In NA&LP / PA&LP the value is the constant beta (1 -/+ eps) A while the gradient is preserved through sg(r), so
+    finite differences in log_ratio see 0 there by design: those tokens enter as constants (their gradient is pinned
+    by the region tests above), and the check covers log_ratio elsewhere and the per-token epsilons everywhere.
+    """
+    torch.manual_seed(0)
+    log_ratio = (torch.rand(64, dtype=torch.float64) - 0.5) * 1.5
+    for edge in (math.log(0.8), math.log(1.28)):  # stay away from the kinks at the band edges
+        log_ratio = torch.where((log_ratio - edge).abs() < 1e-3, log_ratio + 2e-3, log_ratio)
+    advantages = torch.randn(64, dtype=torch.float64)
+    ratio = log_ratio.exp()
+    clipped = ((ratio < 0.8) & (advantages < 0)) | ((ratio > 1.28) & (advantages > 0))
+    assert 0 < clipped.sum() < 64
+    eps_low = torch.full((64,), 0.2, dtype=torch.float64)
+    eps_high = torch.full((64,), 0.28, dtype=torch.float64)
+
+    def fn(free, eps_low, eps_high):
+        x = torch.where(clipped, log_ratio, free)
+        return gppo_policy_loss(
+            x, advantages, epsilon_low=eps_low, epsilon_high=eps_high, beta1=0.75, beta2=1.0, clip_ratio_c=3.0
+        )
+
+    inputs = (log_ratio.clone().requires_grad_(True), eps_low.requires_grad_(True), eps_high.requires_grad_(True))
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extreme_log_ratios_are_finite(dtype):
+    log_ratio = torch.tensor([200.0, -200.0, 200.0, -200.0, 200.0, -200.0], dtype=dtype, requires_grad=True)
+    advantages = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0, 0.0], dtype=dtype)
+    for clip_ratio_c in (None, 10.0):
+        loss = gppo_policy_loss(log_ratio, advantages, **gppo(clip_ratio_c=clip_ratio_c))
+        (grad,) = torch.autograd.grad(loss.sum(), log_ratio)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        # PA&LP and NA&LP keep their bounded gradient whatever the drift
+        assert grad[0].item() == pytest.approx(-1.25)
+        assert grad[3].item() == pytest.approx(0.5 * 0.75)
+
+
+def test_aggregation_modes():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert aggregate_loss(loss, mask, "token-mean", num_items=8).item() == pytest.approx(10 / 8)
+    assert aggregate_loss(loss, mask, "token-mean-local").item() == pytest.approx(10 / 4)
+    assert aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm", max_completion_length=5).item() == pytest.approx(1)
+    assert aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx(5)
+    with pytest.raises(ValueError, match="unknown mode 'foo'"):
+        aggregate_loss(loss, mask, "foo")
+
+
+def test_entropy_ratio_mask_band():
+    old = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 2.0])
+    new = torch.tensor([1.0, 0.95, 1.05, 0.96, 1.04, 0.0, 0.1, 1.0])
+    keep = entropy_ratio_mask(new, old, 0.95, 1.05)
+    # Open band: the edges themselves are masked; zero entropy on both sides gives ratio 1; 0 -> 0.1 explodes
+    assert keep.tolist() == [True, False, False, True, True, True, False, False]
