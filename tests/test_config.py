@@ -1,0 +1,72 @@
+"""CEGPPOConfig validation: every bad value names the field, the value and what is allowed."""
+
+import math
+
+import pytest
+
+from ce_gppo_trl import CEGPPOConfig
+
+
+def make(**kwargs):
+    return CEGPPOConfig(output_dir="unused", use_cpu=True, report_to="none", **kwargs)
+
+
+def test_defaults_are_the_paper_setting():
+    config = make()
+    assert config.loss_type == "ce_gppo"
+    assert (config.ce_gppo_beta1, config.ce_gppo_beta2, config.epsilon) == (0.5, 1.0, 0.2)
+    assert config.clip_ratio_c is None and not config.erc_enabled
+    assert config.uses_own_loss
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss_type": "ppo"}, r"loss_type='ppo' is not allowed: expected one of \['bnpo', 'ce_gppo'"),
+        ({"epsilon": math.nan}, "epsilon=nan is not allowed: expected a finite number"),
+        ({"epsilon": -0.1}, r"epsilon=-0.1 is not allowed: expected 0.0 <= epsilon < 1.0"),
+        ({"epsilon": 1.0}, r"epsilon=1.0 is not allowed: expected 0.0 <= epsilon < 1.0"),
+        ({"epsilon_high": 1.5}, r"epsilon_high=1.5 is not allowed: expected 0.0 <= epsilon_high < 1.0"),
+        ({"epsilon_high": math.inf}, "epsilon_high=inf is not allowed: expected a finite number"),
+        ({"ce_gppo_beta1": -0.5}, "ce_gppo_beta1=-0.5 is not allowed: expected a finite number >= 0"),
+        ({"ce_gppo_beta2": math.nan}, "ce_gppo_beta2=nan is not allowed: expected a finite number"),
+        ({"clip_ratio_c": 1.0}, "clip_ratio_c=1.0 is not allowed: expected a number > 1"),
+        ({"clip_ratio_c": math.nan}, "clip_ratio_c=nan is not allowed: expected a finite number"),
+        ({"loss_type": "sapo", "clip_ratio_c": 10.0}, "clip_ratio_c=10.0 is not allowed: the dual clip applies"),
+        ({"erc_low": 0.95}, r"erc_low/erc_high=\(0.95, None\) is not allowed: set both bounds"),
+        ({"erc_low": 1.0, "erc_high": 1.05}, "erc_low=1.0 is not allowed: expected 0 <= erc_low < 1"),
+        ({"erc_low": 0.95, "erc_high": 1.0}, "erc_high=1.0 is not allowed: expected erc_high > 1"),
+        ({"erc_low": math.nan, "erc_high": 1.05}, "erc_low=nan is not allowed: expected a finite number"),
+        ({"entropy_coef": 0.01}, r"entropy_coef/use_adaptive_entropy=\(0.01, False\) is not allowed"),
+        ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence' is not allowed"),
+        ({"delta": 4.0}, "delta=4.0 is not allowed"),
+        ({"use_liger_kernel": True}, "use_liger_kernel=True is not allowed"),
+    ],
+)
+def test_bad_values_raise_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(**kwargs)
+
+
+def test_trl_loss_types_keep_their_meaning():
+    # TRL options stay available where this library's loss path is not involved
+    config = make(loss_type="dapo", entropy_coef=0.01, importance_sampling_level="sequence", delta=4.0)
+    assert not config.uses_own_loss
+    # CISPO reuses epsilon_high as an absolute ratio cap (ScaleRL recommends 5.0)
+    assert make(loss_type="cispo", epsilon_high=5.0).epsilon_high == 5.0
+    # ERC switches any loss type onto this library's path
+    assert make(loss_type="sapo", erc_low=0.95, erc_high=1.05).uses_own_loss
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "off_policy"),
+    [
+        ({}, False),  # steps_per_generation defaults to gradient_accumulation_steps: on-policy
+        ({"steps_per_generation": 8}, True),
+        ({"gradient_accumulation_steps": 2, "steps_per_generation": 16}, True),
+        ({"gradient_accumulation_steps": 4, "steps_per_generation": 4}, False),
+        ({"num_iterations": 2}, True),
+    ],
+)
+def test_off_policy_detection(kwargs, off_policy):
+    assert make(**kwargs).off_policy is off_policy
