@@ -1,0 +1,260 @@
+"""CEGPPOTrainer on a tiny random model: real generation, real off-policy updates, compared with TRL."""
+
+import logging
+
+import pytest
+import torch
+from transformers import set_seed
+from trl import GRPOConfig, GRPOTrainer
+
+from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+from ce_gppo_trl.losses import entropy_ratio_mask
+
+
+def digit_reward(completions, **kwargs):
+    """Dense toy reward (share of digits) so that advantages vary inside every group."""
+    return [sum(char.isdigit() for char in completion) / 8 for completion in completions]
+
+
+def tiny_args(tmp_path, config_class=CEGPPOConfig, **overrides):
+    values = {
+        "output_dir": str(tmp_path),
+        "use_cpu": True,
+        "report_to": "none",
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "steps_per_generation": 4,  # 4 optimizer updates per rollout batch: off-policy after the first
+        "max_completion_length": 8,
+        "learning_rate": 2e-2,
+        "max_steps": 4,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+        "beta": 0.0,
+        **overrides,
+    }
+    return config_class(**values)
+
+
+def train(trainer_class, model_dir, dataset, args):
+    set_seed(args.seed)
+    trainer = trainer_class(model=model_dir, reward_funcs=digit_reward, args=args, train_dataset=dataset)
+    trainer.train()
+    return trainer
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def params(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def test_ce_gppo_acts_on_out_of_band_tokens(tiny_model_dir, arithmetic_dataset, tmp_path):
+    gppo = train(
+        CEGPPOTrainer, tiny_model_dir, arithmetic_dataset, tiny_args(tmp_path, ce_gppo_beta1=1.0, ce_gppo_beta2=1.0)
+    )
+    clipped = logged(gppo, "clip_ratio/region_mean")
+    assert clipped[0] == 0.0  # first update of each rollout batch is on-policy
+    assert max(clipped[1:]) > 0.05
+    assert all(torch.isfinite(torch.tensor(logged(gppo, "loss"))))
+    # Same seed and data with beta = 0 (DAPO's gradients): the out-of-band tokens make the runs differ
+    dapo_like = train(
+        CEGPPOTrainer, tiny_model_dir, arithmetic_dataset, tiny_args(tmp_path, ce_gppo_beta1=0.0, ce_gppo_beta2=0.0)
+    )
+    assert logged(dapo_like, "grad_norm")[0] == pytest.approx(logged(gppo, "grad_norm")[0], rel=1e-5)
+    assert not torch.allclose(params(gppo), params(dapo_like), atol=1e-6)
+
+
+def test_zero_betas_match_trl_dapo_step_for_step(tiny_model_dir, arithmetic_dataset, tmp_path):
+    ours = train(
+        CEGPPOTrainer,
+        tiny_model_dir,
+        arithmetic_dataset,
+        tiny_args(tmp_path / "ours", ce_gppo_beta1=0.0, ce_gppo_beta2=0.0),
+    )
+    trl = train(
+        GRPOTrainer, tiny_model_dir, arithmetic_dataset, tiny_args(tmp_path / "trl", GRPOConfig, loss_type="dapo")
+    )
+    assert max(logged(trl, "clip_ratio/region_mean")) > 0.05  # clipping really happened
+    for key in ("grad_norm", "reward", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean"):
+        torch.testing.assert_close(
+            torch.tensor(logged(ours, key)), torch.tensor(logged(trl, key)), rtol=1e-4, atol=1e-6, msg=key
+        )
+    torch.testing.assert_close(params(ours), params(trl), rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def scoring_trainer(tiny_model_dir, arithmetic_dataset, tmp_path_factory):
+    """A trainer and one off-policy micro-batch whose old log-probs and entropies are perturbed away from pi_theta."""
+    args = tiny_args(tmp_path_factory.mktemp("scoring"), loss_type="dapo", erc_low=0.95, erc_high=1.05)
+    set_seed(0)
+    trainer = CEGPPOTrainer(
+        model=tiny_model_dir, reward_funcs=digit_reward, args=args, train_dataset=arithmetic_dataset
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    generator = torch.Generator().manual_seed(0)
+    logps = inputs["old_per_token_logps"]
+    inputs["old_per_token_logps"] = logps + 0.3 * torch.randn(logps.shape, generator=generator)
+    inputs["ref_per_token_logps"] = logps + 0.1 * torch.randn(logps.shape, generator=generator)
+    entropies = inputs["old_entropies"]
+    inputs["old_entropies"] = entropies * (1 + 0.1 * torch.randn(entropies.shape, generator=generator))
+    return trainer, inputs
+
+
+def loss_and_grads(trainer, compute, inputs):
+    trainer.model.zero_grad()
+    loss = compute(trainer.model, inputs)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "extra"),
+    [
+        ("grpo", {}),
+        ("bnpo", {}),
+        ("dr_grpo", {}),
+        ("dapo", {}),
+        ("luspo", {"importance_sampling_level": "sequence"}),
+        ("cispo", {"epsilon_high": 1.2}),
+        ("sapo", {}),
+        ("vespo", {}),
+        ("grpo", {"importance_sampling_level": "sequence"}),
+        ("dapo", {"beta": 0.04, "use_bias_correction_kl": True}),
+        ("dapo", {"delta": 1.1}),
+        ("dapo", {"top_entropy_quantile": 0.5, "off_policy_mask_threshold": 0.01}),
+    ],
+)
+def test_own_loss_path_matches_trl_for_every_loss_type(scoring_trainer, monkeypatch, loss_type, extra):
+    trainer, inputs = scoring_trainer
+    monkeypatch.setattr(trainer, "loss_type", loss_type)
+    monkeypatch.setattr(trainer.args, "erc_low", None)
+    for name, value in extra.items():
+        target = trainer if hasattr(trainer, name) and name != "use_bias_correction_kl" else trainer.args
+        monkeypatch.setattr(target, name, value)
+        if name == "epsilon_high":
+            monkeypatch.setattr(trainer.args, name, value)
+        if name == "delta":
+            monkeypatch.setattr(trainer.args, name, value)
+    trl_loss, trl_grads = loss_and_grads(trainer, lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), inputs)
+    own_loss, own_grads = loss_and_grads(trainer, trainer._compute_policy_loss, inputs)
+    torch.testing.assert_close(own_loss, trl_loss, rtol=1e-5, atol=1e-7)
+    for own, ref in zip(own_grads, trl_grads, strict=True):
+        torch.testing.assert_close(own, ref, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_type", ["ce_gppo", "dapo"])
+def test_erc_zeroes_gradients_outside_the_band_only(scoring_trainer, monkeypatch, loss_type):
+    trainer, inputs = scoring_trainer
+    monkeypatch.setattr(trainer, "loss_type", loss_type)
+    with torch.no_grad():
+        _, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].size(1),
+            compute_entropy=True,
+        )
+    keep = entropy_ratio_mask(entropies, inputs["old_entropies"], 0.95, 1.05)
+    active = inputs["completion_mask"].bool()
+    assert 0.2 < keep[active].float().mean() < 0.9
+    erc_loss, erc_grads = loss_and_grads(trainer, trainer._compute_policy_loss, inputs)
+    masked_low = trainer._metrics["train"]["entropy_ratio/clip_low_mean"][-1]
+    masked_high = trainer._metrics["train"]["entropy_ratio/clip_high_mean"][-1]
+    assert masked_low + masked_high == pytest.approx(1 - keep[active].float().mean().item(), abs=1e-6)
+    # Reference: ERC off, masked tokens given zero advantage (no gradient) but kept in the token count
+    reference = {**inputs, "advantages": inputs["advantages"].unsqueeze(1) * keep, "old_entropies": entropies}
+    _, ref_grads = loss_and_grads(trainer, trainer._compute_policy_loss, reference)
+    for erc, ref in zip(erc_grads, ref_grads, strict=True):
+        torch.testing.assert_close(erc, ref, rtol=1e-4, atol=1e-7)
+    # ERC keeps the loss value of the masked tokens
+    unmasked = {**inputs, "old_entropies": entropies}
+    torch.testing.assert_close(erc_loss, trainer._compute_policy_loss(trainer.model, unmasked).detach())
+
+
+def test_old_entropies_come_from_the_old_logps_pass(tiny_model_dir, arithmetic_dataset, tmp_path):
+    """Pins the TRL behaviour ERC relies on: the scoring pass for old_per_token_logps runs on self.model."""
+    args = tiny_args(tmp_path, erc_low=0.95, erc_high=1.05)
+    set_seed(0)
+    trainer = CEGPPOTrainer(
+        model=tiny_model_dir, reward_funcs=digit_reward, args=args, train_dataset=arithmetic_dataset
+    )
+    trainer.model.train()
+    output = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            torch.cat([output["prompt_ids"], output["completion_ids"]], 1),
+            torch.cat([output["prompt_mask"], output["completion_mask"]], 1),
+            output["completion_ids"].size(1),
+            compute_entropy=True,
+        )
+    torch.testing.assert_close(output["old_per_token_logps"], logps)
+    torch.testing.assert_close(output["old_entropies"], entropies)
+
+
+def count_forwards(trainer_args, tiny_model_dir, dataset):
+    set_seed(0)
+    trainer = CEGPPOTrainer(model=tiny_model_dir, reward_funcs=digit_reward, args=trainer_args, train_dataset=dataset)
+    calls = []
+    trainer.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    trainer.train()
+    return len(calls), trainer
+
+
+def test_erc_adds_no_forward_pass_and_tight_band_masks_more(tiny_model_dir, arithmetic_dataset, tmp_path):
+    plain, _ = count_forwards(tiny_args(tmp_path / "plain"), tiny_model_dir, arithmetic_dataset)
+    tight, tight_trainer = count_forwards(
+        tiny_args(tmp_path / "tight", erc_low=0.999, erc_high=1.001), tiny_model_dir, arithmetic_dataset
+    )
+    wide, wide_trainer = count_forwards(
+        tiny_args(tmp_path / "wide", erc_low=0.5, erc_high=2.0), tiny_model_dir, arithmetic_dataset
+    )
+    assert plain == tight == wide
+    masked = [
+        low + high
+        for low, high in zip(
+            logged(tight_trainer, "entropy_ratio/clip_low_mean"), logged(tight_trainer, "entropy_ratio/clip_high_mean")
+        )
+    ]
+    wide_masked = [
+        low + high
+        for low, high in zip(
+            logged(wide_trainer, "entropy_ratio/clip_low_mean"), logged(wide_trainer, "entropy_ratio/clip_high_mean")
+        )
+    ]
+    assert masked[0] == wide_masked[0] == 0.0  # first update of a rollout batch: H_theta == H_old
+    assert min(masked[1:]) > 0.5
+    assert max(wide_masked) < 0.05
+    ratio_min, ratio_max = logged(tight_trainer, "entropy_ratio/min"), logged(tight_trainer, "entropy_ratio/max")
+    ratio_mean = logged(tight_trainer, "entropy_ratio/mean")
+    assert all(low <= mean <= high for low, mean, high in zip(ratio_min, ratio_mean, ratio_max, strict=True))
+    assert ratio_min[0] == ratio_max[0] == 1.0
+
+
+def test_on_policy_config_says_ce_gppo_cannot_act(tiny_model_dir, arithmetic_dataset, tmp_path, caplog):
+    args = tiny_args(tmp_path, steps_per_generation=1, erc_low=0.95, erc_high=1.05)
+    with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
+        CEGPPOTrainer(model=tiny_model_dir, reward_funcs=digit_reward, args=args, train_dataset=arithmetic_dataset)
+    messages = [record.getMessage() for record in caplog.records if "cannot act" in record.getMessage()]
+    assert len(messages) == 1 and messages[0].startswith("ce_gppo and ERC cannot act in this run")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
+        CEGPPOTrainer(
+            model=tiny_model_dir, reward_funcs=digit_reward, args=tiny_args(tmp_path), train_dataset=arithmetic_dataset
+        )
+    assert not any("cannot act" in record.getMessage() for record in caplog.records)
+
+
+def test_plain_grpo_config_is_refused(tiny_model_dir, arithmetic_dataset, tmp_path):
+    with pytest.raises(TypeError, match="CEGPPOTrainer needs args=CEGPPOConfig"):
+        CEGPPOTrainer(
+            model=tiny_model_dir,
+            reward_funcs=digit_reward,
+            args=tiny_args(tmp_path, GRPOConfig),
+            train_dataset=arithmetic_dataset,
+        )
