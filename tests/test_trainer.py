@@ -215,18 +215,13 @@ def test_erc_adds_no_forward_pass_and_tight_band_masks_more(tiny_model_dir, arit
         tiny_args(tmp_path / "wide", erc_low=0.5, erc_high=2.0), tiny_model_dir, arithmetic_dataset
     )
     assert plain == tight == wide
-    masked = [
-        low + high
-        for low, high in zip(
-            logged(tight_trainer, "entropy_ratio/clip_low_mean"), logged(tight_trainer, "entropy_ratio/clip_high_mean")
-        )
-    ]
-    wide_masked = [
-        low + high
-        for low, high in zip(
-            logged(wide_trainer, "entropy_ratio/clip_low_mean"), logged(wide_trainer, "entropy_ratio/clip_high_mean")
-        )
-    ]
+
+    def masked_fraction(trainer):
+        low = logged(trainer, "entropy_ratio/clip_low_mean")
+        high = logged(trainer, "entropy_ratio/clip_high_mean")
+        return [a + b for a, b in zip(low, high, strict=True)]
+
+    masked, wide_masked = masked_fraction(tight_trainer), masked_fraction(wide_trainer)
     assert masked[0] == wide_masked[0] == 0.0  # first update of a rollout batch: H_theta == H_old
     assert min(masked[1:]) > 0.5
     assert max(wide_masked) < 0.05
