@@ -9,6 +9,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from .losses import CLIPPED_LOSS_TYPES, POLICY_LOSSES
+from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
 
 # Loss types the dual clip can act on: the PPO-style clipped surrogates.
 DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES
@@ -50,6 +51,11 @@ class CEGPPOConfig(GRPOConfig):
         erc_low, erc_high (`float` or `None`, default `None`):
             Entropy Ratio Clipping band (arXiv 2512.05591): tokens whose entropy ratio `H_theta / H_old` lies outside
             `(erc_low, erc_high)` keep their loss value but get no gradient. Published band 0.95 / 1.05.
+
+    Entropy control (arXiv 2602.09782 and beyond; see `docs/entropy_control.md`): `entropy_schedule` (ID, DID, OD)
+    with the probability-dependent bounds `prob_clip_*`, `beta1_schedule` / `beta2_schedule`, the closed-loop
+    `entropy_controller`, and the `entropy_diagnostics` metrics. Setting them attaches the matching callbacks of
+    `ce_gppo_trl.callbacks`.
     """
 
     loss_type: str = field(
@@ -97,9 +103,153 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    # Entropy control: probability-dependent clip bounds (arXiv 2602.09782).
+    prob_clip_high_alpha: float = field(
+        default=-0.2,
+        metadata={
+            "help": "Slope alpha < 0 of the upper bound H(p) for A > 0: eps_high(p) = alpha * p + b on the new "
+            "probability, i.e. the ratio bound (1 + b) / (1 - alpha * p_old). Needs -b <= alpha < 0 so the bound "
+            "stays >= 1. Default -0.2 with b = 0.28: 0.28 for rare tokens, 0.067 at p_old = 1, 0.2 at p_old = 1/3."
+        },
+    )
+    prob_clip_high_b: float = field(
+        default=0.28,
+        metadata={
+            "help": "Intercept b of H(p): the upper half-width for p_old -> 0, in (0, 1). Default 0.28, DAPO's "
+            "clip-higher value, so rare tokens get exactly clip-higher room."
+        },
+    )
+    prob_clip_low_alpha: float = field(
+        default=-0.2,
+        metadata={
+            "help": "Slope alpha < 0 of the lower bound M(p) for A < 0: eps_low(p) = alpha * p + b on the new "
+            "probability, i.e. the ratio bound (1 - b) / (1 + alpha * p_old). Needs -b <= alpha < 0. Default -0.2: "
+            "0.28 for rare tokens, 0.1 at p_old = 1, 0.2 at p_old = 1/2."
+        },
+    )
+    prob_clip_low_b: float = field(
+        default=0.28,
+        metadata={"help": "Intercept b of M(p): the lower half-width for p_old -> 0, in (0, 1). Default 0.28."},
+    )
+    prob_clip_high_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Static weight w in [0, 1] of H(p) in epsilon_high = w * H(p) + (1 - w) * epsilon_high, when no "
+            "entropy_schedule is set. 1 = fully probability-dependent (raises entropy); 0 = off."
+        },
+    )
+    prob_clip_low_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Static weight w in [0, 1] of M(p) in epsilon_low, when no entropy_schedule is set. 1 = fully "
+            "probability-dependent (lowers entropy); 0 = off."
+        },
+    )
+    entropy_schedule: str = field(
+        default="none",
+        metadata={
+            "help": "Scheduled probability-dependent clip bounds (arXiv 2602.09782): 'none', 'increase_decrease' "
+            "(ID), 'decrease_increase_decrease' (DID) or 'oscillatory_decay' (OD, feedback with hysteresis on the "
+            "measured entropy). Progress is global_step / max_steps."
+        },
+    )
+    entropy_schedule_split: float = field(
+        default=0.5,
+        metadata={"help": "Phase split of ID and DID as a fraction of max_steps, in (0, 1); paper best 0.5."},
+    )
+    od_min_ratio: float = field(
+        default=0.2,
+        metadata={
+            "help": "OD floor H_min = od_min_ratio * H_init (H_init = entropy of the first step), in (0, 1). "
+            "tau_low = H_min, tau_high(k) = H_min + (H_init - H_min) * (1 - k / T). Paper: 0.2."
+        },
+    )
+    # Entropy control: beta schedules.
+    beta1_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "Schedule of ce_gppo_beta1 from its configured value: 'constant', 'linear' or 'cosine' (to "
+            "beta1_final at max_steps), or 'step' (beta1_values[i] from step beta1_steps[i]). The CE-GPPO paper "
+            "improved a run by switching beta1 from 0 to 0.5 at step 585."
+        },
+    )
+    beta1_final: float | None = field(
+        default=None, metadata={"help": "Final ce_gppo_beta1 of a 'linear' or 'cosine' schedule, >= 0."}
+    )
+    beta1_steps: list[int] | None = field(
+        default=None, metadata={"help": "Increasing optimizer steps at which a 'step' schedule changes beta1."}
+    )
+    beta1_values: list[float] | None = field(
+        default=None, metadata={"help": "Values (>= 0) taken by beta1 at beta1_steps, one per step."}
+    )
+    beta2_schedule: str = field(
+        default="constant", metadata={"help": "Schedule of ce_gppo_beta2; same choices as beta1_schedule."}
+    )
+    beta2_final: float | None = field(
+        default=None, metadata={"help": "Final ce_gppo_beta2 of a 'linear' or 'cosine' schedule, >= 0."}
+    )
+    beta2_steps: list[int] | None = field(
+        default=None, metadata={"help": "Increasing optimizer steps at which a 'step' schedule changes beta2."}
+    )
+    beta2_values: list[float] | None = field(
+        default=None, metadata={"help": "Values (>= 0) taken by beta2 at beta2_steps, one per step."}
+    )
+    # Entropy control: closed-loop controller (beyond the papers).
+    entropy_controller: bool = field(
+        default=False,
+        metadata={
+            "help": "Closed-loop entropy control: after each step a rate-limited PI controller moves "
+            "entropy_controller_knobs to hold the measured entropy on entropy_controller_target."
+        },
+    )
+    entropy_controller_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "Target entropy (nats, > 0) of the entropy controller; required with entropy_controller. "
+            "Distinct from GRPOConfig.entropy_target, which drives TRL's adaptive entropy bonus."
+        },
+    )
+    entropy_controller_target_final: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set (> 0), the target moves linearly from entropy_controller_target to it by max_steps."
+        },
+    )
+    entropy_controller_knobs: str = field(
+        default="betas",
+        metadata={
+            "help": "What the controller moves: 'betas' (beta2 up and beta1 down to raise entropy; loss_type "
+            "'ce_gppo') or 'clip' (epsilon_high up and epsilon_low down; any clipped loss type)."
+        },
+    )
+    entropy_controller_kp: float = field(
+        default=1.0, metadata={"help": "Proportional gain on the relative error (target - H) / target, >= 0."}
+    )
+    entropy_controller_ki: float = field(
+        default=0.2, metadata={"help": "Integral gain on the summed relative error, >= 0."}
+    )
+    entropy_controller_max_delta: float = field(
+        default=1.0,
+        metadata={
+            "help": "Largest change of each knob from its configured value, >= 0 (bounded authority). Use about "
+            "0.15 with entropy_controller_knobs='clip'."
+        },
+    )
+    entropy_controller_max_rate: float = field(
+        default=0.1, metadata={"help": "Largest change of the controller output per optimizer step, >= 0."}
+    )
+    entropy_diagnostics: bool = field(
+        default=True,
+        metadata={
+            "help": "Log entropy_dynamics/* every step on this library's loss path: share of tokens and of gradient "
+            "weight in the quadrants E1..E4 and the clipped regions, and the first-order predicted entropy change."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_loss_fields()
+        self._validate_entropy_control()
 
     @property
     def erc_enabled(self) -> bool:
@@ -195,6 +345,111 @@ class CEGPPOConfig(GRPOConfig):
                 )
 
     @property
+    def prob_clip_enabled(self) -> bool:
+        """Whether clip bounds depend on each token's probability (per-token tensors, this library's loss path)."""
+        return self.entropy_schedule != "none" or self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0
+
+    def _validate_entropy_control(self) -> None:
+        for side in ("high", "low"):
+            b_name, alpha_name = f"prob_clip_{side}_b", f"prob_clip_{side}_alpha"
+            b, alpha = getattr(self, b_name), getattr(self, alpha_name)
+            _check_range(b_name, b, 0.0, 1.0)
+            if b == 0:
+                _fail(b_name, b, "expected 0 < b < 1")
+            _check_finite(alpha_name, alpha)
+            if not -b <= alpha < 0:
+                _fail(
+                    alpha_name, alpha, f"expected -{b_name} = {-b} <= alpha < 0 (tighter bounds for likelier tokens)"
+                )
+            _check_range(
+                f"prob_clip_{side}_weight", getattr(self, f"prob_clip_{side}_weight"), 0.0, 1.0, high_open=False
+            )
+        if self.entropy_schedule not in ENTROPY_SCHEDULES:
+            _fail("entropy_schedule", self.entropy_schedule, f"expected one of {list(ENTROPY_SCHEDULES)}")
+        for name in ("entropy_schedule_split", "od_min_ratio"):
+            _check_finite(name, getattr(self, name))
+            if not 0 < getattr(self, name) < 1:
+                _fail(name, getattr(self, name), "expected a number in the open interval (0, 1)")
+        if self.entropy_schedule != "none" and (self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0):
+            _fail(
+                "prob_clip_high_weight/prob_clip_low_weight",
+                (self.prob_clip_high_weight, self.prob_clip_low_weight),
+                f"entropy_schedule={self.entropy_schedule!r} sets these weights itself; leave them 0",
+            )
+        if self.prob_clip_enabled:
+            if self.loss_type not in CLIPPED_LOSS_TYPES:
+                _fail(
+                    "loss_type", self.loss_type, f"probability-dependent clip bounds need one of {CLIPPED_LOSS_TYPES}"
+                )
+            if self.importance_sampling_level != "token":
+                _fail(
+                    "importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'"
+                )
+        for beta in ("beta1", "beta2"):
+            self._validate_beta_schedule(beta)
+        self._validate_controller()
+
+    def _validate_beta_schedule(self, beta: str) -> None:
+        schedule = getattr(self, f"{beta}_schedule")
+        if schedule not in KNOB_SCHEDULES:
+            _fail(f"{beta}_schedule", schedule, f"expected one of {list(KNOB_SCHEDULES)}")
+        if schedule == "constant":
+            return
+        if self.loss_type != "ce_gppo":
+            _fail(f"{beta}_schedule", schedule, f"betas only act with loss_type='ce_gppo', not {self.loss_type!r}")
+        final, steps, values = (getattr(self, f"{beta}_{name}") for name in ("final", "steps", "values"))
+        if schedule in ("linear", "cosine"):
+            if final is None:
+                _fail(f"{beta}_final", final, f"a {schedule!r} schedule needs a final value >= 0")
+            _check_finite(f"{beta}_final", final)
+            if final < 0:
+                _fail(f"{beta}_final", final, "expected a finite number >= 0")
+            return
+        if not steps or values is None or len(steps) != len(values):
+            _fail(f"{beta}_steps/{beta}_values", (steps, values), "a 'step' schedule needs as many values as steps")
+        if any(not isinstance(step, int) or step < 0 for step in steps) or list(steps) != sorted(set(steps)):
+            _fail(f"{beta}_steps", steps, "expected strictly increasing integers >= 0")
+        for value in values:
+            _check_finite(f"{beta}_values", value)
+            if value < 0:
+                _fail(f"{beta}_values", values, "expected finite numbers >= 0")
+
+    def _validate_controller(self) -> None:
+        for name in ("entropy_controller_target", "entropy_controller_target_final"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_finite(name, value)
+                if value <= 0:
+                    _fail(name, value, "expected an entropy > 0 (nats)")
+        for name in ("kp", "ki", "max_delta", "max_rate"):
+            value = getattr(self, f"entropy_controller_{name}")
+            _check_finite(f"entropy_controller_{name}", value)
+            if value < 0:
+                _fail(f"entropy_controller_{name}", value, "expected a finite number >= 0")
+        knobs = self.entropy_controller_knobs
+        if knobs not in ("betas", "clip"):
+            _fail("entropy_controller_knobs", knobs, "expected 'betas' or 'clip'")
+        if not self.entropy_controller:
+            return
+        if self.entropy_controller_target is None:
+            _fail("entropy_controller_target", None, "entropy_controller=True needs a target entropy (nats, > 0)")
+        if knobs == "betas":
+            if self.loss_type != "ce_gppo":
+                _fail(
+                    "entropy_controller_knobs",
+                    knobs,
+                    f"betas only act with loss_type='ce_gppo', not {self.loss_type!r}",
+                )
+            scheduled = [beta for beta in ("beta1", "beta2") if getattr(self, f"{beta}_schedule") != "constant"]
+            if scheduled:
+                _fail(
+                    "entropy_controller_knobs", knobs, f"the controller and {scheduled[0]}_schedule both set the betas"
+                )
+        elif self.loss_type not in CLIPPED_LOSS_TYPES:
+            _fail("entropy_controller_knobs", knobs, f"clip bounds only act with loss types {CLIPPED_LOSS_TYPES}")
+
+    @property
     def uses_own_loss(self) -> bool:
         """Whether the loss needs this library's path rather than TRL's `_compute_loss`."""
-        return self.loss_type == "ce_gppo" or self.clip_ratio_c is not None or self.erc_enabled
+        own = self.loss_type == "ce_gppo" or self.clip_ratio_c is not None or self.erc_enabled
+        return own or self.prob_clip_enabled

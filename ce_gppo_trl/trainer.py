@@ -9,18 +9,30 @@ three methods:
 - `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
   that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
   forward pass is made.
+
+Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
+`epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
+for, binds every callback that has a `bind` method, turns the probability-dependent weights into per-token clip
+bounds, logs `entropy_control/*` and `entropy_dynamics/*`, and saves the callbacks' state in each checkpoint
+(`_save_checkpoint` / `_load_optimizer_and_scheduler`, TRL's pattern for its adaptive entropy state).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections import Counter
 from typing import Any
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import nanmax, nanmin
 
+from .callbacks import callbacks_from_config
 from .config import CEGPPOConfig
+from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
 from .losses import (
     AGGREGATION,
     CLIPPED_LOSS_TYPES,
@@ -32,8 +44,14 @@ from .losses import (
     entropy_ratio_mask,
     safe_ratio,
 )
+from .schedules import mix_bound, prob_clip_lower, prob_clip_upper
 
 logger = logging.getLogger(__name__)
+
+# Written into each checkpoint folder: the current knob values and every entropy-control callback's state.
+ENTROPY_CONTROL_STATE = "entropy_control_state.json"
+_CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
+_CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high")
 
 # Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
 _EXTRA_MODEL_INPUTS = (
@@ -80,9 +98,29 @@ class CEGPPOTrainer(GRPOTrainer):
         self.ce_gppo_beta2 = args.ce_gppo_beta2
         self.erc_low = args.erc_low
         self.erc_high = args.erc_high
+        self.prob_clip_weight_low = args.prob_clip_low_weight
+        self.prob_clip_weight_high = args.prob_clip_high_weight
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        for callback in callbacks_from_config(args):
+            self.add_callback(callback)
+        self._bind_entropy_control()
         self._warn_if_on_policy()
+
+    def _bind_entropy_control(self) -> None:
+        self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
+        for callback in self._control_callbacks:
+            callback.bind(self)
+        # A callback passed from Python may need per-token bounds with a config that would otherwise use TRL's loss.
+        self._uses_own_loss = self.args.uses_own_loss or any(
+            getattr(cb, "needs_own_loss", False) for cb in self._control_callbacks
+        )
+        if self._uses_own_loss and not self.args.uses_own_loss:
+            if self.loss_type not in CLIPPED_LOSS_TYPES or self.entropy_coef != 0.0 or self.use_adaptive_entropy:
+                raise ValueError(
+                    f"loss_type={self.loss_type!r}, entropy_coef={self.entropy_coef!r}: per-token clip bounds need "
+                    f"a clipped loss type {CLIPPED_LOSS_TYPES} and no TRL entropy bonus."
+                )
 
     def _warn_if_on_policy(self) -> None:
         args = self.args
@@ -134,10 +172,19 @@ class CEGPPOTrainer(GRPOTrainer):
     def _policy_loss_knobs(self, inputs: dict[str, Any], per_token_logps: torch.Tensor) -> dict[str, Any]:
         """Keyword arguments passed to every `POLICY_LOSSES` function (each ignores what it does not use)."""
         args = self.args
+        epsilon_low, epsilon_high = self.epsilon_low, self.epsilon_high
+        if self.prob_clip_weight_low or self.prob_clip_weight_high:
+            # Probability-dependent bounds (arXiv 2602.09782) are functions of pi_old, fixed for the whole update.
+            old_logps = inputs.get("old_per_token_logps")
+            p_old = (per_token_logps if old_logps is None else old_logps).detach().exp()
+            upper = prob_clip_upper(p_old, alpha=args.prob_clip_high_alpha, b=args.prob_clip_high_b)
+            lower = prob_clip_lower(p_old, alpha=args.prob_clip_low_alpha, b=args.prob_clip_low_b)
+            epsilon_high = mix_bound(epsilon_high, upper, self.prob_clip_weight_high)
+            epsilon_low = mix_bound(epsilon_low, lower, self.prob_clip_weight_low)
         return {
             "per_token_logps": per_token_logps,
-            "epsilon_low": self.epsilon_low,
-            "epsilon_high": self.epsilon_high,
+            "epsilon_low": epsilon_low,
+            "epsilon_high": epsilon_high,
             "beta1": self.ce_gppo_beta1,
             "beta2": self.ce_gppo_beta2,
             "clip_ratio_c": args.clip_ratio_c,
@@ -147,7 +194,7 @@ class CEGPPOTrainer(GRPOTrainer):
         }
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        if not self.args.uses_own_loss:
+        if not self._uses_own_loss:
             return super()._compute_loss(model, inputs)
         return self._compute_policy_loss(model, inputs)
 
@@ -244,6 +291,8 @@ class CEGPPOTrainer(GRPOTrainer):
 
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
         self._log_clip_metrics(mode, log_ratio, advantages, mask, knobs)
+        if mode == "train":
+            self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, log_ratio, knobs)
         return loss
 
     # Metrics, reduced over processes like TRL's.
@@ -284,6 +333,96 @@ class CEGPPOTrainer(GRPOTrainer):
         if knobs["clip_ratio_c"] is not None:
             is_dual = dual_clip_mask(ratio, advantages, knobs["clip_ratio_c"])
             metrics["clip_ratio/dual_mean"].append(self._global_masked_mean(is_dual.float(), mask))
+
+    def _log_entropy_control(
+        self,
+        loss: torch.Tensor,
+        per_token_logps: torch.Tensor,
+        entropies: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        log_ratio: torch.Tensor,
+        knobs: dict[str, Any],
+    ) -> None:
+        """`entropy_dynamics/*` and the effective bounds under `entropy_control/*`, in one reduce and one sync."""
+        metrics = self._metrics["train"]
+        control = bool(self._control_callbacks) or self.args.prob_clip_enabled
+        diagnose = self.args.entropy_diagnostics and per_token_logps.requires_grad
+        parts = []
+        if diagnose:
+            # Each token's gradient weight g = -d loss / d log p, read off the loss itself so that it is exact for
+            # every loss type, mask, dual clip and ERC; this backward only spans the element-wise ops after log p.
+            (grad,) = torch.autograd.grad(loss, per_token_logps, retain_graph=True, allow_unused=True)
+            # DDP averages gradients over processes: dividing g makes the reduced predicted change their mean
+            # (the gradient shares are ratios and do not change).
+            grad_weight = (
+                torch.zeros_like(per_token_logps) if grad is None else -grad
+            ) / self.accelerator.num_processes
+            clipped = (None, None)
+            if self.loss_type in CLIPPED_LOSS_TYPES:
+                ratio = safe_ratio(log_ratio.detach())
+                clipped = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
+            parts.append(entropy_dynamics_sums(per_token_logps, entropies, advantages, grad_weight, mask, *clipped))
+        if control:
+            mask_f = mask.float()
+            bounds = [
+                torch.as_tensor(knobs[name], dtype=torch.float32, device=mask.device).expand_as(mask_f)
+                for name in ("epsilon_low", "epsilon_high")
+            ]
+            parts.append(torch.stack([(bound * mask_f).sum() for bound in bounds] + [mask_f.sum()]))
+        if not parts:
+            return
+        totals = self.accelerator.reduce(torch.cat(parts).float(), reduction="sum").tolist()
+        if diagnose:
+            for name, value in entropy_dynamics_metrics(torch.tensor(totals[: parts[0].numel()])).items():
+                metrics[f"entropy_dynamics/{name}"].append(value)
+        if control:
+            eps_low_sum, eps_high_sum, count = totals[-3:]
+            metrics["entropy_control/epsilon_low"].append(eps_low_sum / max(count, 1.0))
+            metrics["entropy_control/epsilon_high"].append(eps_high_sum / max(count, 1.0))
+            if self.loss_type == "ce_gppo":
+                metrics["entropy_control/beta1"].append(self.ce_gppo_beta1)
+                metrics["entropy_control/beta2"].append(self.ce_gppo_beta2)
+            if self.args.erc_enabled:
+                metrics["entropy_control/erc_low"].append(self.erc_low)
+                metrics["entropy_control/erc_high"].append(self.erc_high)
+
+    # Entropy-control state in checkpoints.
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self._control_callbacks or not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        state = {
+            "knobs": {name: getattr(self, name) for name in _CONTROL_KNOBS},
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_control_callbacks().items()},
+        }
+        with open(os.path.join(folder, ENTROPY_CONTROL_STATE), "w") as f:
+            json.dump(state, f, indent=2)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = None if checkpoint is None else os.path.join(checkpoint, ENTROPY_CONTROL_STATE)
+        if not self._control_callbacks or path is None or not os.path.exists(path):
+            return
+        with open(path) as f:
+            state = json.load(f)
+        for name, value in state["knobs"].items():
+            setattr(self, name, value)
+        for key, callback in self._keyed_control_callbacks().items():
+            if key in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][key])
+
+    def _keyed_control_callbacks(self) -> dict[str, Any]:
+        # Class name plus rank among callbacks of that class: stable as long as the run is rebuilt the same way.
+        keyed: dict[str, Any] = {}
+        counts: Counter[str] = Counter()
+        for callback in self._control_callbacks:
+            name = type(callback).__name__
+            keyed[f"{name}.{counts[name]}"] = callback
+            counts[name] += 1
+        return keyed
 
     @staticmethod
     def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,344 @@
+"""Entropy-control `TrainerCallback`s: scheduled clip bounds, knob schedules and a closed-loop entropy controller.
+
+Each callback changes the loss knobs that `CEGPPOTrainer` reads at every `_compute_loss` (`ce_gppo_beta1`,
+`ce_gppo_beta2`, `epsilon_low`, `epsilon_high`, `erc_low`, `erc_high`, and the weights of the
+probability-dependent bounds `prob_clip_weight_low/high`). The trainer calls `bind(trainer)` on every callback that
+has one, in its `__init__`, so a callback works the same whether passed as `callbacks=[...]` or attached from the
+config by `callbacks_from_config`. Callbacks keep their state in `state_dict()` / `load_state_dict()`; the trainer
+saves it in each checkpoint (`entropy_control_state.json`) and restores it on resume.
+
+Timing: knob values for optimizer step `k` (0-based, `state.global_step` at `on_step_begin`) are set before its first
+micro-batch; feedback (OD, controller) reads the entropy TRL logged during step `k` at `on_step_end` (the mean of the
+step's micro-batch values, each already reduced over processes, so every rank takes the same decision) and acts from
+step `k + 1`.
+
+Example:
+    ```python
+    from ce_gppo_trl.callbacks import EntropyControllerCallback, EntropyScheduleCallback
+
+    trainer = CEGPPOTrainer(..., callbacks=[EntropyScheduleCallback("increase_decrease"),
+                                            EntropyControllerCallback(target=1.5)])
+    ```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .schedules import (
+    ENTROPY_SCHEDULES,
+    KNOB_SCHEDULES,
+    ControllerState,
+    _check_total_steps,
+    controller_update,
+    entropy_schedule_weights,
+    knob_schedule_value,
+    od_step,
+    od_thresholds,
+)
+
+# Knobs of the loss a callback may change: trainer attributes read at every `_compute_loss`.
+KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
+CONTROLLER_KNOBS = ("betas", "clip")
+# Clip half-widths the controller may set: a band of width 0 or 1 would freeze or invert the ratio clip.
+_CLIP_LIMITS = (0.0, 0.95)
+
+
+class EntropyControlCallback(TrainerCallback):
+    """Base class: holds the bound trainer, measures the step's entropy and logs under `entropy_control/`."""
+
+    # Whether the callback sets per-token bounds, which only this library's loss path can apply.
+    needs_own_loss = False
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self._entropy_start = 0
+
+    def bind(self, trainer: Any) -> None:
+        """Attach to a `CEGPPOTrainer`; called by the trainer's `__init__`."""
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` on resume."""
+
+    def _require_trainer(self) -> Any:
+        if self.trainer is None:
+            raise RuntimeError(f"{type(self).__name__} must be passed to a CEGPPOTrainer, which binds it.")
+        return self.trainer
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._entropy_start = len(self._require_trainer()._metrics["train"]["entropy"])
+
+    def _measured_entropy(self) -> float | None:
+        # TRL appends one globally reduced entropy per micro-batch; the step's value is their mean, as logged.
+        values = self.trainer._metrics["train"]["entropy"][self._entropy_start :]
+        return sum(values) / len(values) if values else None
+
+    def _log(self, name: str, value: float) -> None:
+        self.trainer._metrics["train"][f"entropy_control/{name}"].append(float(value))
+
+
+class EntropyScheduleCallback(EntropyControlCallback):
+    """Scheduled probability-dependent clip bounds of arXiv 2602.09782: ID, DID or OD.
+
+    Sets the trainer's `prob_clip_weight_high/low` (the weights of H(p) and M(p), see
+    `schedules.entropy_schedule_weights`) at every step from `k / max_steps`, and for OD from the measured entropy.
+    Logs `entropy_control/phase` and `entropy_control/lambda` (ID, DID) or `entropy_control/od_state` and
+    `entropy_control/od_tau_high` (OD).
+
+    Example:
+        >>> callback = EntropyScheduleCallback("oscillatory_decay", od_min_ratio=0.3)
+        >>> callback.state_dict()
+        {'od_state': 0, 'h_init': None}
+    """
+
+    needs_own_loss = True
+
+    def __init__(self, schedule: str, *, split: float = 0.5, od_min_ratio: float = 0.2) -> None:
+        super().__init__()
+        if schedule not in ENTROPY_SCHEDULES or schedule == "none":
+            raise ValueError(f"entropy_schedule={schedule!r} is not allowed: expected one of {ENTROPY_SCHEDULES[1:]}.")
+        if not 0 < split < 1:
+            raise ValueError(f"entropy_schedule_split={split!r} is not allowed: expected 0 < split < 1.")
+        if not 0 < od_min_ratio < 1:
+            raise ValueError(f"od_min_ratio={od_min_ratio!r} is not allowed: expected 0 < od_min_ratio < 1.")
+        self.schedule, self.split, self.od_min_ratio = schedule, split, od_min_ratio
+        # OD starts by lowering entropy (state 0) until it first reaches tau_low = od_min_ratio * H_init.
+        self.od_state = 0
+        self.h_init: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"od_state": self.od_state, "h_init": self.h_init}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.od_state, self.h_init = state["od_state"], state["h_init"]
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        _check_total_steps(state.max_steps, f"entropy_schedule={self.schedule!r}")
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        super().on_step_begin(args, state, control, **kwargs)
+        weights = entropy_schedule_weights(
+            self.schedule, state.global_step / state.max_steps, self.split, self.od_state
+        )
+        self.trainer.prob_clip_weight_high, self.trainer.prob_clip_weight_low = weights.high, weights.low
+        if self.schedule == "oscillatory_decay":
+            self._log("od_state", self.od_state)
+        else:
+            self._log("phase", weights.phase)
+            self._log("lambda", weights.lam)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        entropy = self._measured_entropy()
+        if self.schedule != "oscillatory_decay" or entropy is None:
+            return
+        if self.h_init is None:
+            self.h_init = entropy
+        # Thresholds at the next step's progress: the state decided here is the one step k + 1 uses.
+        progress = state.global_step / state.max_steps
+        self.od_state = od_step(self.od_state, entropy, progress, self.h_init, self.od_min_ratio)
+        self._log("od_tau_high", od_thresholds(progress, self.h_init, self.od_min_ratio)[1])
+
+
+class KnobScheduleCallback(EntropyControlCallback):
+    """Schedule any numeric loss knob (`KNOBS`) over the run: constant, linear, cosine or step changes.
+
+    The start value is the knob's value when the callback is bound (the config's), unless `initial` is given; see
+    `schedules.knob_schedule_value` for the formulas.
+
+    Example:
+        >>> KnobScheduleCallback("ce_gppo_beta1", "step", steps=[585], values=[0.5]).knob
+        'ce_gppo_beta1'
+    """
+
+    def __init__(
+        self,
+        knob: str,
+        schedule: str,
+        *,
+        final: float | None = None,
+        steps: Sequence[int] = (),
+        values: Sequence[float] = (),
+        initial: float | None = None,
+    ) -> None:
+        super().__init__()
+        if knob not in KNOBS:
+            raise ValueError(f"knob={knob!r} is not allowed: expected one of {list(KNOBS)}.")
+        if schedule not in KNOB_SCHEDULES:
+            raise ValueError(f"schedule={schedule!r} is not allowed: expected one of {list(KNOB_SCHEDULES)}.")
+        if schedule in ("linear", "cosine") and final is None:
+            raise ValueError(f"final=None is not allowed: a {schedule!r} schedule of {knob} needs a final value.")
+        if len(steps) != len(values) or list(steps) != sorted(set(steps)):
+            raise ValueError(
+                f"steps={list(steps)!r}, values={list(values)!r} are not allowed: expected increasing steps, one "
+                "value per step."
+            )
+        self.knob, self.schedule, self.final = knob, schedule, final
+        self.steps, self.values, self.initial = list(steps), list(values), initial
+
+    def bind(self, trainer: Any) -> None:
+        super().bind(trainer)
+        if self.initial is None:
+            self.initial = getattr(trainer, self.knob)
+        if self.initial is None:
+            raise ValueError(f"{self.knob}=None cannot be scheduled: enable it in the config first.")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.schedule in ("linear", "cosine"):
+            _check_total_steps(state.max_steps, f"a {self.schedule!r} schedule of {self.knob}")
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        value = knob_schedule_value(
+            self.schedule,
+            state.global_step,
+            state.max_steps,
+            initial=self.initial,
+            final=self.final,
+            steps=self.steps,
+            values=self.values,
+        )
+        setattr(self._require_trainer(), self.knob, value)
+
+
+class EntropyControllerCallback(EntropyControlCallback):
+    """Closed-loop entropy control: a rate-limited PI controller holds the measured entropy on a target.
+
+    After every optimizer step it compares the step's entropy with the target (a float, a `(start, end)` pair for
+    a linear trajectory over the run, or a callable `(step, max_steps) -> float`) and sets, from the reference
+    values at bind time and the controller output `u` (`schedules.controller_update`):
+
+    - `knobs="betas"` (CE-GPPO): `beta1 = max(beta1_ref - u, 0)`, `beta2 = max(beta2_ref + u, 0)`;
+    - `knobs="clip"`: `epsilon_high = eps_high_ref + u`, `epsilon_low = eps_low_ref - u`, within `[0, 0.95]`.
+
+    Logs `entropy_control/target` and `entropy_control/error` (relative, `(target - H) / target`).
+
+    Example:
+        >>> EntropyControllerCallback(target=(2.0, 1.0), kp=2.0).target_at(5, 10)
+        1.5
+    """
+
+    def __init__(
+        self,
+        target: float | tuple[float, float] | Callable[[int, int], float] | None,
+        *,
+        knobs: str = "betas",
+        kp: float = 1.0,
+        ki: float = 0.2,
+        max_delta: float = 1.0,
+        max_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if target is None:
+            raise ValueError("entropy_controller_target=None is not allowed: the entropy controller needs a target.")
+        if knobs not in CONTROLLER_KNOBS:
+            raise ValueError(f"entropy_controller_knobs={knobs!r} is not allowed: expected one of {CONTROLLER_KNOBS}.")
+        for name, value in (("kp", kp), ("ki", ki), ("max_delta", max_delta), ("max_rate", max_rate)):
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"entropy_controller_{name}={value!r} is not allowed: expected a finite number >= 0.")
+        self.target, self.knobs = target, knobs
+        self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
+        self.state = ControllerState()
+        self.reference: dict[str, float] = {}
+
+    def target_at(self, step: int, max_steps: int) -> float:
+        """The target entropy at optimizer step `step` of `max_steps`."""
+        if callable(self.target):
+            return float(self.target(step, max_steps))
+        if isinstance(self.target, (tuple, list)):
+            start, end = self.target
+            return start + (end - start) * step / _check_total_steps(max_steps, "a target trajectory")
+        return float(self.target)
+
+    def bind(self, trainer: Any) -> None:
+        super().bind(trainer)
+        names = ("ce_gppo_beta1", "ce_gppo_beta2") if self.knobs == "betas" else ("epsilon_low", "epsilon_high")
+        self.reference = {name: getattr(trainer, name) for name in names}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"integral": self.state.integral, "output": self.state.output}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = ControllerState(state["integral"], state["output"])
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.target_at(0, state.max_steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        entropy = self._measured_entropy()
+        if entropy is None:
+            return
+        target = self.target_at(state.global_step - 1, state.max_steps)
+        self.state, error = controller_update(
+            self.state,
+            target=target,
+            entropy=entropy,
+            kp=self.kp,
+            ki=self.ki,
+            max_delta=self.max_delta,
+            max_rate=self.max_rate,
+        )
+        self._apply(self.state.output)
+        self._log("target", target)
+        self._log("error", error)
+
+    def _apply(self, output: float) -> None:
+        ref, trainer = self.reference, self.trainer
+        if self.knobs == "betas":
+            trainer.ce_gppo_beta1 = max(ref["ce_gppo_beta1"] - output, 0.0)
+            trainer.ce_gppo_beta2 = max(ref["ce_gppo_beta2"] + output, 0.0)
+        else:
+            low, high = _CLIP_LIMITS
+            trainer.epsilon_high = min(max(ref["epsilon_high"] + output, low), high)
+            trainer.epsilon_low = min(max(ref["epsilon_low"] - output, low), high)
+
+
+def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
+    """The callbacks a `CEGPPOConfig` asks for (`entropy_schedule`, `beta1/2_schedule`, `entropy_controller`).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> args = SimpleNamespace(entropy_schedule="none", beta1_schedule="step", beta1_final=None,
+        ...     beta1_steps=[585], beta1_values=[0.5], beta2_schedule="constant", entropy_controller=False)
+        >>> [type(c).__name__ for c in callbacks_from_config(args)]
+        ['KnobScheduleCallback']
+    """
+    callbacks: list[EntropyControlCallback] = []
+    if args.entropy_schedule != "none":
+        callbacks.append(
+            EntropyScheduleCallback(
+                args.entropy_schedule, split=args.entropy_schedule_split, od_min_ratio=args.od_min_ratio
+            )
+        )
+    for beta in ("beta1", "beta2"):
+        schedule = getattr(args, f"{beta}_schedule")
+        if schedule != "constant":
+            callbacks.append(
+                KnobScheduleCallback(
+                    f"ce_gppo_{beta}",
+                    schedule,
+                    final=getattr(args, f"{beta}_final"),
+                    steps=getattr(args, f"{beta}_steps") or (),
+                    values=getattr(args, f"{beta}_values") or (),
+                )
+            )
+    if args.entropy_controller:
+        final = args.entropy_controller_target_final
+        target = args.entropy_controller_target
+        callbacks.append(
+            EntropyControllerCallback(
+                target if final is None or target is None else (target, final),
+                knobs=args.entropy_controller_knobs,
+                kp=args.entropy_controller_kp,
+                ki=args.entropy_controller_ki,
+                max_delta=args.entropy_controller_max_delta,
+                max_rate=args.entropy_controller_max_rate,
+            )
+        )
+    return callbacks
