@@ -1,0 +1,126 @@
+"""`ce-gppo plot`: training curves of one or more runs, overlaid, from their `trainer_state.json` logs.
+
+A run directory is a Trainer `output_dir`: its own `trainer_state.json` is used, else the one of its latest
+`checkpoint-*` folder. Every metric of `METRICS` that some run logged gets a panel; absent ones are skipped.
+matplotlib is an optional extra: `pip install 'ce-gppo-trl[plot]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+from typing import Any
+
+__all__ = ["METRICS", "find_trainer_state", "load_log_history", "main", "plot_runs"]
+
+METRICS: tuple[str, ...] = (
+    "entropy",
+    "reward",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "clip_ratio/region_mean",
+    "entropy_ratio/clip_low_mean",
+    "entropy_ratio/clip_high_mean",
+    "entropy_control/beta1",
+    "entropy_control/beta2",
+    "entropy_control/epsilon_low",
+    "entropy_control/epsilon_high",
+)
+"""Logged metric names drawn, in panel order: TRL's entropy, reward and clip fractions, the ERC masked fractions
+and this project's entropy-control values."""
+
+
+def find_trainer_state(run_dir: str) -> str:
+    """Path of the `trainer_state.json` of `run_dir` (its own, else its latest checkpoint's).
+
+    Raises:
+        ValueError: `run_dir` is not a directory or holds no `trainer_state.json`.
+    """
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"run directory {run_dir!r} does not exist")
+    own = os.path.join(run_dir, "trainer_state.json")
+    if os.path.isfile(own):
+        return own
+    checkpoints = glob.glob(os.path.join(run_dir, "checkpoint-*", "trainer_state.json"))
+    if not checkpoints:
+        raise ValueError(
+            f"run directory {run_dir!r} has no logs: no trainer_state.json in it or in a checkpoint-* folder "
+            "(did the run save a checkpoint or call trainer.save_state()?)"
+        )
+
+    def step(path: str) -> int:
+        match = re.search(r"checkpoint-(\d+)", path)
+        return int(match.group(1)) if match else -1
+
+    return max(checkpoints, key=step)
+
+
+def load_log_history(run_dir: str) -> dict[str, tuple[list[float], list[float]]]:
+    """Metric name -> (steps, values) from the run's `log_history`, for every metric of `METRICS` it logged."""
+    with open(find_trainer_state(run_dir)) as handle:
+        history: list[dict[str, Any]] = json.load(handle).get("log_history", [])
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in history:
+        if "step" not in entry:
+            continue
+        for name in METRICS:
+            value = entry.get(name)
+            if isinstance(value, int | float):
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(entry["step"])
+                values.append(float(value))
+    if not series:
+        raise ValueError(f"run directory {run_dir!r} has a trainer_state.json but none of the metrics {list(METRICS)}")
+    return series
+
+
+def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None) -> list[str]:
+    """Draw the runs' curves into `output` (PNG, PDF, SVG: by extension); returns the metric names drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("ce-gppo plot needs matplotlib: pip install 'ce-gppo-trl[plot]'") from error
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run")
+    runs = {label: load_log_history(run_dir) for label, run_dir in zip(labels or run_dirs, run_dirs, strict=True)}
+    drawn = [name for name in METRICS if any(name in series for series in runs.values())]
+    columns = min(3, len(drawn))
+    rows = -(-len(drawn) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.5 * rows), squeeze=False)
+    for axis, name in zip(axes.flat, drawn, strict=False):
+        for label, series in runs.items():
+            if name in series:
+                steps, values = series[name]
+                axis.plot(steps, values, marker="o" if len(steps) < 20 else None, label=label)
+        axis.set_title(name)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(drawn) :]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return drawn
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ce-gppo plot RUN_DIR [RUN_DIR ...] -o out.png`; returns the exit code (1 on a bad run)."""
+    parser = argparse.ArgumentParser(prog="ce-gppo plot", description="Overlay training curves of runs.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Trainer output directories.")
+    parser.add_argument("-o", "--output", default="training_curves.png", help="Image file to write.")
+    parser.add_argument("--labels", nargs="+", default=None, help="Legend label per run (default: the paths).")
+    args = parser.parse_args(argv)
+    try:
+        drawn = plot_runs(args.run_dirs, args.output, args.labels)
+    except ValueError as error:
+        print(f"ce-gppo plot: {error}")
+        return 1
+    print(f"Wrote {args.output} ({', '.join(drawn)})")
+    return 0

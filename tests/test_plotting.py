@@ -1,0 +1,66 @@
+import json
+
+import pytest
+from trl import GRPOConfig, GRPOTrainer
+
+from ce_gppo_trl.plotting import load_log_history, main
+from ce_gppo_trl.rewards import get_reward_funcs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_model_dir, arithmetic_dataset, tmp_path_factory):
+    """Two real GRPO steps of plain TRL on the toy task, with a checkpoint holding trainer_state.json."""
+    output_dir = tmp_path_factory.mktemp("run")
+    args = GRPOConfig(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        seed=0,
+    )
+    rewards = get_reward_funcs(["math_accuracy", "format"])
+    GRPOTrainer(model=tiny_model_dir, reward_funcs=rewards, args=args, train_dataset=arithmetic_dataset).train()
+    return str(output_dir)
+
+
+def test_plot_png_from_a_real_short_run(short_run, tmp_path, capsys):
+    series = load_log_history(short_run)
+    assert series["reward"][0] == [1, 2]
+    assert {"entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"} <= set(series)
+    output = tmp_path / "curves.png"
+    assert main([short_run, short_run, "-o", str(output), "--labels", "a", "b"]) == 0
+    assert output.read_bytes().startswith(PNG_SIGNATURE)
+    assert output.stat().st_size > 10_000
+    assert "entropy, reward, clip_ratio/low_mean" in capsys.readouterr().out
+
+
+def test_plot_draws_project_metrics_when_logged(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    history = [
+        {"step": step, "entropy": 1.0 / step, "entropy_ratio/clip_low_mean": 0.01, "entropy_control/beta1": 0.5}
+        for step in (1, 2, 3)
+    ]
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    series = load_log_history(str(run))
+    assert series["entropy_control/beta1"] == ([1, 2, 3], [0.5, 0.5, 0.5])
+    assert main([str(run), "-o", str(tmp_path / "out.png")]) == 0
+    assert (tmp_path / "out.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_plot_run_without_logs_gives_a_clear_message(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "-o", str(tmp_path / "x.png")]) == 1
+    assert "has no logs: no trainer_state.json" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing"), "-o", str(tmp_path / "x.png")]) == 1
+    assert "does not exist" in capsys.readouterr().out
+    assert not (tmp_path / "x.png").exists()
