@@ -1,6 +1,8 @@
 """CEGPPOTrainer on a tiny random model: real generation, real off-policy updates, compared with TRL."""
 
 import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +255,28 @@ def test_plain_grpo_config_is_refused(tiny_model_dir, arithmetic_dataset, tmp_pa
             args=tiny_args(tmp_path, GRPOConfig),
             train_dataset=arithmetic_dataset,
         )
+
+
+def test_erc_metrics_are_reduced_over_two_processes(tiny_model_dir, tmp_path):
+    script = Path(__file__).parent / "scripts" / "erc_metrics_ddp.py"
+    # accelerate 1.15's `--cpu` launcher starts a single process; `--multi_gpu` starts torchrun, and the script's
+    # use_cpu=True makes every rank join a gloo process group on the CPU.
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), tiny_model_dir, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rho_rank{rank}.pt") for rank in range(2)]
+    entries = [entry for entry in torch.load(tmp_path / "log_history.pt") if "entropy_ratio/mean" in entry]
+    assert len(entries) == len(ranks[0]) == len(ranks[1]) == 4
+    masked_any = False
+    for step, entry in enumerate(entries):
+        rho = torch.cat([ranks[0][step], ranks[1][step]])  # every completion token of both processes
+        assert entry["entropy_ratio/mean"] == pytest.approx(rho.mean().item(), rel=1e-5)
+        assert entry["entropy_ratio/min"] == pytest.approx(rho.min().item(), rel=1e-6)
+        assert entry["entropy_ratio/max"] == pytest.approx(rho.max().item(), rel=1e-6)
+        assert entry["entropy_ratio/clip_low_mean"] == pytest.approx((rho <= 0.99).float().mean().item(), abs=1e-6)
+        assert entry["entropy_ratio/clip_high_mean"] == pytest.approx((rho >= 1.01).float().mean().item(), abs=1e-6)
+        masked_any |= entry["entropy_ratio/clip_low_mean"] + entry["entropy_ratio/clip_high_mean"] > 0
+        # The two processes really hold different tokens
+        assert not torch.equal(ranks[0][step], ranks[1][step]) or step == 0
+    assert masked_any
