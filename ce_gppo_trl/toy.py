@@ -1,0 +1,307 @@
+"""A tiny offline model and arithmetic task, so that the quickstart runs on CPU with no network.
+
+`build_toy_model` builds a character-level tokenizer and a small random-init Llama, teaches it two-operand
+arithmetic by a short supervised warm start, and saves both as an ordinary Hugging Face model directory. The warm
+start stops early on purpose: the model knows the format and often the answer, but sampled at temperature 1 it is
+right only part of the time, which leaves room for RL to show a rising reward within minutes.
+
+Example:
+    >>> from ce_gppo_trl.toy import build_toy_model, make_arithmetic_dataset
+    >>> model_dir = build_toy_model("toy-model")  # ~1-2 minutes on 2 CPU cores, then cached
+    >>> make_arithmetic_dataset(2, seed=0)[0]  # doctest: +SKIP
+    {'prompt': '49+97=', 'solution': '146'}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+
+import torch
+from datasets import Dataset
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+BOXED = "\\boxed{"
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
+# `\boxed{` is one token so that a completion is `\boxed{`, the answer digits one by one, `}`, EOS.
+VOCAB = [*SPECIAL_TOKENS, BOXED, *"0123456789", *"+-*=(){} "]
+# Written last into a model directory: its presence means the build finished, its content is the build's arguments.
+BUILD_MARKER = "toy_build.json"
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer for arithmetic, with `\\boxed{` as a single token.
+
+    Encoding prepends `<bos>`; decoding with `skip_special_tokens=True` drops `<bos>`, `<eos>` and `<pad>`, which is
+    how TRL's GRPOTrainer turns sampled ids into the completion string passed to the reward.
+
+    Example:
+        >>> tokenizer = build_tokenizer()
+        >>> tokenizer.decode(tokenizer("12+7=\\\\boxed{19}")["input_ids"], skip_special_tokens=True)
+        '12+7=\\\\boxed{19}'
+    """
+    vocab = {token: i for i, token in enumerate(VOCAB)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    # Split into `\boxed{` or single characters, each kept as its own token.
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<pad>",
+        padding_side="left",  # generation continues the prompt, so prompts are padded on the left
+    )
+
+
+def make_arithmetic_dataset(
+    num_examples: int, seed: int = 0, *, max_operand: int = 99, operations: str = "+-"
+) -> Dataset:
+    """Random problems `a op b =` with `a, b` in `[0, max_operand]`, as plain-string `prompt` and `solution` columns.
+
+    The completion the model is taught is `\\boxed{<solution>}` then EOS, which
+    `ce_gppo_trl.rewards.math_accuracy_reward` scores against `solution`. Subtraction may give negative answers.
+
+    Example:
+        >>> ds = make_arithmetic_dataset(100, seed=1)
+        >>> ds.column_names
+        ['prompt', 'solution']
+    """
+    rng = random.Random(seed)
+    prompts, solutions = [], []
+    for _ in range(num_examples):
+        a, b, op = rng.randint(0, max_operand), rng.randint(0, max_operand), rng.choice(operations)
+        prompts.append(f"{a}{op}{b}=")
+        solutions.append(str(eval(f"{a}{op}{b}")))  # noqa: S307 - the expression is built from two ints here
+    return Dataset.from_dict({"prompt": prompts, "solution": solutions})
+
+
+def format_completion(solution: str) -> str:
+    """The target completion text for an answer (EOS is appended by the caller as a token)."""
+    return f"{BOXED}{solution}}}"
+
+
+def _sft_batch(
+    tokenizer: PreTrainedTokenizerFast, prompts: list[str], solutions: list[str]
+) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`/`attention_mask` with `labels` on the completion and EOS only."""
+    rows, labels = [], []
+    for prompt, solution in zip(prompts, solutions, strict=True):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        completion_ids = tokenizer(format_completion(solution), add_special_tokens=False)["input_ids"]
+        completion_ids.append(tokenizer.eos_token_id)
+        rows.append(prompt_ids + completion_ids)
+        labels.append([-100] * len(prompt_ids) + completion_ids)
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([row + [pad] * (width - len(row)) for row in rows]),
+        "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows]),
+        "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
+    }
+
+
+@torch.no_grad()
+def evaluate_arithmetic(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    dataset: Dataset,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    max_new_tokens: int = 8,
+) -> float:
+    """Fraction of `dataset` problems whose sampled completion is exactly `\\boxed{<solution>}` then EOS.
+
+    `temperature=0` decodes greedily; `temperature=1` is the RL sampling setting. Seed torch first for a
+    reproducible number.
+
+    Example:
+        >>> accuracy = evaluate_arithmetic(model, tokenizer, make_arithmetic_dataset(200, seed=123))  # doctest: +SKIP
+    """
+    was_training = model.training
+    model.eval()
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        inputs = tokenizer(batch["prompt"], return_tensors="pt", padding=True)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+        for ids, solution in zip(output[:, inputs["input_ids"].shape[1] :].tolist(), batch["solution"], strict=True):
+            if tokenizer.eos_token_id in ids:
+                completion = tokenizer.decode(ids[: ids.index(tokenizer.eos_token_id)])
+                correct += completion == format_completion(solution)
+    model.train(was_training)
+    return correct / len(dataset)
+
+
+def _train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    max_operand: int,
+    operations: str,
+) -> list[float]:
+    """Supervised warm start on fresh random problems each step; returns the loss per step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    # Linear warm-up then cosine decay to 10% of the peak rate.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps))),
+    )
+    model.train()
+    losses = []
+    for step in range(steps):
+        data = make_arithmetic_dataset(
+            batch_size, seed=seed * 1_000_003 + step, max_operand=max_operand, operations=operations
+        )
+        loss = model(**_sft_batch(tokenizer, data["prompt"], data["solution"])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("toy SFT step %d/%d: loss %.3f", step + 1, steps, loss.item())
+    return losses
+
+
+def build_toy_model(
+    output_dir: str,
+    *,
+    seed: int = 0,
+    sft_steps: int = 300,
+    sft_batch_size: int = 64,
+    learning_rate: float = 3e-3,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    max_operand: int = 99,
+    operations: str = "+-",
+) -> str:
+    """Build, warm-start and save the toy model and tokenizer to `output_dir`; return `output_dir`.
+
+    A complete directory built with the same arguments is reused as is. The build happens in a sibling temporary
+    directory renamed into place at the end, so an interrupted build never leaves a partial model behind.
+
+    Example:
+        >>> model_dir = build_toy_model("toy-model", seed=0)  # doctest: +SKIP
+        >>> model = AutoModelForCausalLM.from_pretrained(model_dir)  # doctest: +SKIP
+    """
+    build_args = {
+        "seed": seed,
+        "sft_steps": sft_steps,
+        "sft_batch_size": sft_batch_size,
+        "learning_rate": learning_rate,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "max_operand": max_operand,
+        "operations": operations,
+    }
+    if _finished_build_args(output_dir) is not None:
+        return _reuse(output_dir, build_args)
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    losses = _train_sft(
+        model,
+        tokenizer,
+        seed=seed,
+        steps=sft_steps,
+        batch_size=sft_batch_size,
+        learning_rate=learning_rate,
+        max_operand=max_operand,
+        operations=operations,
+    )
+    held_out = make_arithmetic_dataset(500, seed=seed + 10_000, max_operand=max_operand, operations=operations)
+    greedy = evaluate_arithmetic(model, tokenizer, held_out, temperature=0.0)
+    sampled = evaluate_arithmetic(model, tokenizer, held_out, temperature=1.0)
+    logger.info(
+        "toy model built in %.0fs: SFT loss %.3f -> %.3f, held-out accuracy greedy %.2f, sampled (T=1) %.2f",
+        time.perf_counter() - start,
+        losses[0],
+        losses[-1],
+        greedy,
+        sampled,
+    )
+
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".toy-build-", dir=parent)
+    try:
+        model.save_pretrained(tmp_dir)
+        tokenizer.save_pretrained(tmp_dir)
+        record = {**build_args, "sft_loss": losses, "accuracy_greedy": greedy, "accuracy_sampled": sampled}
+        with open(os.path.join(tmp_dir, BUILD_MARKER), "w") as f:
+            json.dump(record, f)
+        if os.path.isdir(output_dir) and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+        os.rename(tmp_dir, output_dir)
+    except OSError:
+        # Another process may have finished the same build first; its directory is as good as ours.
+        if _finished_build_args(output_dir) is None:
+            raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return _reuse(output_dir, build_args)
+
+
+def _finished_build_args(output_dir: str) -> dict | None:
+    """The build arguments recorded in a finished toy-model directory, or None if there is none."""
+    try:
+        with open(os.path.join(output_dir, BUILD_MARKER)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _reuse(output_dir: str, build_args: dict) -> str:
+    """Return `output_dir` if it was built with `build_args`; refuse to silently hand back a different model."""
+    recorded = _finished_build_args(output_dir)
+    mismatched = {k: (recorded.get(k), v) for k, v in build_args.items() if recorded.get(k) != v}
+    if mismatched:
+        raise ValueError(
+            f"{output_dir} holds a toy model built with other arguments (recorded, requested): {mismatched}; "
+            "delete it or pass another output_dir"
+        )
+    logger.info("toy model ready in %s", output_dir)
+    return output_dir
