@@ -1,0 +1,492 @@
+"""A small-scale reproduction of the papers' entropy dynamics: GRPO, DAPO, GPPO, CE-GPPO, ERC and entropy control.
+
+A toy Llama warm-started by SFT on generated arithmetic (`ce_gppo_trl.toy.build_toy_model`, built once and reused)
+is trained by RL with each method below, for several seeds and the same budget. Per method the script reports the
+policy entropy (TRL's `entropy`, the mean next-token entropy of the completion tokens at the sampling temperature
+1.0, logged every step) at the start, its minimum and its end, the held-out accuracy avg@k at the end, plots the
+entropy and held-out accuracy curves, and checks the papers' qualitative claims on the numbers.
+
+Every run is off-policy after its first update: one rollout batch (`--prompts-per-rollout` prompts x
+`--num-generations` completions) feeds `--steps-per-generation` optimizer updates, as in the papers' 8 updates per
+rollout batch, so the clip regions, CE-GPPO's gradient-preserving terms and ERC act.
+
+    python benchmarks/entropy_dynamics.py                       # all methods, 3 seeds, 2 worker processes
+    python benchmarks/entropy_dynamics.py --methods GRPO DAPO --seeds 1 --steps 20 --out-dir /tmp/ed
+
+Runs already saved under `--out-dir/runs` are reused, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+# Method name -> (trainer, config fields). "trl" runs trl.GRPOTrainer with a plain GRPOConfig, i.e. TRL's own loss.
+# CE-GPPO settings follow the paper: eps 0.2 / 0.2 and the authors' dual clip 10; DAPO's clip-higher is 0.2 / 0.28.
+CE_GPPO = {"loss_type": "ce_gppo", "epsilon": 0.2, "epsilon_high": 0.2, "clip_ratio_c": 10.0}
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "GRPO": ("trl", {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2}),
+    "DAPO": ("trl", {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28}),
+    "GPPO (1, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 1.0, "ce_gppo_beta2": 1.0}),
+    "CE-GPPO (0.5, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0}),
+    "CE-GPPO (0.75, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 0.75, "ce_gppo_beta2": 1.0}),
+    "CE-GPPO (1, 0.5)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 1.0, "ce_gppo_beta2": 0.5}),
+    "CE-GPPO (0, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 0.0, "ce_gppo_beta2": 1.0}),
+    "DAPO + ERC": (
+        "ours",
+        {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "erc_low": 0.95, "erc_high": 1.05},
+    ),
+    "CE-GPPO (0.5, 1) + ID": (
+        "ours",
+        {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "entropy_schedule": "increase_decrease"},
+    ),
+    # The controller's target is set per sweep from the measured start entropy (see `controller_fields`).
+    "CE-GPPO (0.5, 1) + controller": (
+        "ours",
+        {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "entropy_controller": True},
+    ),
+}
+RESULTS_START = "<!-- entropy_dynamics:start -->"
+RESULTS_END = "<!-- entropy_dynamics:end -->"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    parser.add_argument("--steps", type=int, default=48, help="optimizer steps per run (default 48)")
+    parser.add_argument("--prompts-per-rollout", type=int, default=16)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--steps-per-generation", type=int, default=4, help="optimizer updates per rollout batch")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--max-completion-length", type=int, default=8)
+    parser.add_argument("--eval-problems", type=int, default=256, help="held-out problems (excluded from training)")
+    parser.add_argument("--eval-every", type=int, default=8, help="steps between held-out accuracy points")
+    parser.add_argument("--eval-k", type=int, default=4, help="samples per problem for the final avg@k")
+    parser.add_argument("--eval-temperature", type=float, default=0.6, help="papers: 0.6 (top_p 0.95, not used)")
+    parser.add_argument("--controller-target-ratio", type=float, nargs=2, default=(1.0, 0.6), metavar=("START", "END"))
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
+    parser.add_argument("--toy-dir", default=os.path.join("outputs", "bench-toy-29"), help="toy model (cached)")
+    parser.add_argument("--toy-max-operand", type=int, default=29, help="operands of the toy task, 0..N")
+    parser.add_argument("--toy-sft-steps", type=int, default=300)
+    parser.add_argument("--out-dir", default=os.path.join("outputs", "entropy_dynamics"))
+    parser.add_argument("--plot", default=os.path.join(HERE, "entropy_dynamics.png"))
+    parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# Data.
+
+
+def task_data(opts: argparse.Namespace, seed: int) -> tuple[Any, Any]:
+    """(train, held-out): the held-out problems are fixed across runs and never appear in training."""
+    from ce_gppo_trl.toy import make_arithmetic_dataset
+
+    held_out = make_arithmetic_dataset(opts.eval_problems, seed=10_000, max_operand=opts.toy_max_operand)
+    excluded = set(held_out["prompt"])
+    rollouts = math.ceil(opts.steps / opts.steps_per_generation)
+    train = make_arithmetic_dataset(
+        4 * rollouts * opts.prompts_per_rollout, seed=seed, max_operand=opts.toy_max_operand
+    )
+    train = train.filter(lambda row: row["prompt"] not in excluded)
+    return train, held_out
+
+
+def build_toy(opts: argparse.Namespace) -> str:
+    from ce_gppo_trl.toy import build_toy_model
+
+    return build_toy_model(opts.toy_dir, max_operand=opts.toy_max_operand, sft_steps=opts.toy_sft_steps)
+
+
+# One run.
+
+
+def avg_at_k(model: Any, tokenizer: Any, dataset: Any, k: int, temperature: float, seed: int) -> float:
+    """Mean accuracy over `k` samples per problem, with its own RNG stream (training's is left untouched)."""
+    import torch
+
+    from ce_gppo_trl.toy import evaluate_arithmetic
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return statistics.fmean(
+            evaluate_arithmetic(model, tokenizer, dataset, temperature=temperature) for _ in range(k)
+        )
+
+
+def run_one(opts: argparse.Namespace, method: str, seed: int, start_entropy: float | None) -> dict[str, Any]:
+    """Train `method` with `seed` and return its curves and final numbers."""
+    from transformers import AutoTokenizer, TrainerCallback, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+    from ce_gppo_trl.rewards import math_accuracy_reward
+
+    trainer_kind, fields = METHODS[method]
+    if fields.get("entropy_controller"):
+        fields = {**fields, **controller_fields(opts, start_entropy)}
+    batch = opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation
+    args_class = GRPOConfig if trainer_kind == "trl" else CEGPPOConfig
+    args = args_class(
+        output_dir=os.path.join(opts.out_dir, "trainer", f"{slug(method)}-{seed}"),
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        seed=seed,
+        data_seed=seed,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        steps_per_generation=opts.steps_per_generation,
+        num_generations=opts.num_generations,
+        max_completion_length=opts.max_completion_length,
+        temperature=1.0,
+        learning_rate=opts.learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=opts.steps,
+        beta=0.0,
+        **fields,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(opts.toy_dir)
+    train, held_out = task_data(opts, seed)
+    curve: list[tuple[int, float]] = []
+
+    class HeldOutAccuracy(TrainerCallback):
+        def evaluate(self, model: Any, step: int, k: int = 1) -> None:
+            curve.append((step, avg_at_k(model, tokenizer, held_out, k, opts.eval_temperature, seed + step)))
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            self.evaluate(model, 0, opts.eval_k)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if state.global_step % opts.eval_every == 0 and state.global_step < state.max_steps:
+                self.evaluate(model, state.global_step)
+
+    set_seed(seed)
+    trainer_class = GRPOTrainer if trainer_kind == "trl" else CEGPPOTrainer
+    trainer = trainer_class(
+        model=opts.toy_dir,
+        reward_funcs=math_accuracy_reward,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=[HeldOutAccuracy()],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    final = avg_at_k(trainer.model, tokenizer, held_out, opts.eval_k, opts.eval_temperature, 777 + seed)
+    curve.append((opts.steps, final))
+    history = trainer.state.log_history
+
+    def series(key: str) -> list[float]:
+        return [entry[key] for entry in history if key in entry and "step" in entry]
+
+    return {
+        "method": method,
+        "seed": seed,
+        "seconds": seconds,
+        "entropy": series("entropy"),
+        "reward": series("reward"),
+        "clip_region": series("clip_ratio/region_mean"),
+        "erc_masked": [
+            low + high
+            for low, high in zip(
+                series("entropy_ratio/clip_low_mean"), series("entropy_ratio/clip_high_mean"), strict=True
+            )
+        ],
+        "controller_target": series("entropy_control/target"),
+        "accuracy_curve": curve,
+        "final_accuracy": final,
+    }
+
+
+def controller_fields(opts: argparse.Namespace, start_entropy: float | None) -> dict[str, Any]:
+    """Controller target: from `START x H0` to `END x H0` over the run, H0 the SFT policy's measured entropy."""
+    if start_entropy is None:
+        raise ValueError("the controller run needs the start entropy; run the sweep through main()")
+    start, end = opts.controller_target_ratio
+    return {"entropy_controller_target": start * start_entropy, "entropy_controller_target_final": end * start_entropy}
+
+
+def slug(method: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in method.lower()).strip("-").replace("--", "-")
+
+
+def run_path(opts: argparse.Namespace, method: str, seed: int) -> str:
+    return os.path.join(opts.out_dir, "runs", f"{slug(method)}-seed{seed}.json")
+
+
+def worker(opts: argparse.Namespace) -> None:
+    """Run the `method|seed` jobs given on the command line one after the other, saving each as it finishes."""
+    import torch
+
+    torch.set_num_threads(1)
+    start_entropy = json.loads(opts.worker[0])
+    for job in opts.worker[1:]:
+        method, seed = job.rsplit("|", 1)
+        result = run_one(opts, method, int(seed), start_entropy)
+        path = run_path(opts, method, int(seed))
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+        print(
+            f"done {method} seed {seed}: {result['seconds']:.0f}s, avg@{opts.eval_k} {result['final_accuracy']:.3f}",
+            flush=True,
+        )
+
+
+def measure_start_entropy(opts: argparse.Namespace) -> float:
+    """Mean next-token entropy of the SFT policy on its own completions (temperature 1), like TRL's `entropy`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(opts.toy_dir)
+    model = AutoModelForCausalLM.from_pretrained(opts.toy_dir).eval()
+    _, held_out = task_data(opts, 0)
+    inputs = tokenizer(list(held_out["prompt"]), return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            max_new_tokens=opts.max_completion_length,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    completion = out.sequences[:, inputs["input_ids"].shape[1] :]
+    # A token counts up to and including the first EOS, as in TRL's completion mask.
+    is_eos = completion == tokenizer.eos_token_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    mask = ~after_eos & (completion != tokenizer.pad_token_id) | is_eos
+    logits = torch.stack(out.scores, dim=1)
+    entropy = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).nan_to_num().sum(-1)
+    return float((entropy * mask).sum() / mask.sum())
+
+
+# Sweep, table, plot, claims.
+
+
+def run_sweep(opts: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
+    os.makedirs(os.path.join(opts.out_dir, "runs"), exist_ok=True)
+    build_toy(opts)
+    start_entropy = measure_start_entropy(opts)
+    print(f"toy model {opts.toy_dir}: start entropy {start_entropy:.3f} nats", flush=True)
+    jobs = [
+        (method, seed)
+        for seed in range(opts.seeds)
+        for method in opts.methods
+        if not os.path.exists(run_path(opts, method, seed))
+    ]
+    forwarded = [token for token in argv if token != "--worker"]
+    procs = []
+    for rank in range(min(opts.jobs, len(jobs))):
+        mine = [f"{method}|{seed}" for method, seed in jobs[rank :: opts.jobs]]
+        command = [sys.executable, os.path.abspath(__file__), *forwarded, "--worker", json.dumps(start_entropy), *mine]
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+        procs.append(subprocess.Popen(command, env=env))
+    failed = [proc.args for proc in procs if proc.wait() != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker(s) failed; see their output above")
+    results = []
+    for seed in range(opts.seeds):
+        for method in opts.methods:
+            with open(run_path(opts, method, seed)) as f:
+                results.append(json.load(f))
+    return results
+
+
+def end_value(values: list[float]) -> float:
+    """The end of a curve: the mean of its last eighth (4 steps at least), which damps step-to-step noise."""
+    tail = max(4, len(values) // 8)
+    return statistics.fmean(values[-tail:])
+
+
+def swing(values: list[float]) -> float:
+    """Mean absolute change of entropy between consecutive steps."""
+    return (
+        statistics.fmean(abs(b - a) for a, b in zip(values[:-1], values[1:], strict=True)) if len(values) > 1 else 0.0
+    )
+
+
+def per_method(results: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per method: (mean, std over seeds) of each summary number."""
+    summary = {}
+    for method in methods:
+        runs = [r for r in results if r["method"] == method]
+        numbers = {
+            "start": [r["entropy"][0] for r in runs],
+            "min": [min(r["entropy"]) for r in runs],
+            "end": [end_value(r["entropy"]) for r in runs],
+            "swing": [swing(r["entropy"]) for r in runs],
+            "accuracy_start": [r["accuracy_curve"][0][1] for r in runs],
+            "accuracy": [r["final_accuracy"] for r in runs],
+            "clip": [statistics.fmean(r["clip_region"]) if r["clip_region"] else float("nan") for r in runs],
+            "seconds": [r["seconds"] for r in runs],
+        }
+        summary[method] = {
+            name: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for name, v in numbers.items()
+        }
+    return summary
+
+
+def format_table(summary: dict[str, dict[str, tuple[float, float]]], opts: argparse.Namespace) -> str:
+    k = opts.eval_k
+    lines = [
+        f"| method | entropy start | entropy min | entropy end | mean abs. step change | avg@{k} start | avg@{k} end "
+        "| clipped tokens | s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(numbers: dict[str, tuple[float, float]], name: str) -> str:
+        mean, std = numbers[name]
+        return "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+    for method, s in summary.items():
+        lines.append(
+            f"| {method} | {cell(s, 'start')} | {cell(s, 'min')} | {cell(s, 'end')} | {cell(s, 'swing')} | "
+            f"{cell(s, 'accuracy_start')} | {cell(s, 'accuracy')} | {cell(s, 'clip')} | {s['seconds'][0]:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def check_claims(summary: dict[str, dict[str, tuple[float, float]]]) -> list[tuple[str, bool | None, str]]:
+    """The papers' qualitative claims, each with a verdict on the seed means (None: a method needed was not run)."""
+
+    def end(method: str) -> float | None:
+        return summary[method]["end"][0] if method in summary else None
+
+    claims = []
+    beta1_order = ["CE-GPPO (0, 1)", "CE-GPPO (0.5, 1)", "CE-GPPO (0.75, 1)", "GPPO (1, 1)"]
+    ends = [end(m) for m in beta1_order]
+    if None not in ends:
+        holds = all(a > b for a, b in zip(ends[:-1], ends[1:], strict=True))
+        claims.append(
+            (
+                "entropy falls faster with larger beta1 (end entropy decreasing in beta1 = 0, 0.5, 0.75, 1 at "
+                "beta2 = 1)",
+                holds,
+                ", ".join(f"{m}: {e:.3f}" for m, e in zip(beta1_order, ends, strict=True)),
+            )
+        )
+    low, high = end("CE-GPPO (1, 0.5)"), end("GPPO (1, 1)")
+    if None not in (low, high):
+        claims.append(
+            (
+                "entropy falls slower with larger beta2 (end entropy of (1, 0.5) below (1, 1))",
+                low < high,
+                f"(1, 0.5): {low:.3f}, (1, 1): {high:.3f}",
+            )
+        )
+    ce = end("CE-GPPO (0.5, 1)")
+    for baseline in ("GRPO", "DAPO"):
+        base = end(baseline)
+        if None not in (ce, base):
+            start = summary[baseline]["start"][0]
+            claims.append(
+                (
+                    f"{baseline} entropy collapses where CE-GPPO (0.5, 1) holds it (end entropy of {baseline} below "
+                    "CE-GPPO (0.5, 1)'s)",
+                    base < ce,
+                    f"{baseline}: {start:.3f} -> {base:.3f}; CE-GPPO (0.5, 1): "
+                    f"{summary['CE-GPPO (0.5, 1)']['start'][0]:.3f} -> {ce:.3f}",
+                )
+            )
+    if "DAPO" in summary and "DAPO + ERC" in summary:
+        plain, erc = summary["DAPO"]["swing"][0], summary["DAPO + ERC"]["swing"][0]
+        claims.append(
+            (
+                "ERC narrows entropy swings (mean absolute step-to-step entropy change of DAPO + ERC below DAPO's)",
+                erc < plain,
+                f"DAPO: {plain:.4f}, DAPO + ERC: {erc:.4f}",
+            )
+        )
+    return claims
+
+
+def plot(results: list[dict[str, Any]], methods: list[str], path: str, opts: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(14, 5.5))
+    colors = plt.get_cmap("tab10")
+    for i, method in enumerate(methods):
+        runs = [r for r in results if r["method"] == method]
+        length = min(len(r["entropy"]) for r in runs)
+        mean_h = [statistics.fmean(r["entropy"][t] for r in runs) for t in range(length)]
+        style = "--" if i >= 10 else "-"
+        ax_h.plot(range(1, length + 1), mean_h, style, color=colors(i % 10), label=method, lw=1.5)
+        points = min(len(r["accuracy_curve"]) for r in runs)
+        steps = [runs[0]["accuracy_curve"][j][0] for j in range(points)]
+        mean_a = [statistics.fmean(r["accuracy_curve"][j][1] for r in runs) for j in range(points)]
+        ax_a.plot(steps, mean_a, style, marker="o", ms=3, color=colors(i % 10), label=method, lw=1.5)
+    seeds = len({r["seed"] for r in results})
+    ax_h.set(xlabel="optimizer step", ylabel="entropy (nats, T = 1)", title=f"Policy entropy (mean of {seeds} seeds)")
+    ax_a.set(
+        xlabel="optimizer step",
+        ylabel=f"held-out accuracy (T = {opts.eval_temperature})",
+        title=f"Held-out accuracy (avg@{opts.eval_k} at start and end, avg@1 between)",
+    )
+    ax_h.legend(fontsize=8)
+    for ax in (ax_h, ax_a):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(path: str, block: str) -> None:
+    """Replace the entropy-dynamics block of `path` (between the markers), or append it."""
+    text = open(path).read() if os.path.exists(path) else ""
+    block = f"{RESULTS_START}\n{block}\n{RESULTS_END}"
+    if RESULTS_START in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_START, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    opts = parse_args(argv)
+    if opts.worker:
+        worker(opts)
+        return {}
+    start = time.perf_counter()
+    results = run_sweep(opts, argv)
+    summary = per_method(results, opts.methods)
+    claims = check_claims(summary)
+    table = format_table(summary, opts)
+    plot(results, opts.methods, opts.plot, opts)
+    command = "python benchmarks/entropy_dynamics.py" + "".join(f" {a}" for a in argv)
+    verdicts = "\n".join(
+        f"- {'holds' if holds else 'does not hold'}: {claim}. {detail}." for claim, holds, detail in claims
+    )
+    block = f"Command: `{command}`\n\n{table}\n\nClaims, on the seed means:\n\n{verdicts}"
+    print(block)
+    print(f"\nsweep took {time.perf_counter() - start:.0f}s; plot: {opts.plot}")
+    if opts.results_md:
+        write_results(opts.results_md, block)
+    return {"summary": summary, "claims": claims, "table": table}
+
+
+if __name__ == "__main__":
+    main()
