@@ -1,7 +1,7 @@
 """A tiny offline model and arithmetic task, so that the quickstart runs on CPU with no network.
 
 `build_toy_model` builds a character-level tokenizer and a small random-init Llama, teaches it two-operand
-arithmetic by a short supervised warm start, and saves both as an ordinary Hugging Face model directory. The warm
+addition by a short supervised warm start, and saves both as an ordinary Hugging Face model directory. The warm
 start stops early on purpose: the model knows the format and often the answer, but sampled at temperature 1 it is
 right only part of the time, which leaves room for RL to show a rising reward within minutes.
 
@@ -9,7 +9,7 @@ Example:
     >>> from ce_gppo_trl.toy import build_toy_model, make_arithmetic_dataset
     >>> model_dir = build_toy_model("toy-model")  # ~1-2 minutes on 2 CPU cores, then cached
     >>> make_arithmetic_dataset(2, seed=0)[0]  # doctest: +SKIP
-    {'prompt': '49+97=', 'solution': '146'}
+    {'prompt': '27+12=', 'solution': '39'}
 """
 
 from __future__ import annotations
@@ -68,12 +68,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def make_arithmetic_dataset(
-    num_examples: int, seed: int = 0, *, max_operand: int = 99, operations: str = "+-"
+    num_examples: int, seed: int = 0, *, max_operand: int = 29, operations: str = "+"
 ) -> Dataset:
     """Random problems `a op b =` with `a, b` in `[0, max_operand]`, as plain-string `prompt` and `solution` columns.
 
     The completion the model is taught is `\\boxed{<solution>}` then EOS, which
-    `ce_gppo_trl.rewards.math_accuracy_reward` scores against `solution`. Subtraction may give negative answers.
+    `ce_gppo_trl.rewards.math_accuracy_reward` scores against `solution`.
+    With `operations="+-"` answers may be negative.
 
     Example:
         >>> ds = make_arithmetic_dataset(100, seed=1)
@@ -200,8 +201,9 @@ def build_toy_model(
     learning_rate: float = 3e-3,
     hidden_size: int = 128,
     num_layers: int = 4,
-    max_operand: int = 99,
-    operations: str = "+-",
+    max_operand: int = 29,
+    operations: str = "+",
+    eval_examples: int = 500,
 ) -> str:
     """Build, warm-start and save the toy model and tokenizer to `output_dir`; return `output_dir`.
 
@@ -252,7 +254,9 @@ def build_toy_model(
         max_operand=max_operand,
         operations=operations,
     )
-    held_out = make_arithmetic_dataset(500, seed=seed + 10_000, max_operand=max_operand, operations=operations)
+    held_out = make_arithmetic_dataset(
+        eval_examples, seed=seed + 10_000, max_operand=max_operand, operations=operations
+    )
     greedy = evaluate_arithmetic(model, tokenizer, held_out, temperature=0.0)
     sampled = evaluate_arithmetic(model, tokenizer, held_out, temperature=1.0)
     logger.info(
