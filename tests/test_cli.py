@@ -1,0 +1,153 @@
+"""`ce_gppo_trl.cli`: argument parsing, the quickstart defaults, model resolution, input errors and dispatch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ce_gppo_trl import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_yaml_and_the_no_config_defaults_agree():
+    from_yaml = cli.parse_train_args(["--config", str(ROOT / "configs" / "quickstart.yaml")])
+    from_defaults = cli.parse_train_args([])
+    assert from_yaml == from_defaults
+    assert yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text()) == cli.QUICKSTART
+
+
+def test_quickstart_values_reach_the_dataclasses_and_cli_overrides_win():
+    script_args, training_args, model_args = cli.parse_train_args(["--output_dir", "elsewhere", "--max_steps", "7"])
+    assert model_args.model_name_or_path == cli.TOY_MODEL
+    assert script_args.dataset_name == "builtin:arithmetic" and script_args.reward_funcs == ["math_accuracy"]
+    assert (training_args.output_dir, training_args.max_steps) == ("elsewhere", 7)
+    assert training_args.loss_type == "ce_gppo" and training_args.ce_gppo_beta1 == 0.5
+    # 4 optimizer updates per rollout batch of 32 x 4 = 128 completions: off-policy, so CE-GPPO can act.
+    assert training_args.generation_batch_size == 128 and training_args.off_policy
+    assert training_args.use_cpu and not training_args.bf16 and training_args.report_to == []
+
+
+def test_unknown_yaml_key_is_refused(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("output_dir: x\nuse_cpu: true\nce_gppo_beat1: 0.5\n")
+    with pytest.raises(ValueError, match="ce_gppo_beat1"):
+        cli.parse_train_args(["--config", str(recipe)])
+
+
+def test_invalid_value_is_refused_with_the_field_name(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("output_dir: x\nuse_cpu: true\nce_gppo_beta1: -1\n")
+    with pytest.raises(ValueError, match="ce_gppo_beta1=-1"):
+        cli.parse_train_args(["--config", str(recipe)])
+
+
+def test_reward_names_and_dotted_paths():
+    script_args, training_args, _ = cli.parse_train_args(["--reward_funcs", "math_accuracy", "test_cli.always_half"])
+    funcs = cli.build_reward_funcs(script_args, training_args)
+    assert funcs[0](completions=["\\boxed{4}", "\\boxed{5}"], solution=["4", "4"]) == [1.0, 0.0]
+    assert funcs[1] is always_half
+
+
+def always_half(completions, **kwargs):
+    return [0.5] * len(completions)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--reward_funcs", "accuracy"], r"reward_funcs=\['accuracy'\].*math_accuracy"),
+        (["--reward_funcs", "no_such_module.reward"], "reward_funcs='no_such_module.reward'.*cannot import"),
+        (["--reward_funcs", "math_accuracy", "--reward_scale", "percent"], "scale.*percent"),
+    ],
+)
+def test_bad_reward_selection_is_a_clear_error(argv, match):
+    script_args, training_args, _ = cli.parse_train_args(argv)
+    with pytest.raises(ValueError, match=match):
+        cli.build_reward_funcs(script_args, training_args)
+
+
+def test_overlong_reward_gets_the_completion_length():
+    script_args, training_args, _ = cli.parse_train_args(["--reward_funcs", "math_accuracy", "overlong"])
+    overlong = cli.build_reward_funcs(script_args, training_args)[1]
+    # max_completion_length 8, buffer 20% -> 1 token: 8 tokens are inside the buffer, penalised by 1/1.
+    assert overlong(completion_ids=[[1] * 6, [1] * 8]) == [0.0, -1.0]
+
+
+def test_vllm_requested_but_missing_names_the_install_line(monkeypatch):
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    _, training_args, _ = cli.parse_train_args([])
+    training_args.use_vllm = True
+    with pytest.raises(ValueError, match=r"use_vllm=True.*pip install 'ce-gppo-trl\[vllm\]'"):
+        cli.check_vllm(training_args)
+
+
+def test_vllm_is_not_imported_unless_asked():
+    code = "import sys, ce_gppo_trl.cli; ce_gppo_trl.cli.parse_train_args([]); print('vllm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_quantization_without_peft_is_refused():
+    _, _, model_args = cli.parse_train_args(["--load_in_4bit", "true"])
+    with pytest.raises(ValueError, match="load_in_4bit=True with use_peft=False"):
+        cli.check_model_args(model_args)
+
+
+@pytest.mark.parametrize("name", [None, "", "builtin:gpt5"])
+def test_bad_model_name_is_refused(name):
+    _, training_args, _ = cli.parse_train_args([])
+    with pytest.raises(ValueError, match="model_name_or_path="):
+        cli.resolve_model(name, training_args, None)
+
+
+def test_hub_ids_and_local_directories_pass_through(tiny_model_dir):
+    _, training_args, _ = cli.parse_train_args([])
+    assert cli.resolve_model(tiny_model_dir, training_args, None) == tiny_model_dir
+    assert cli.resolve_model("Qwen/Qwen2.5-0.5B", training_args, None) == "Qwen/Qwen2.5-0.5B"
+
+
+def test_builtin_toy_builds_once_into_the_cache(monkeypatch, tmp_path):
+    import ce_gppo_trl.toy as toy
+
+    built = []
+    monkeypatch.setattr(toy, "build_toy_model", lambda path, **kw: built.append(path) or path)
+    _, training_args, _ = cli.parse_train_args([])
+    path = cli.resolve_model(cli.TOY_MODEL, training_args, str(tmp_path))
+    assert built == [path] and Path(path).parent == tmp_path and Path(path).name.startswith("toy-model-")
+    monkeypatch.setenv("CE_GPPO_CACHE", str(tmp_path / "env"))
+    assert Path(cli.toy_model_path()).parent == tmp_path / "env"
+
+
+def test_train_on_a_local_model_directory_end_to_end(tiny_model_dir, tmp_path, capsys):
+    argv = ["--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path / "run"), "--max_steps", "2"]
+    argv += ["--num_train_examples", "64", "--logging_steps", "1", "--save_strategy", "no"]
+    assert cli.main(["train", *argv]) == 0
+    summary = capsys.readouterr().out
+    assert "training finished" in summary and "(2 steps, 1 process)" in summary
+    assert f"model:         {tmp_path / 'run'}" in summary and "trainer_state.json" in summary
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "trainer_state.json").is_file()
+
+
+@pytest.mark.parametrize(("command", "module"), [("eval", "evaluation"), ("plot", "plotting")])
+def test_eval_and_plot_dispatch_to_their_modules(monkeypatch, command, module):
+    calls = []
+    fake = types.ModuleType(f"ce_gppo_trl.{module}")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, f"ce_gppo_trl.{module}", fake)
+    assert cli.main([command, "--x", "1"]) == 0
+    assert calls == [["--x", "1"]]
+
+
+def test_unknown_command_and_help():
+    assert cli.main(["fly"]) == 2
+    assert cli.main(["--help"]) == 0
+
+
+def test_console_script_is_declared():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'ce-gppo = "ce_gppo_trl.cli:main"' in pyproject

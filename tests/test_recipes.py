@@ -1,0 +1,95 @@
+"""Every recipe under configs/ parses into the script's dataclasses and passes their validation.
+
+A misspelt or unknown key is an error (TrlParser's `fail_with_unknown_args`), and each dataclass's `__post_init__`
+validates the values. This machine has no GPU, so `--use_cpu true` is the one override: transformers refuses
+`bf16: true` on a CPU-only machine otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+from ce_gppo_trl.cli import make_parser
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "accelerate" not in p.parts)
+ACCELERATE = sorted((CONFIGS / "accelerate").glob("*.yaml"))
+PAPER = sorted(CONFIGS.glob("DeepSeek-R1-Distill-Qwen-*/*.yaml"))
+
+
+def parse(recipe: Path):
+    return make_parser().parse_args_and_config(["--config", str(recipe), "--use_cpu", "true"])
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 7 and len(ACCELERATE) == 5
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_recipe_parses_and_validates(recipe):
+    raw = yaml.safe_load(recipe.read_text())
+    script_args, training_args, model_args = parse(recipe)
+    fields = {**vars(script_args), **vars(model_args), **training_args.to_dict()}
+    assert set(raw) <= set(fields)
+    assert training_args.off_policy, "CE-GPPO/ERC recipes must take several optimizer updates per rollout batch"
+
+
+@pytest.mark.parametrize("recipe", PAPER, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_paper_recipes_keep_the_paper_settings(recipe):
+    _, args, model_args = parse(recipe)
+    assert (args.learning_rate, args.weight_decay, args.max_grad_norm, args.beta) == (
+        1e-6 if not model_args.use_peft else 1e-5,
+        0.1,
+        1.0,
+        0.0,
+    )
+    assert (args.num_generations, args.temperature, args.warmup_steps) == (8, 1.0, 10)
+    # 8 optimizer updates per rollout batch.
+    assert args.steps_per_generation == 8 * args.gradient_accumulation_steps
+    if not model_args.use_peft:
+        # On the 8-GPU node the recipe is written for: 16 prompts x 8 = 128 completions per update, 1024 per rollout.
+        assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128
+        assert args.per_device_train_batch_size * 8 * args.steps_per_generation == 1024
+        assert args.max_completion_length == 16384
+
+
+@pytest.mark.parametrize(
+    ("recipe", "beta1", "beta2"),
+    [
+        ("DeepSeek-R1-Distill-Qwen-1.5B/ce_gppo.yaml", 0.5, 1.0),
+        ("DeepSeek-R1-Distill-Qwen-7B/ce_gppo.yaml", 0.75, 1.0),
+        ("DeepSeek-R1-Distill-Qwen-1.5B/gppo.yaml", 1.0, 1.0),
+        ("DeepSeek-R1-Distill-Qwen-7B/gppo.yaml", 1.0, 1.0),
+    ],
+)
+def test_paper_betas(recipe, beta1, beta2):
+    _, args, _ = parse(CONFIGS / recipe)
+    assert (args.loss_type, args.ce_gppo_beta1, args.ce_gppo_beta2, args.epsilon, args.epsilon_high) == (
+        "ce_gppo",
+        beta1,
+        beta2,
+        0.2,
+        0.2,
+    )
+
+
+def test_lora_and_qlora_recipes():
+    _, lora, lora_model = parse(CONFIGS / "DeepSeek-R1-Distill-Qwen-1.5B/ce_gppo_lora.yaml")
+    _, qlora, qlora_model = parse(CONFIGS / "DeepSeek-R1-Distill-Qwen-7B/ce_gppo_qlora.yaml")
+    assert lora_model.use_peft and not lora_model.load_in_4bit
+    assert qlora_model.use_peft and qlora_model.load_in_4bit and qlora_model.bnb_4bit_quant_type == "nf4"
+    for args in (lora, qlora):
+        assert args.use_vllm and args.vllm_mode == "colocate" and args.vllm_enable_sleep_mode
+        assert 0.2 <= args.vllm_gpu_memory_utilization <= 0.5 and args.activation_checkpointing
+
+
+@pytest.mark.parametrize("config", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_configs_load(config):
+    loaded = load_config_from_file(str(config))  # raises on unknown keys
+    expected = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
+    assert loaded.distributed_type.value == expected.get(config.stem, "FSDP")
+    assert loaded.num_processes == (1 if config.stem == "single_gpu" else 8)
