@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=os.path.join("outputs", "entropy_dynamics"))
     parser.add_argument("--plot", default=os.path.join(HERE, "entropy_dynamics.png"))
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: report the runs already saved in --out-dir"
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -101,10 +105,21 @@ def task_data(opts: argparse.Namespace, seed: int) -> tuple[Any, Any]:
     return train, held_out
 
 
-def build_toy(opts: argparse.Namespace) -> str:
-    from ce_gppo_trl.toy import build_toy_model
+def build_toy(opts: argparse.Namespace) -> dict[str, Any]:
+    """Build the toy model once; a finished build in `--toy-dir` is reused as is (even if the builder's defaults
+    have changed since, so that a resumed sweep keeps its model). Returns the build record."""
+    from ce_gppo_trl.toy import BUILD_MARKER, build_toy_model
 
-    return build_toy_model(opts.toy_dir, max_operand=opts.toy_max_operand, sft_steps=opts.toy_sft_steps)
+    marker = os.path.join(opts.toy_dir, BUILD_MARKER)
+    if not os.path.exists(marker):
+        build_toy_model(opts.toy_dir, max_operand=opts.toy_max_operand, sft_steps=opts.toy_sft_steps)
+    with open(marker) as f:
+        record = json.load(f)
+    if record["max_operand"] != opts.toy_max_operand:
+        raise ValueError(
+            f"{opts.toy_dir} was built with max_operand={record['max_operand']}, not {opts.toy_max_operand}"
+        )
+    return record
 
 
 # One run.
@@ -154,6 +169,7 @@ def run_one(opts: argparse.Namespace, method: str, seed: int, start_entropy: flo
         lr_scheduler_type="constant",
         max_steps=opts.steps,
         beta=0.0,
+        gradient_checkpointing=False,  # TRL's default recomputes activations: pure cost for a 4 x 128 model
         **fields,
     )
     tokenizer = AutoTokenizer.from_pretrained(opts.toy_dir)
@@ -234,8 +250,10 @@ def worker(opts: argparse.Namespace) -> None:
     start_entropy = json.loads(opts.worker[0])
     for job in opts.worker[1:]:
         method, seed = job.rsplit("|", 1)
-        result = run_one(opts, method, int(seed), start_entropy)
         path = run_path(opts, method, int(seed))
+        if os.path.exists(path):  # another sweep finished it meanwhile
+            continue
+        result = run_one(opts, method, int(seed), start_entropy)
         with open(path + ".tmp", "w") as f:
             json.dump(result, f)
         os.replace(path + ".tmp", path)
@@ -283,14 +301,18 @@ def measure_start_entropy(opts: argparse.Namespace) -> float:
 
 def run_sweep(opts: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
     os.makedirs(os.path.join(opts.out_dir, "runs"), exist_ok=True)
-    build_toy(opts)
+    record = build_toy(opts)
     start_entropy = measure_start_entropy(opts)
-    print(f"toy model {opts.toy_dir}: start entropy {start_entropy:.3f} nats", flush=True)
+    print(
+        f"toy model {opts.toy_dir}: SFT held-out accuracy greedy {record['accuracy_greedy']:.2f}, sampled (T=1) "
+        f"{record['accuracy_sampled']:.2f}; start entropy {start_entropy:.3f} nats",
+        flush=True,
+    )
     jobs = [
         (method, seed)
         for seed in range(opts.seeds)
         for method in opts.methods
-        if not os.path.exists(run_path(opts, method, seed))
+        if not os.path.exists(run_path(opts, method, seed)) and not opts.report_only
     ]
     forwarded = [token for token in argv if token != "--worker"]
     procs = []
@@ -305,6 +327,8 @@ def run_sweep(opts: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]
     results = []
     for seed in range(opts.seeds):
         for method in opts.methods:
+            if opts.report_only and not os.path.exists(run_path(opts, method, seed)):
+                continue
             with open(run_path(opts, method, seed)) as f:
                 results.append(json.load(f))
     return results
@@ -328,6 +352,8 @@ def per_method(results: list[dict[str, Any]], methods: list[str]) -> dict[str, d
     summary = {}
     for method in methods:
         runs = [r for r in results if r["method"] == method]
+        if not runs:
+            continue
         numbers = {
             "start": [r["entropy"][0] for r in runs],
             "min": [min(r["entropy"]) for r in runs],
@@ -337,6 +363,7 @@ def per_method(results: list[dict[str, Any]], methods: list[str]) -> dict[str, d
             "accuracy": [r["final_accuracy"] for r in runs],
             "clip": [statistics.fmean(r["clip_region"]) if r["clip_region"] else float("nan") for r in runs],
             "seconds": [r["seconds"] for r in runs],
+            "seeds": [float(len(runs))] * len(runs),
         }
         summary[method] = {
             name: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for name, v in numbers.items()
@@ -348,8 +375,8 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]], opts: argpa
     k = opts.eval_k
     lines = [
         f"| method | entropy start | entropy min | entropy end | mean abs. step change | avg@{k} start | avg@{k} end "
-        "| clipped tokens | s / run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| clipped tokens | seeds | s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(numbers: dict[str, tuple[float, float]], name: str) -> str:
@@ -359,7 +386,8 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]], opts: argpa
     for method, s in summary.items():
         lines.append(
             f"| {method} | {cell(s, 'start')} | {cell(s, 'min')} | {cell(s, 'end')} | {cell(s, 'swing')} | "
-            f"{cell(s, 'accuracy_start')} | {cell(s, 'accuracy')} | {cell(s, 'clip')} | {s['seconds'][0]:.0f} |"
+            f"{cell(s, 'accuracy_start')} | {cell(s, 'accuracy')} | {cell(s, 'clip')} | {s['seeds'][0]:.0f} | "
+            f"{s['seconds'][0]:.0f} |"
         )
     return "\n".join(lines)
 
@@ -428,6 +456,8 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str, opts: arg
     colors = plt.get_cmap("tab10")
     for i, method in enumerate(methods):
         runs = [r for r in results if r["method"] == method]
+        if not runs:
+            continue
         length = min(len(r["entropy"]) for r in runs)
         mean_h = [statistics.fmean(r["entropy"][t] for r in runs) for t in range(length)]
         style = "--" if i >= 10 else "-"
@@ -436,8 +466,7 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str, opts: arg
         steps = [runs[0]["accuracy_curve"][j][0] for j in range(points)]
         mean_a = [statistics.fmean(r["accuracy_curve"][j][1] for r in runs) for j in range(points)]
         ax_a.plot(steps, mean_a, style, marker="o", ms=3, color=colors(i % 10), label=method, lw=1.5)
-    seeds = len({r["seed"] for r in results})
-    ax_h.set(xlabel="optimizer step", ylabel="entropy (nats, T = 1)", title=f"Policy entropy (mean of {seeds} seeds)")
+    ax_h.set(xlabel="optimizer step", ylabel="entropy (nats, T = 1)", title="Policy entropy (mean over seeds)")
     ax_a.set(
         xlabel="optimizer step",
         ylabel=f"held-out accuracy (T = {opts.eval_temperature})",
@@ -476,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     claims = check_claims(summary)
     table = format_table(summary, opts)
     plot(results, opts.methods, opts.plot, opts)
-    command = "python benchmarks/entropy_dynamics.py" + "".join(f" {a}" for a in argv)
+    command = shlex.join(["python", "benchmarks/entropy_dynamics.py", *argv])
     verdicts = "\n".join(
         f"- {'holds' if holds else 'does not hold'}: {claim}. {detail}." for claim, holds, detail in claims
     )

@@ -6,7 +6,8 @@ Arm `trl`: `trl.GRPOTrainer`, `loss_type="dapo"` (clip-higher, token-mean). Arm 
 mini-batch layout (`steps_per_generation` updates per rollout batch), and every completion is generated to full
 length (`min_new_tokens`), so that both arms process the same number of tokens whatever their weights become.
 
-Each run is its own process; runs alternate A B A B over `--pairs` pairs and the script prints the medians:
+Each run is its own process; runs alternate A B B A A B ... over `--pairs` pairs (so that neither arm always goes
+first) and the script prints the medians:
 
 - wall time of `trainer.train()`, and the part of it outside `generate` (the training side, where the two arms
   differ: the scoring pass, the loss, the backward, the metrics);
@@ -371,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opts.model_dir = build_model_dir(opts.model_config, os.path.join(work_dir, "model"), opts.seed)
         results = []
         for pair in range(opts.pairs):
-            for arm in ARMS:
+            # A B, B A, A B, ...: alternated, and counterbalanced so that neither arm always runs first.
+            for arm in ARMS if pair % 2 == 0 else ARMS[::-1]:
                 result = _spawn(opts, arm)
                 results.append(result)
                 print(

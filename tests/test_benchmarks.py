@@ -1,0 +1,63 @@
+"""Both benchmark scripts, run for real at a toy size: they must produce their figures, table and plot."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_prints_ratios_and_equal_forward_counts(tmp_path, capsys):
+    overhead = load("overhead")
+    argv = ["--pairs", "1", "--model-config", "toy-256", "--steps", "2", "--batch-size", "4"]
+    argv += ["--num-generations", "2", "--steps-per-generation", "2", "--completion-length", "4"]
+    summary = overhead.main([*argv, "--json", str(tmp_path / "overhead.json")])
+    out = capsys.readouterr().out
+    assert "| wall time of train() (s) |" in out and "| model forwards outside generate |" in out
+    for arm in ("trl", "ours"):
+        assert summary[arm]["steps"] == 2
+        # one rollout of 8 completions x 4 tokens (4 decoding steps), TRL's scoring pass for old_per_token_logps
+        # (2 chunks of 4) and 2 training forwards: CE-GPPO + ERC + diagnostics add no forward pass
+        assert summary[arm]["forwards_generate"] == 4
+        assert summary[arm]["forwards_train"] == 4
+        assert summary[arm]["completion_tokens"] == 8 * 4  # every completion runs to full length
+    assert summary["ratio"]["train_seconds"] > 0 and summary["ratio"]["peak_memory_mib"] > 0
+    assert len(json.loads((tmp_path / "overhead.json").read_text())["runs"]) == 2
+
+
+def test_entropy_dynamics_writes_table_plot_and_claims(tmp_path):
+    dynamics = load("entropy_dynamics")
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Results\n\nkept\n")
+    argv = ["--methods", "DAPO", "DAPO + ERC", "--seeds", "1", "--steps", "4", "--jobs", "2"]
+    argv += ["--prompts-per-rollout", "4", "--num-generations", "4", "--steps-per-generation", "2"]
+    argv += ["--eval-problems", "16", "--eval-every", "2", "--eval-k", "2"]
+    argv += ["--toy-dir", str(tmp_path / "toy"), "--toy-sft-steps", "20", "--toy-max-operand", "9"]
+    argv += ["--out-dir", str(tmp_path / "out"), "--plot", str(tmp_path / "plot.png")]
+    report = dynamics.main([*argv, "--results-md", str(results_md)])
+
+    assert set(report["summary"]) == {"DAPO", "DAPO + ERC"}
+    for numbers in report["summary"].values():
+        start, low, end = numbers["start"][0], numbers["min"][0], numbers["end"][0]
+        assert 0 < low <= start and low <= end
+        assert 0 <= numbers["accuracy"][0] <= 1
+    [(claim, holds, detail)] = report["claims"]
+    assert claim.startswith("ERC narrows entropy swings") and isinstance(holds, bool)
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    text = results_md.read_text()
+    assert text.startswith("# Results\n\nkept\n") and "| DAPO + ERC |" in text and "Command: `python" in text
+    opts = dynamics.parse_args([*argv, "--results-md", str(results_md)])
+    run = json.loads(Path(dynamics.run_path(opts, "DAPO + ERC", 0)).read_text())
+    assert len(run["entropy"]) == 4 and len(run["erc_masked"]) == 4
+    # a second call reuses the saved runs and rewrites the block in place
+    dynamics.main([*argv, "--results-md", str(results_md)])
+    assert results_md.read_text().count("| DAPO + ERC |") == 1
