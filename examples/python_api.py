@@ -4,6 +4,7 @@ python examples/python_api.py
 """
 
 from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+from ce_gppo_trl.cli import toy_model_path
 from ce_gppo_trl.rewards import math_accuracy_reward
 from ce_gppo_trl.toy import build_toy_model, make_arithmetic_dataset
 
@@ -21,8 +22,10 @@ args = CEGPPOConfig(
     use_cpu=True,
     report_to="none",
 )
+# The quickstart's cached toy model; a hub id or a local model directory works the same way.
+model_dir = build_toy_model(toy_model_path())
 trainer = CEGPPOTrainer(
-    model=build_toy_model("outputs/toy-model"),  # any hub id or local model directory works the same way
+    model=model_dir,
     reward_funcs=math_accuracy_reward,
     args=args,
     train_dataset=make_arithmetic_dataset(2048, seed=0),
