@@ -340,6 +340,23 @@ def end_value(values: list[float]) -> float:
     return statistics.fmean(values[-tail:])
 
 
+def end_standard_error(runs: list[dict[str, Any]]) -> float:
+    """Standard error of a method's mean end entropy: the larger of the between-seed spread and the step-to-step
+    noise inside the averaged tail, so that a single seed is not mistaken for a noiseless measurement."""
+    tails = [r["entropy"][-max(4, len(r["entropy"]) // 8) :] for r in runs]
+    within = math.sqrt(statistics.fmean(statistics.variance(t) / len(t) for t in tails) / len(runs))
+    between = statistics.stdev(end_value(r["entropy"]) for r in runs) / math.sqrt(len(runs)) if len(runs) > 1 else 0
+    return max(within, between)
+
+
+def swing_standard_error(runs: list[dict[str, Any]]) -> float:
+    """Standard error of a method's mean swing: between seeds, or within the one run's step changes."""
+    if len(runs) > 1:
+        return statistics.stdev(swing(r["entropy"]) for r in runs) / math.sqrt(len(runs))
+    changes = [abs(b - a) for a, b in zip(runs[0]["entropy"][:-1], runs[0]["entropy"][1:], strict=True)]
+    return statistics.stdev(changes) / math.sqrt(len(changes)) if len(changes) > 1 else 0.0
+
+
 def swing(values: list[float]) -> float:
     """Mean absolute change of entropy between consecutive steps."""
     return (
@@ -368,6 +385,8 @@ def per_method(results: list[dict[str, Any]], methods: list[str]) -> dict[str, d
         summary[method] = {
             name: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for name, v in numbers.items()
         }
+        summary[method]["end_se"] = (end_standard_error(runs), 0.0)
+        summary[method]["swing_se"] = (swing_standard_error(runs), 0.0)
     return summary
 
 
@@ -392,55 +411,61 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]], opts: argpa
     return "\n".join(lines)
 
 
-def check_claims(summary: dict[str, dict[str, tuple[float, float]]]) -> list[tuple[str, bool | None, str]]:
-    """The papers' qualitative claims, each with a verdict on the seed means (None: a method needed was not run)."""
+HOLDS, FAILS, UNRESOLVED = "holds", "does not hold", "not resolved (difference within 2 standard errors)"
 
-    def end(method: str) -> float | None:
-        return summary[method]["end"][0] if method in summary else None
+
+def check_claims(summary: dict[str, dict[str, tuple[float, float]]]) -> list[tuple[str, str, str]]:
+    """The papers' qualitative claims, each with a verdict on the seed means: `HOLDS` or `FAILS` when the difference
+    exceeds twice its standard error, `UNRESOLVED` otherwise. Claims whose methods were not run are left out."""
+
+    def below(a: str, b: str, name: str = "end") -> bool | None:
+        """True if `name` of `a` is below `b`'s beyond noise, False if above beyond noise, None if within."""
+        se = math.hypot(summary[a][f"{name}_se"][0], summary[b][f"{name}_se"][0])
+        diff = summary[b][name][0] - summary[a][name][0]
+        return None if abs(diff) <= 2 * se else diff > 0
+
+    def verdict(checks: list[bool | None]) -> str:
+        return FAILS if False in checks else HOLDS if all(checks) else UNRESOLVED
+
+    def fmt(method: str, name: str = "end") -> str:
+        return f"{method}: {summary[method][name][0]:.3f} ± {summary[method][name + '_se'][0]:.3f}"
 
     claims = []
     beta1_order = ["CE-GPPO (0, 1)", "CE-GPPO (0.5, 1)", "CE-GPPO (0.75, 1)", "GPPO (1, 1)"]
-    ends = [end(m) for m in beta1_order]
-    if None not in ends:
-        holds = all(a > b for a, b in zip(ends[:-1], ends[1:], strict=True))
+    if all(m in summary for m in beta1_order):
+        checks = [below(b, a) for a, b in zip(beta1_order[:-1], beta1_order[1:], strict=True)]
         claims.append(
             (
                 "entropy falls faster with larger beta1 (end entropy decreasing in beta1 = 0, 0.5, 0.75, 1 at "
                 "beta2 = 1)",
-                holds,
-                ", ".join(f"{m}: {e:.3f}" for m, e in zip(beta1_order, ends, strict=True)),
+                verdict(checks),
+                ", ".join(fmt(m) for m in beta1_order),
             )
         )
-    low, high = end("CE-GPPO (1, 0.5)"), end("GPPO (1, 1)")
-    if None not in (low, high):
+    if "CE-GPPO (1, 0.5)" in summary and "GPPO (1, 1)" in summary:
         claims.append(
             (
                 "entropy falls slower with larger beta2 (end entropy of (1, 0.5) below (1, 1))",
-                low < high,
-                f"(1, 0.5): {low:.3f}, (1, 1): {high:.3f}",
+                verdict([below("CE-GPPO (1, 0.5)", "GPPO (1, 1)")]),
+                f"{fmt('CE-GPPO (1, 0.5)')}, {fmt('GPPO (1, 1)')}",
             )
         )
-    ce = end("CE-GPPO (0.5, 1)")
     for baseline in ("GRPO", "DAPO"):
-        base = end(baseline)
-        if None not in (ce, base):
-            start = summary[baseline]["start"][0]
+        if baseline in summary and "CE-GPPO (0.5, 1)" in summary:
             claims.append(
                 (
-                    f"{baseline} entropy collapses where CE-GPPO (0.5, 1) holds it (end entropy of {baseline} below "
-                    "CE-GPPO (0.5, 1)'s)",
-                    base < ce,
-                    f"{baseline}: {start:.3f} -> {base:.3f}; CE-GPPO (0.5, 1): "
-                    f"{summary['CE-GPPO (0.5, 1)']['start'][0]:.3f} -> {ce:.3f}",
+                    f"CE-GPPO (0.5, 1) ends with more entropy than {baseline} (the papers: {baseline} collapses, "
+                    "CE-GPPO holds); whether anything collapses is in the table",
+                    verdict([below(baseline, "CE-GPPO (0.5, 1)")]),
+                    f"start {summary[baseline]['start'][0]:.3f}; end {fmt(baseline)}, {fmt('CE-GPPO (0.5, 1)')}",
                 )
             )
     if "DAPO" in summary and "DAPO + ERC" in summary:
-        plain, erc = summary["DAPO"]["swing"][0], summary["DAPO + ERC"]["swing"][0]
         claims.append(
             (
                 "ERC narrows entropy swings (mean absolute step-to-step entropy change of DAPO + ERC below DAPO's)",
-                erc < plain,
-                f"DAPO: {plain:.4f}, DAPO + ERC: {erc:.4f}",
+                verdict([below("DAPO + ERC", "DAPO", "swing")]),
+                f"{fmt('DAPO', 'swing')}, {fmt('DAPO + ERC', 'swing')}",
             )
         )
     return claims
@@ -458,15 +483,24 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str, opts: arg
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        length = min(len(r["entropy"]) for r in runs)
-        mean_h = [statistics.fmean(r["entropy"][t] for r in runs) for t in range(length)]
+        # One point per rollout batch (the mean of its updates): step-level entropy mostly follows the batch's prompts.
+        block = opts.steps_per_generation
+        length = min(len(r["entropy"]) for r in runs) // block * block
+        mean_h = [
+            statistics.fmean(r["entropy"][t] for r in runs for t in range(b, b + block))
+            for b in range(0, length, block)
+        ]
         style = "--" if i >= 10 else "-"
-        ax_h.plot(range(1, length + 1), mean_h, style, color=colors(i % 10), label=method, lw=1.5)
+        ax_h.plot(range(block, length + 1, block), mean_h, style, marker="o", ms=3, color=colors(i % 10), label=method)
         points = min(len(r["accuracy_curve"]) for r in runs)
         steps = [runs[0]["accuracy_curve"][j][0] for j in range(points)]
         mean_a = [statistics.fmean(r["accuracy_curve"][j][1] for r in runs) for j in range(points)]
         ax_a.plot(steps, mean_a, style, marker="o", ms=3, color=colors(i % 10), label=method, lw=1.5)
-    ax_h.set(xlabel="optimizer step", ylabel="entropy (nats, T = 1)", title="Policy entropy (mean over seeds)")
+    ax_h.set(
+        xlabel="optimizer step",
+        ylabel="entropy (nats, T = 1)",
+        title="Policy entropy (mean over seeds and rollout batch)",
+    )
     ax_a.set(
         xlabel="optimizer step",
         ylabel=f"held-out accuracy (T = {opts.eval_temperature})",
@@ -506,10 +540,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = format_table(summary, opts)
     plot(results, opts.methods, opts.plot, opts)
     command = shlex.join(["python", "benchmarks/entropy_dynamics.py", *argv])
-    verdicts = "\n".join(
-        f"- {'holds' if holds else 'does not hold'}: {claim}. {detail}." for claim, holds, detail in claims
-    )
-    block = f"Command: `{command}`\n\n{table}\n\nClaims, on the seed means:\n\n{verdicts}"
+    verdicts = "\n".join(f"- {verdict}: {claim}. {detail}." for claim, verdict, detail in claims)
+    block = f"Command: `{command}`\n\n{table}\n\nClaims, on the seed means (± standard error):\n\n{verdicts}"
     print(block)
     print(f"\nsweep took {time.perf_counter() - start:.0f}s; plot: {opts.plot}")
     if opts.results_md:
