@@ -63,7 +63,7 @@ QUICKSTART: dict[str, Any] = {
     "steps_per_generation": 4,
     "max_completion_length": 8,
     "temperature": 1.0,
-    "learning_rate": 3.0e-4,
+    "learning_rate": 5.0e-5,
     "lr_scheduler_type": "constant",
     "max_steps": 60,
     "logging_steps": 5,
