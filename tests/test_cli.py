@@ -28,8 +28,10 @@ def test_quickstart_values_reach_the_dataclasses_and_cli_overrides_win():
     assert script_args.dataset_name == "builtin:arithmetic" and script_args.reward_funcs == ["math_accuracy"]
     assert (training_args.output_dir, training_args.max_steps) == ("elsewhere", 7)
     assert training_args.loss_type == "ce_gppo" and training_args.ce_gppo_beta1 == 0.5
-    # 4 optimizer updates per rollout batch of 32 x 4 = 128 completions: off-policy, so CE-GPPO can act.
-    assert training_args.generation_batch_size == 128 and training_args.off_policy
+    # Several optimizer updates per rollout batch: off-policy, so CE-GPPO can act.
+    per_update = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    assert training_args.generation_batch_size == per_update * training_args.steps_per_generation
+    assert training_args.steps_per_generation > training_args.gradient_accumulation_steps and training_args.off_policy
     assert training_args.use_cpu and not training_args.bf16 and training_args.report_to == []
 
 
