@@ -75,10 +75,10 @@ def test_bad_reward_selection_is_a_clear_error(argv, match):
 
 
 def test_overlong_reward_gets_the_completion_length():
-    script_args, training_args, _ = cli.parse_train_args(["--reward_funcs", "math_accuracy", "overlong"])
-    overlong = cli.build_reward_funcs(script_args, training_args)[1]
-    # max_completion_length 8, buffer 20% -> 1 token: 8 tokens are inside the buffer, penalised by 1/1.
-    assert overlong(completion_ids=[[1] * 6, [1] * 8]) == [0.0, -1.0]
+    argv = ["--reward_funcs", "math_accuracy", "overlong", "--max_completion_length", "10"]
+    overlong = cli.build_reward_funcs(*cli.parse_train_args(argv)[:2])[1]
+    # Buffer 20% of 10 = 2 tokens: up to 8 tokens free, then -1/2 per token into the buffer.
+    assert overlong(completion_ids=[[1] * 7, [1] * 9, [1] * 10]) == [0.0, -0.5, -1.0]
 
 
 def test_vllm_requested_but_missing_names_the_install_line(monkeypatch):
