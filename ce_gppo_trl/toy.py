@@ -1,15 +1,16 @@
 """A tiny offline model and arithmetic task, so that the quickstart runs on CPU with no network.
 
-`build_toy_model` builds a character-level tokenizer and a small random-init Llama, teaches it two-operand
+`build_toy_model` builds a character-level tokenizer and a small random-init Llama, teaches it single-digit
 addition by a short supervised warm start, and saves both as an ordinary Hugging Face model directory. The warm
-start stops early on purpose: the model knows the format and often the answer, but sampled at temperature 1 it is
-right only part of the time, which leaves room for RL to show a rising reward within minutes.
+start uses label smoothing on purpose: the model's most likely answer is almost always right (greedy accuracy ~1.0),
+but every next-token distribution stays broad, so sampled at temperature 1 it is right only about a third of the
+time. That is the slack RL removes in the quickstart: the reward rises from ~0.4 to ~0.8 within minutes.
 
 Example:
     >>> from ce_gppo_trl.toy import build_toy_model, make_arithmetic_dataset
     >>> model_dir = build_toy_model("toy-model")  # ~1-2 minutes on 2 CPU cores, then cached
     >>> make_arithmetic_dataset(2, seed=0)[0]  # doctest: +SKIP
-    {'prompt': '27+12=', 'solution': '39'}
+    {'prompt': '6+6=', 'solution': '12'}
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def make_arithmetic_dataset(
-    num_examples: int, seed: int = 0, *, max_operand: int = 29, operations: str = "+"
+    num_examples: int, seed: int = 0, *, max_operand: int = 9, operations: str = "+"
 ) -> Dataset:
     """Random problems `a op b =` with `a, b` in `[0, max_operand]`, as plain-string `prompt` and `solution` columns.
 
@@ -165,8 +166,13 @@ def _train_sft(
     learning_rate: float,
     max_operand: int,
     operations: str,
+    label_smoothing: float,
 ) -> list[float]:
-    """Supervised warm start on fresh random problems each step; returns the loss per step."""
+    """Supervised warm start on fresh random problems each step; returns the loss per step.
+
+    Label smoothing keeps every next-token distribution broad: the mode is usually right while sampling at
+    temperature 1 often is not, which is the slack RL sharpens in the quickstart.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, steps // 10)
     # Linear warm-up then cosine decay to 10% of the peak rate.
@@ -180,7 +186,12 @@ def _train_sft(
         data = make_arithmetic_dataset(
             batch_size, seed=seed * 1_000_003 + step, max_operand=max_operand, operations=operations
         )
-        loss = model(**_sft_batch(tokenizer, data["prompt"], data["solution"])).loss
+        batch = _sft_batch(tokenizer, data["prompt"], data["solution"])
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, label_smoothing=label_smoothing
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -196,13 +207,14 @@ def build_toy_model(
     output_dir: str,
     *,
     seed: int = 0,
-    sft_steps: int = 300,
+    sft_steps: int = 200,
     sft_batch_size: int = 64,
     learning_rate: float = 3e-3,
     hidden_size: int = 128,
     num_layers: int = 4,
-    max_operand: int = 29,
+    max_operand: int = 9,
     operations: str = "+",
+    label_smoothing: float = 0.2,
     eval_examples: int = 500,
 ) -> str:
     """Build, warm-start and save the toy model and tokenizer to `output_dir`; return `output_dir`.
@@ -223,6 +235,7 @@ def build_toy_model(
         "num_layers": num_layers,
         "max_operand": max_operand,
         "operations": operations,
+        "label_smoothing": label_smoothing,
     }
     if _finished_build_args(output_dir) is not None:
         return _reuse(output_dir, build_args)
@@ -253,6 +266,7 @@ def build_toy_model(
         learning_rate=learning_rate,
         max_operand=max_operand,
         operations=operations,
+        label_smoothing=label_smoothing,
     )
     held_out = make_arithmetic_dataset(
         eval_examples, seed=seed + 10_000, max_operand=max_operand, operations=operations
