@@ -207,7 +207,8 @@ def test_controller_tracks_a_target_that_fixed_settings_miss(tmp_path, tiny_mode
     """DAPO clip bounds as the actuator: with the fixed 0.2 / 0.2 bounds the entropy stays far above the target
     (mean gap 0.74 nats over steps 9-16); the controller, with the same seed and data, brings it to the target
     (mean gap 0.35; 1.86 at step 15). On this toy neither knob has the authority to hold entropy above
-    its downward drift for long (see docs/entropy_control.md), so the test checks the direction it can act in."""
+    its downward drift for long (see "Entropy control" in README.md), so the test checks the direction it can act
+    in."""
     common = dict(loss_type="dapo", max_steps=TRACK_STEPS, save_strategy="no", entropy_diagnostics=False)
     fixed = train_logs(make_trainer(tiny_model_dir, arithmetic_dataset, make_args(tmp_path / "fixed", **common)))
     controlled_args = make_args(
