@@ -149,18 +149,24 @@ def test_own_loss_path_matches_trl_for_every_loss_type(scoring_trainer, monkeypa
         torch.testing.assert_close(own, ref, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("loss_type", ["ce_gppo", "dapo"])
-def test_erc_zeroes_gradients_outside_the_band_only(scoring_trainer, monkeypatch, loss_type):
-    trainer, inputs = scoring_trainer
-    monkeypatch.setattr(trainer, "loss_type", loss_type)
+def score(trainer, inputs):
+    """Log-probs and entropies of the completions under the trainer's current model, without gradient."""
     with torch.no_grad():
-        _, entropies, _ = trainer._get_per_token_logps_and_entropies(
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
             trainer.model,
             torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
             torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
             inputs["completion_ids"].size(1),
             compute_entropy=True,
         )
+    return logps, entropies
+
+
+@pytest.mark.parametrize("loss_type", ["ce_gppo", "dapo"])
+def test_erc_zeroes_gradients_outside_the_band_only(scoring_trainer, monkeypatch, loss_type):
+    trainer, inputs = scoring_trainer
+    monkeypatch.setattr(trainer, "loss_type", loss_type)
+    _, entropies = score(trainer, inputs)
     keep = entropy_ratio_mask(entropies, inputs["old_entropies"], 0.95, 1.05)
     active = inputs["completion_mask"].bool()
     assert 0.2 < keep[active].float().mean() < 0.9
@@ -187,14 +193,7 @@ def test_old_entropies_come_from_the_old_logps_pass(tiny_model_dir, arithmetic_d
     )
     trainer.model.train()
     output = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
-    with torch.no_grad():
-        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model,
-            torch.cat([output["prompt_ids"], output["completion_ids"]], 1),
-            torch.cat([output["prompt_mask"], output["completion_mask"]], 1),
-            output["completion_ids"].size(1),
-            compute_entropy=True,
-        )
+    logps, entropies = score(trainer, output)
     torch.testing.assert_close(output["old_per_token_logps"], logps)
     torch.testing.assert_close(output["old_entropies"], entropies)
 
