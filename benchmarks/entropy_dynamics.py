@@ -1,10 +1,13 @@
 """A small-scale reproduction of the papers' entropy dynamics: GRPO, DAPO, GPPO, CE-GPPO, ERC and entropy control.
 
-A toy Llama warm-started by SFT on generated arithmetic (`ce_gppo_trl.toy.build_toy_model`, built once and reused)
-is trained by RL with each method below, for several seeds and the same budget. Per method the script reports the
+A toy Llama warm-started by SFT on generated single-digit addition (`ce_gppo_trl.toy.build_toy_model` with its
+defaults, built once and reused; greedy accuracy 1.00, sampled at T = 1 0.37, so RL has something to sharpen) is
+trained by RL with each method below, for several seeds and the same budget. Per method the script reports the
 policy entropy (TRL's `entropy`, the mean next-token entropy of the completion tokens at the sampling temperature
 1.0, logged every step) at the start, its minimum and its end, the held-out accuracy avg@k at the end, plots the
-entropy and held-out accuracy curves, and checks the papers' qualitative claims on the numbers.
+entropy and held-out accuracy curves, and checks the papers' qualitative claims on the numbers. The held-out
+problems are a fixed subset (`--eval-problems`, 20 by default) of the 100 distinct single-digit problems, never
+trained on.
 
 Every run is off-policy after its first update: one rollout batch (`--prompts-per-rollout` prompts x
 `--num-generations` completions) feeds `--steps-per-generation` optimizer updates, as in the papers' 8 updates per
@@ -63,21 +66,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
-    parser.add_argument("--steps", type=int, default=48, help="optimizer steps per run (default 48)")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default 40)")
     parser.add_argument("--prompts-per-rollout", type=int, default=16)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--steps-per-generation", type=int, default=4, help="optimizer updates per rollout batch")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--max-completion-length", type=int, default=8)
-    parser.add_argument("--eval-problems", type=int, default=256, help="held-out problems (excluded from training)")
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--max-completion-length", type=int, default=6)
+    parser.add_argument(
+        "--eval-problems", type=int, default=20, help="distinct held-out problems (excluded from training)"
+    )
     parser.add_argument("--eval-every", type=int, default=8, help="steps between held-out accuracy points")
     parser.add_argument("--eval-k", type=int, default=4, help="samples per problem for the final avg@k")
     parser.add_argument("--eval-temperature", type=float, default=0.6, help="papers: 0.6 (top_p 0.95, not used)")
     parser.add_argument("--controller-target-ratio", type=float, nargs=2, default=(1.0, 0.6), metavar=("START", "END"))
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
-    parser.add_argument("--toy-dir", default=os.path.join("outputs", "bench-toy-29"), help="toy model (cached)")
-    parser.add_argument("--toy-max-operand", type=int, default=29, help="operands of the toy task, 0..N")
-    parser.add_argument("--toy-sft-steps", type=int, default=300)
+    parser.add_argument("--toy-dir", default=os.path.join("outputs", "bench-toy-9"), help="toy model (cached)")
+    parser.add_argument("--toy-max-operand", type=int, default=9, help="operands of the toy task, 0..N")
+    parser.add_argument("--toy-sft-steps", type=int, default=200)
     parser.add_argument("--out-dir", default=os.path.join("outputs", "entropy_dynamics"))
     parser.add_argument("--plot", default=os.path.join(HERE, "entropy_dynamics.png"))
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
@@ -92,10 +97,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def task_data(opts: argparse.Namespace, seed: int) -> tuple[Any, Any]:
-    """(train, held-out): the held-out problems are fixed across runs and never appear in training."""
+    """(train, held-out): `--eval-problems` distinct held-out problems, the same for every run, never in training.
+
+    With single-digit operands there are only 100 distinct problems, so the held-out set is a fixed subset of them
+    (the first distinct prompts of a seeded stream) and training draws from the rest."""
     from ce_gppo_trl.toy import make_arithmetic_dataset
 
-    held_out = make_arithmetic_dataset(opts.eval_problems, seed=10_000, max_operand=opts.toy_max_operand)
+    stream = make_arithmetic_dataset(50 * opts.eval_problems, seed=10_000, max_operand=opts.toy_max_operand)
+    first: dict[str, int] = {}
+    for index, prompt in enumerate(stream["prompt"]):
+        first.setdefault(prompt, index)
+    if len(first) < opts.eval_problems:
+        raise ValueError(f"only {len(first)} distinct problems for --eval-problems {opts.eval_problems}")
+    held_out = stream.select(sorted(first.values())[: opts.eval_problems])
     excluded = set(held_out["prompt"])
     rollouts = math.ceil(opts.steps / opts.steps_per_generation)
     train = make_arithmetic_dataset(
@@ -247,8 +261,11 @@ def worker(opts: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    start_entropy = json.loads(opts.worker[0])
-    for job in opts.worker[1:]:
+    run_jobs(opts, json.loads(opts.worker[0]), opts.worker[1:])
+
+
+def run_jobs(opts: argparse.Namespace, start_entropy: float, jobs: list[str]) -> None:
+    for job in jobs:
         method, seed = job.rsplit("|", 1)
         path = run_path(opts, method, int(seed))
         if os.path.exists(path):  # another sweep finished it meanwhile
@@ -314,6 +331,16 @@ def run_sweep(opts: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]
         for method in opts.methods
         if not os.path.exists(run_path(opts, method, seed)) and not opts.report_only
     ]
+    if opts.jobs <= 1 and jobs:  # in this process: no second interpreter to start (and torch to import)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run_jobs(opts, start_entropy, [f"{method}|{seed}" for method, seed in jobs])
+        finally:
+            torch.set_num_threads(threads)
+        jobs = []
     forwarded = [token for token in argv if token != "--worker"]
     procs = []
     for rank in range(min(opts.jobs, len(jobs))):

@@ -35,13 +35,18 @@ def test_overhead_prints_ratios_and_equal_forward_counts(tmp_path, capsys):
 
 
 def test_entropy_dynamics_writes_table_plot_and_claims(tmp_path):
+    from ce_gppo_trl.toy import build_toy_model
+
     dynamics = load("entropy_dynamics")
+    # The tiniest real run: a 1-layer, 32-wide toy model warm-started for 2 SFT steps (the script reuses a finished
+    # build in --toy-dir), 2 RL steps on one rollout of 2 prompts x 2 completions, 2 methods, 1 seed, in-process.
+    toy = build_toy_model(str(tmp_path / "toy"), sft_steps=2, hidden_size=32, num_layers=1, eval_examples=4)
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Results\n\nkept\n")
-    argv = ["--methods", "DAPO", "DAPO + ERC", "--seeds", "1", "--steps", "4", "--jobs", "1"]
-    argv += ["--prompts-per-rollout", "4", "--num-generations", "4", "--steps-per-generation", "2"]
-    argv += ["--eval-problems", "16", "--eval-every", "2", "--eval-k", "2"]
-    argv += ["--toy-dir", str(tmp_path / "toy"), "--toy-sft-steps", "20", "--toy-max-operand", "9"]
+    argv = ["--methods", "DAPO", "DAPO + ERC", "--seeds", "1", "--steps", "2", "--jobs", "1"]
+    argv += ["--prompts-per-rollout", "2", "--num-generations", "2", "--steps-per-generation", "2"]
+    argv += ["--max-completion-length", "6", "--eval-problems", "4", "--eval-every", "1", "--eval-k", "1"]
+    argv += ["--toy-dir", toy, "--toy-max-operand", "9"]
     argv += ["--out-dir", str(tmp_path / "out"), "--plot", str(tmp_path / "plot.png")]
     report = dynamics.main([*argv, "--results-md", str(results_md)])
 
@@ -61,7 +66,7 @@ def test_entropy_dynamics_writes_table_plot_and_claims(tmp_path):
     assert text.startswith("# Results\n\nkept\n") and "| DAPO + ERC |" in text and "Command: `python" in text
     opts = dynamics.parse_args([*argv, "--results-md", str(results_md)])
     run = json.loads(Path(dynamics.run_path(opts, "DAPO + ERC", 0)).read_text())
-    assert len(run["entropy"]) == 4 and len(run["erc_masked"]) == 4
+    assert len(run["entropy"]) == 2 and len(run["erc_masked"]) == 2
     # a second call reuses the saved runs and rewrites the block in place
     dynamics.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
