@@ -265,10 +265,8 @@ class CEGPPOTrainer(GRPOTrainer):
             self._log_entropy_ratio(mode, entropy_ratio(entropies.detach(), old_entropies), mask)
 
         if self.beta != 0.0:
-            ref_per_token_logps = inputs["ref_per_token_logps"]
-            per_token_kl = (
-                torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-            )
+            ref_log_ratio = inputs["ref_per_token_logps"] - per_token_logps
+            per_token_kl = torch.exp(ref_log_ratio) - ref_log_ratio - 1
             if args.use_bias_correction_kl:
                 per_token_kl = per_token_kl * safe_ratio(log_ratio)
             per_token_loss = per_token_loss + self.beta * per_token_kl
@@ -290,9 +288,14 @@ class CEGPPOTrainer(GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
-        self._log_clip_metrics(mode, log_ratio, advantages, mask, knobs)
+        # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
+        ratio = safe_ratio(log_ratio.detach())
+        clipped = (None, None)
+        if self.loss_type in CLIPPED_LOSS_TYPES:
+            clipped = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
+        self._log_clip_metrics(mode, ratio, advantages, mask, knobs, clipped)
         if mode == "train":
-            self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, log_ratio, knobs)
+            self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, knobs, clipped)
         return loss
 
     # Metrics, reduced over processes like TRL's.
@@ -308,13 +311,13 @@ class CEGPPOTrainer(GRPOTrainer):
     def _log_clip_metrics(
         self,
         mode: str,
-        log_ratio: torch.Tensor,
+        ratio: torch.Tensor,
         advantages: torch.Tensor,
         mask: torch.Tensor,
         knobs: dict[str, Any],
+        clipped: tuple[torch.Tensor | None, torch.Tensor | None],
     ) -> None:
         metrics = self._metrics[mode]
-        ratio = safe_ratio(log_ratio.detach())
         if self.loss_type == "cispo":
             is_capped = (ratio > knobs["epsilon_high"]) & (advantages > 0)
             metrics["cispo_clip_ratio"].append(self._global_masked_mean(is_capped.float(), mask))
@@ -324,7 +327,7 @@ class CEGPPOTrainer(GRPOTrainer):
             return
         if self.loss_type not in CLIPPED_LOSS_TYPES:
             return
-        is_low, is_high = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
+        is_low, is_high = clipped
         metrics["clip_ratio/low_mean"].append(self._global_masked_mean(is_low.float(), mask))
         metrics["clip_ratio/high_mean"].append(self._global_masked_mean(is_high.float(), mask))
         metrics["clip_ratio/region_mean"].append(self._global_masked_mean((is_low | is_high).float(), mask))
@@ -341,8 +344,8 @@ class CEGPPOTrainer(GRPOTrainer):
         entropies: torch.Tensor,
         advantages: torch.Tensor,
         mask: torch.Tensor,
-        log_ratio: torch.Tensor,
         knobs: dict[str, Any],
+        clipped: tuple[torch.Tensor | None, torch.Tensor | None],
     ) -> None:
         """`entropy_dynamics/*` and the effective bounds under `entropy_control/*`, in one reduce and one sync."""
         metrics = self._metrics["train"]
@@ -358,10 +361,6 @@ class CEGPPOTrainer(GRPOTrainer):
             grad_weight = (
                 torch.zeros_like(per_token_logps) if grad is None else -grad
             ) / self.accelerator.num_processes
-            clipped = (None, None)
-            if self.loss_type in CLIPPED_LOSS_TYPES:
-                ratio = safe_ratio(log_ratio.detach())
-                clipped = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
             parts.append(entropy_dynamics_sums(per_token_logps, entropies, advantages, grad_weight, mask, *clipped))
         if control:
             mask_f = mask.float()
