@@ -47,12 +47,13 @@ logger = logging.getLogger(__name__)
 
 # Knobs of the loss a callback may change: trainer attributes read at every `_compute_loss`.
 KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
-CONTROLLER_KNOBS = ("betas", "clip", "prob_clip", "erc")
+CONTROLLER_KNOBS = ("betas", "clip", "prob_clip", "erc", "entropy")
 _CONTROLLER_KNOB_NAMES = {
     "betas": ("ce_gppo_beta1", "ce_gppo_beta2"),
     "clip": ("epsilon_low", "epsilon_high"),
     "prob_clip": ("prob_clip_weight_low", "prob_clip_weight_high"),
     "erc": ("erc_low", "erc_high"),
+    "entropy": ("entropy_control_coef",),
 }
 # Clip half-widths the controller may set: a band of width 0 or 1 would freeze or invert the ratio clip.
 _CLIP_LIMITS = (0.0, 0.95)
@@ -244,7 +245,9 @@ class EntropyControllerCallback(EntropyControlCallback):
     - `knobs="prob_clip"`: the bounds of arXiv 2602.09782, `u > 0` mixes H(p) into `epsilon_high` with weight
       `min(u * max_delta, 1)`, `u < 0` mixes M(p) into `epsilon_low` with weight `min(-u * max_delta, 1)`;
     - `knobs="erc"` (ERC on): `u > 0` narrows the ERC band's lower side towards 1 (tokens whose entropy fell get no
-      gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror.
+      gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror;
+    - `knobs="entropy"`: a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus form: a bonus
+      for `u > 0`, a penalty for `u < 0`), on this library's loss path.
 
     Logs `entropy_control/target`, `entropy_control/error` (relative, `(target - H) / target`),
     `entropy_control/output` (`u`), `entropy_control/gain` (estimated relative entropy change per step at `u = 1`, in
@@ -291,7 +294,7 @@ class EntropyControllerCallback(EntropyControlCallback):
         self.target, self.knobs = target, knobs
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
         self.gain, self.forgetting, self.dither, self.saturation_steps = gain, forgetting, dither, saturation_steps
-        self.needs_own_loss = knobs == "prob_clip"
+        self.needs_own_loss = knobs in ("prob_clip", "entropy")
         self.state = controller_init(gain=gain, lag=_CONTROLLER_LAG)
         self.warned = False
         self.reference: dict[str, float] = {}
@@ -383,6 +386,8 @@ class EntropyControllerCallback(EntropyControlCallback):
                 "epsilon_low": min(max(ref["epsilon_low"] - delta, low), high),
                 "epsilon_high": min(max(ref["epsilon_high"] + delta, low), high),
             }
+        if self.knobs == "entropy":
+            return {"entropy_control_coef": delta}
         if self.knobs == "prob_clip":
             return {
                 "prob_clip_weight_low": min(max(-delta, 0.0), 1.0),

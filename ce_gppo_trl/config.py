@@ -222,7 +222,9 @@ class CEGPPOConfig(GRPOConfig):
             "help": "What the controller moves: 'betas' (beta2 up and beta1 down for u > 0; loss_type 'ce_gppo'), "
             "'clip' (epsilon_high up and epsilon_low down; any clipped loss type), 'prob_clip' (the H(p) weight in "
             "epsilon_high for u > 0, the M(p) weight in epsilon_low for u < 0) or 'erc' (the ERC band's lower "
-            "side towards 1 for u > 0, its upper side for u < 0; needs erc_low / erc_high). The sign is measured."
+            "side towards 1 for u > 0, its upper side for u < 0; needs erc_low / erc_high) or 'entropy' (a signed "
+            "entropy term -max_delta * u * mean(H) in the loss: bonus for u > 0, penalty for u < 0). The sign is "
+            "measured."
         },
     )
     entropy_controller_kp: float = field(
@@ -464,8 +466,8 @@ class CEGPPOConfig(GRPOConfig):
         if not isinstance(steps, int) or steps < 1:
             _fail("entropy_controller_saturation_steps", steps, "expected an integer >= 1")
         knobs = self.entropy_controller_knobs
-        if knobs not in ("betas", "clip", "prob_clip", "erc"):
-            _fail("entropy_controller_knobs", knobs, "expected 'betas', 'clip', 'prob_clip' or 'erc'")
+        if knobs not in ("betas", "clip", "prob_clip", "erc", "entropy"):
+            _fail("entropy_controller_knobs", knobs, "expected 'betas', 'clip', 'prob_clip', 'erc' or 'entropy'")
         if not self.entropy_controller:
             return
         if self.entropy_controller_target is None:
@@ -487,8 +489,10 @@ class CEGPPOConfig(GRPOConfig):
                 _fail(
                     "entropy_controller_knobs", knobs, "the ERC band only acts with ERC on: set erc_low and erc_high"
                 )
+        elif knobs == "entropy" and (self.entropy_coef != 0 or self.use_adaptive_entropy):
+            _fail("entropy_controller_knobs", knobs, "the controller's entropy term and TRL's entropy bonus both act")
         elif self.loss_type not in CLIPPED_LOSS_TYPES:
-            _fail("entropy_controller_knobs", knobs, f"clip bounds only act with loss types {CLIPPED_LOSS_TYPES}")
+            _fail("entropy_controller_knobs", knobs, f"needs this library's loss path: one of {CLIPPED_LOSS_TYPES}")
         elif knobs == "prob_clip" and (
             self.entropy_schedule != "none" or self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0
         ):

@@ -82,6 +82,11 @@ def train_logs(trainer, resume=None) -> list[dict]:
         ("entropy_controller_target", -1.0, {"entropy_controller": True}),
         ("entropy_controller_kp", float("inf"), {}),
         ("entropy_controller_knobs", "lr", {}),
+        ("entropy_controller_knobs", "erc", {"entropy_controller": True, "entropy_controller_target": 1.0}),
+        ("entropy_controller_gain", 0.0, {}),
+        ("entropy_controller_forgetting", 1.5, {}),
+        ("entropy_controller_dither", 1.0, {}),
+        ("entropy_controller_saturation_steps", 0, {}),
     ],
 )
 def test_bad_input_names_the_field(tmp_path, field, value, overrides):
@@ -143,6 +148,12 @@ RESUME_CASES = {
         beta1_schedule="step", beta1_steps=[2, 6], beta1_values=[0.0, 0.75], beta2_schedule="cosine", beta2_final=0.5
     ),
     "controller_betas": dict(entropy_controller=True, entropy_controller_target=2.5, entropy_controller_kp=2.0),
+    "controller_entropy": dict(
+        entropy_controller=True,
+        entropy_controller_target=3.5,
+        entropy_controller_knobs="entropy",
+        entropy_controller_max_delta=0.05,
+    ),
     "controller_clip_dapo": dict(
         loss_type="dapo",
         entropy_controller=True,
@@ -196,7 +207,44 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, arithmeti
         state = json.loads((checkpoint / "entropy_control_state.json").read_text())
         assert state["callbacks"]["EntropyScheduleCallback.0"]["h_init"] == pytest.approx(full[0]["entropy"])
     if case.startswith("controller"):
-        assert all("entropy_control/target" in log and "entropy_control/error" in log for log in full)
+        names = ("target", "error", "output", "gain", "saturated")
+        assert all(f"entropy_control/{name}" in log for log in full for name in names)
+    if case == "controller_entropy":
+        state = json.loads((checkpoint / "entropy_control_state.json").read_text())
+        output = state["callbacks"]["EntropyControllerCallback.0"]["output"]
+        assert output > 0 and state["knobs"]["entropy_control_coef"] == pytest.approx(0.05 * output)
+
+
+def test_controller_knob_values_for_each_knob_set():
+    trainer = SimpleNamespace(
+        ce_gppo_beta1=0.5,
+        ce_gppo_beta2=1.0,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        prob_clip_weight_low=0.0,
+        prob_clip_weight_high=0.0,
+        erc_low=0.9,
+        erc_high=1.1,
+        entropy_control_coef=0.0,
+    )
+    expected = {
+        "betas": ({"ce_gppo_beta1": 0.0, "ce_gppo_beta2": 2.0}, {"ce_gppo_beta1": 1.5, "ce_gppo_beta2": 0.0}),
+        "clip": ({"epsilon_low": 0.0, "epsilon_high": 0.95}, {"epsilon_low": 0.95, "epsilon_high": 0.0}),
+        "prob_clip": (
+            {"prob_clip_weight_low": 0.0, "prob_clip_weight_high": 1.0},
+            {"prob_clip_weight_low": 1.0, "prob_clip_weight_high": 0.0},
+        ),
+        "erc": ({"erc_low": 0.999, "erc_high": 1.1}, {"erc_low": 0.9, "erc_high": 1.001}),
+        "entropy": ({"entropy_control_coef": 1.0}, {"entropy_control_coef": -1.0}),
+    }
+    for knobs, (up, down) in expected.items():
+        callback = EntropyControllerCallback(1.0, knobs=knobs)
+        callback.bind(trainer)
+        assert callback.knob_values(1.0) == pytest.approx(up) and callback.knob_values(-1.0) == pytest.approx(down)
+    half = EntropyControllerCallback(1.0, knobs="erc")
+    half.bind(trainer)
+    assert half.knob_values(0.5) == pytest.approx({"erc_low": 0.95, "erc_high": 1.1})
+    assert EntropyControllerCallback(1.0, knobs="entropy").needs_own_loss
 
 
 class ScriptedPlant:
