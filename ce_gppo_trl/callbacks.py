@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,6 +60,11 @@ _CONTROLLER_KNOB_NAMES = {
 _CLIP_LIMITS = (0.0, 0.95)
 # The tightest ERC band the controller sets: erc_low < 1 < erc_high as the config requires.
 _ERC_TIGHTEST = (0.999, 1.001)
+# Knobs whose direction is known by construction: an entropy bonus is the gradient of the entropy itself. Their sign
+# is never flipped (only the size of their effect is measured); every other knob's sign is measured.
+_SIGN_BY_CONSTRUCTION = ("entropy",)
+# Standard errors by which the estimated gain must oppose the current sign before the controller flips it.
+_SIGN_CONFIDENCE = 2.0
 # Decisions between a command and the first entropy change it causes: the command decided at the end of step k is
 # used by the update of step k + 1, whose effect is first measured at step k + 2.
 _CONTROLLER_LAG = 2
@@ -247,7 +253,8 @@ class EntropyControllerCallback(EntropyControlCallback):
     - `knobs="erc"` (ERC on): `u > 0` narrows the ERC band's lower side towards 1 (tokens whose entropy fell get no
       gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror;
     - `knobs="entropy"`: a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus form: a bonus
-      for `u > 0`, a penalty for `u < 0`), on this library's loss path.
+      for `u > 0`, a penalty for `u < 0`), on this library's loss path. Its direction is known by construction, so
+      only the size of its effect is measured.
 
     Logs `entropy_control/target`, `entropy_control/error` (relative, `(target - H) / target`),
     `entropy_control/output` (`u`), `entropy_control/gain` (estimated relative entropy change per step at `u = 1`, in
@@ -272,6 +279,7 @@ class EntropyControllerCallback(EntropyControlCallback):
         forgetting: float = 0.9,
         dither: float = 0.1,
         saturation_steps: int = 10,
+        horizon: int = 6,
     ) -> None:
         super().__init__()
         if target is None:
@@ -294,6 +302,7 @@ class EntropyControllerCallback(EntropyControlCallback):
         self.target, self.knobs = target, knobs
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
         self.gain, self.forgetting, self.dither, self.saturation_steps = gain, forgetting, dither, saturation_steps
+        self.horizon = horizon
         self.needs_own_loss = knobs in ("prob_clip", "entropy")
         self.state = controller_init(gain=gain, lag=_CONTROLLER_LAG)
         self.warned = False
@@ -345,6 +354,8 @@ class EntropyControllerCallback(EntropyControlCallback):
             max_gain_var=(_MAX_GAIN_STD * self.gain) ** 2,
             forgetting=self.forgetting,
             dither=self.dither,
+            sign_confidence=math.inf if self.knobs in _SIGN_BY_CONSTRUCTION else _SIGN_CONFIDENCE,
+            horizon=self.horizon,
         )
         self._apply(self.state.output)
         saturated = self.state.saturated_steps >= self.saturation_steps

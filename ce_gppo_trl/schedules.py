@@ -311,6 +311,7 @@ def controller_update(
     forgetting: float = 0.9,
     dither: float = 0.0,
     sign_confidence: float = 2.0,
+    horizon: int = 0,
 ) -> tuple[ControllerState, float]:
     """One step of the adaptive entropy controller; returns the new state and the relative error `(target - H) / H`.
 
@@ -320,7 +321,11 @@ def controller_update(
     on the relative error `e = (target - H) / target`, normalised by that gain so that `kp` and `ki` are the share of
     the error closed per step whatever the model and knobs:
 
-        u = sign * (kp * e + ki * sum(e)) * target / (scale * max(|gain|, min_gain))
+        u = sign * (kp * e_ahead + ki * sum(e)) * target / (scale * max(|gain|, min_gain))
+
+    where `e_ahead` is the error of the entropy the estimate predicts `horizon` steps ahead (with the commands in
+    flight, then the current one), so that the command lets go before the lag carries the entropy past the target;
+    the integral, on the measured error, removes what the estimate gets wrong.
 
     kept `dither` away from `[-1, 1]`'s ends and moved by at most `max_rate` per step, plus a square-wave `dither`
     (period 4) that keeps the gain identifiable while `u` is steady. `sign` flips only when the estimated gain is
@@ -361,11 +366,16 @@ def controller_update(
         sign = -sign
     # u per unit of relative error: the gain is per unit of `scale`, the error per unit of `target`.
     per_error = sign * target / (scale * max(abs(gain), min_gain))
+    # The P term acts on the entropy predicted `horizon` steps ahead by the estimate, with the commands already in
+    # flight (then the last one): it lets go before the lag carries the entropy past the target.
+    commands = [*state.pending, *[state.output] * max(horizon - len(state.pending), 0)][:horizon]
+    predicted = entropy + scale * sum(drift + gain * command for command in commands)
+    ahead = (target - predicted) / target
     integral = state.integral + error
-    raw = per_error * (kp * error + ki * integral)
+    raw = per_error * (kp * ahead + ki * integral)
     if abs(raw) >= 1 and raw * per_error * error > 0:  # at a limit that the error pushes against: stop integrating
         integral = state.integral
-        raw = per_error * (kp * error + ki * integral)
+        raw = per_error * (kp * ahead + ki * integral)
     # Saturated: at that limit, and even the full command does not move entropy towards the target by the estimate
     # (drift + gain * u has the error's opposite sign, or none; a gain of the wrong sign is no authority).
     limit = math.copysign(1.0, raw)
