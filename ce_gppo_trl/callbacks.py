@@ -343,6 +343,7 @@ class EntropyControllerCallback(EntropyControlCallback):
         if entropy is None:
             return
         target = self.target_at(state.global_step - 1, state.max_steps)
+        ahead = self.target_at(min(state.global_step - 1 + self.horizon, state.max_steps), state.max_steps)
         self.state, error = controller_update(
             self.state,
             target=target,
@@ -356,6 +357,7 @@ class EntropyControllerCallback(EntropyControlCallback):
             dither=self.dither,
             sign_confidence=math.inf if self.knobs in _SIGN_BY_CONSTRUCTION else _SIGN_CONFIDENCE,
             horizon=self.horizon,
+            target_ahead=ahead,
         )
         self._apply(self.state.output)
         saturated = self.state.saturated_steps >= self.saturation_steps

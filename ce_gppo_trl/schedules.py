@@ -312,6 +312,7 @@ def controller_update(
     dither: float = 0.0,
     sign_confidence: float = 2.0,
     horizon: int = 0,
+    target_ahead: float | None = None,
 ) -> tuple[ControllerState, float]:
     """One step of the adaptive entropy controller; returns the new state and the relative error `(target - H) / H`.
 
@@ -324,7 +325,8 @@ def controller_update(
         u = sign * (kp * e_ahead + ki * sum(e)) * target / (scale * max(|gain|, min_gain))
 
     where `e_ahead` is the error of the entropy the estimate predicts `horizon` steps ahead (with the commands in
-    flight, then the current one), so that the command lets go before the lag carries the entropy past the target;
+    flight, then the current one) against the target then (`target_ahead`, default `target`; a moving target is
+    followed without a lag), so that the command lets go before the lag carries the entropy past the target;
     the integral, on the measured error, removes what the estimate gets wrong.
 
     kept `dither` away from `[-1, 1]`'s ends and moved by at most `max_rate` per step, plus a square-wave `dither`
@@ -370,7 +372,8 @@ def controller_update(
     # flight (then the last one): it lets go before the lag carries the entropy past the target.
     commands = [*state.pending, *[state.output] * max(horizon - len(state.pending), 0)][:horizon]
     predicted = entropy + scale * sum(drift + gain * command for command in commands)
-    ahead = (target - predicted) / target
+    target_ahead = target if target_ahead is None else target_ahead
+    ahead = (target_ahead - predicted) / target_ahead
     integral = state.integral + error
     raw = per_error * (kp * ahead + ki * integral)
     if abs(raw) >= 1 and raw * per_error * error > 0:  # at a limit that the error pushes against: stop integrating
