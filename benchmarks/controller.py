@@ -7,7 +7,7 @@ Two plants, each trained by CE-GPPO (0.5, 1) off-policy (4 updates per rollout b
   fixed problems never trained on.
 - `qwen2-format`: not the toy. A random-init Qwen2 (2 layers, width 64, tied embeddings) with the toy's character
   tokenizer, rewarded for format and length (`format_reward`: completions of exactly 4 digits then EOS score 1,
-  partial credit for digits), lr 1e-3. Held-out "accuracy": the mean reward of 64 completions at T = 0.6 on held-out
+  partial credit for digits), lr 5e-3. Held-out "accuracy": the mean reward of 64 completions at T = 0.6 on held-out
   prompts.
 
 Arms per plant and seed: `uncontrolled`; the controller with a constant target `--above` x and `--below` x the
@@ -115,7 +115,7 @@ def plant_setup(opts: argparse.Namespace, seed: int) -> dict[str, Any]:
     model = build_qwen2(os.path.join(opts.out_dir, "qwen2-format-model"))
     train = make_arithmetic_dataset(4096, seed=seed, max_operand=99)
     held_out = make_arithmetic_dataset(64, seed=10_000, max_operand=99)
-    fields = dict(per_device_train_batch_size=32, num_generations=8, max_completion_length=8, learning_rate=1e-3)
+    fields = dict(per_device_train_batch_size=32, num_generations=8, max_completion_length=8, learning_rate=5e-3)
     return dict(model=model, reward=format_reward, train=train, held_out=held_out, fields=fields)
 
 
@@ -202,8 +202,7 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
         max_steps=opts.steps,
         beta=0.0,
         gradient_checkpointing=False,
-        **setup["fields"],
-        **fields,
+        **{**setup["fields"], **fields},
     )
     tokenizer = AutoTokenizer.from_pretrained(setup["model"])
     trainer_class = GRPOTrainer if kind == "trl" else CEGPPOTrainer
