@@ -235,8 +235,9 @@ class ControllerState:
     - `cov`: the RLS covariance `(P_dd, P_dg, P_gg)`; `noise`: running mean square of the RLS residual.
     - `sign`: the direction `u` takes to raise entropy, +1 or -1, flipped only on a confident opposite estimate.
     - `entropy`: the last measured entropy; `saturated_steps`: consecutive steps with `|u|` at a limit, the error
-      pushing further and no estimated authority left; `step`: number of updates; `dither_sign`: the probe's sign
-      in `output` (+1, -1, or 0 without dither).
+      pushing further and no authority left (estimated, or seen: the error not shrinking); `limit_error`: `|e|` when
+      the command reached that limit; `step`: number of updates; `dither_sign`: the probe's sign in `output` (+1,
+      -1, or 0 without dither).
     """
 
     integral: float = 0.0
@@ -250,6 +251,7 @@ class ControllerState:
     entropy: float | None = None
     scale: float | None = None
     saturated_steps: int = 0
+    limit_error: float | None = None
     step: int = 0
     dither_sign: int = 0
 
@@ -334,8 +336,9 @@ def controller_update(
     opposite to it by more than `sign_confidence` standard errors. `max_gain_var` caps the gain's variance
     (covariance windup while `u` stays put). Anti-windup: the integral does not grow while `u` sits at a limit that
     the error pushes it against, and `ki * |sum(e)|` stays within one full command. `saturated_steps` counts the
-    consecutive steps at such a limit while the estimate says that even the full command does not move entropy
-    towards the target (`drift + gain * u` of the error's opposite sign): no authority left, not a transient. The
+    consecutive steps at such a limit while either the estimate says that even the full command does not move
+    entropy towards the target (`drift + gain * u` of the error's opposite sign) or the relative error has not
+    shrunk by a quarter since the limit was reached: no authority left, not a transient. The
     new command goes to the end of `pending`; the oldest one leaves.
 
     Example:
@@ -379,11 +382,6 @@ def controller_update(
     if abs(raw) >= 1 and raw * per_error * error > 0:  # at a limit that the error pushes against: stop integrating
         integral = state.integral
         raw = per_error * (kp * ahead + ki * integral)
-    # Saturated: at that limit, and even the full command does not move entropy towards the target by the estimate
-    # (drift + gain * u has the error's opposite sign, or none; a gain of the wrong sign is no authority).
-    limit = math.copysign(1.0, raw)
-    authority = gain if gain * sign > 0 else 0.0
-    saturated = abs(raw) >= 1 and raw * per_error * error > 0 and (drift + authority * limit) * error <= 0
     if ki > 0:
         bound = 1 / (ki * abs(per_error))
         integral = min(max(integral, -bound), bound)
@@ -391,6 +389,17 @@ def controller_update(
     command = min(max(raw, dither - 1.0), 1.0 - dither)
     previous = state.output - state.dither_sign * dither
     command = min(max(command, previous - max_rate), previous + max_rate)
+    # Saturated: the command has reached that limit (not just ramping towards it), and either the estimate says that
+    # even the full command does not move entropy towards the target (drift + gain * u has the error's opposite
+    # sign, or none; a gain of the wrong sign is no authority), or the error has not shrunk by a quarter since the
+    # command reached the limit.
+    limit = math.copysign(1.0, raw)
+    authority = gain if gain * sign > 0 else 0.0
+    at_limit = abs(raw) >= 1 and raw * per_error * error > 0 and abs(command) >= 1.0 - dither - 1e-9
+    limit_error = (state.limit_error or abs(error)) if at_limit else None
+    # Only with the estimated gain on the side of the sign: otherwise the sign is in doubt, not the authority.
+    stalled = at_limit and abs(error) > 0.75 * limit_error and gain * sign > 0
+    saturated = at_limit and ((drift + authority * limit) * error <= 0 or stalled)
     step = state.step + 1
     dither_sign = 1 if step % 4 < 2 else -1
     command += dither_sign * dither
@@ -407,6 +416,7 @@ def controller_update(
         entropy=entropy,
         scale=scale,
         saturated_steps=state.saturated_steps + 1 if saturated else 0,
+        limit_error=limit_error,
         step=step,
         dither_sign=dither_sign if dither else 0,
     )
