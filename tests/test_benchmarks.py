@@ -5,6 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -70,3 +73,17 @@ def test_entropy_dynamics_writes_table_plot_and_claims(tmp_path):
     # a second call reuses the saved runs and rewrites the block in place
     dynamics.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
+
+
+def test_normalisation_weights_sum_to_one_and_match_by_hand(capsys):
+    normalisation = load("normalisation")
+    # Two ranks of two sequences; budget 100 tokens: rank 0 packs both (90 tokens), rank 1 needs two micro-batches.
+    response, prompt = torch.tensor([30, 50, 60, 70]), torch.tensor([5, 5, 5, 5])
+    weights = normalisation.sequence_weights(response, prompt, ranks=2, max_tokens=100)
+    expected = torch.tensor([30 / 80, 50 / 80, 1 / 2, 1 / 2], dtype=torch.float64) / 2  # (n_m / 2) x L_i / T_m / 2
+    torch.testing.assert_close(weights["authors"], expected)
+    for w in weights.values():
+        assert w.sum().item() == pytest.approx(1.0)
+    summary = normalisation.main(["--seeds", "3", "--sequences", "16", "--ranks", "4"])
+    assert 0 < summary["update_token_mean/tv_to_authors"]["mean"] < 1
+    assert "| update_token_mean/cosine_to_authors |" in capsys.readouterr().out
