@@ -1,7 +1,7 @@
 """`CEGPPOTrainer`: TRL's `GRPOTrainer` with CE-GPPO, the dual clip and Entropy Ratio Clipping.
 
 The trainer reuses all of TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and overrides
-three methods:
+these methods:
 
 - `_compute_loss`: when the config needs this library's loss (`CEGPPOConfig.uses_own_loss`), the per-token loss
   comes from the `losses.POLICY_LOSSES` registry and is aggregated by `losses.aggregate_loss`; otherwise TRL's own
@@ -9,6 +9,10 @@ three methods:
 - `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
   that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
   forward pass is made.
+- `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
+  training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
+  completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
+  cap and verl's warm-up counted in rollout batches.
 
 Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
 `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
