@@ -87,3 +87,13 @@ def test_normalisation_weights_sum_to_one_and_match_by_hand(capsys):
     summary = normalisation.main(["--seeds", "3", "--sequences", "16", "--ranks", "4"])
     assert 0 < summary["update_token_mean/tv_to_authors"]["mean"] < 1
     assert "| update_token_mean/cosine_to_authors |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_benchmark_runs_both_arms(tmp_path, capsys):
+    runs = load("dynamic_sampling").main(
+        ["--seeds", "1", "--max-steps", "4", "--out-dir", str(tmp_path), "--plot", str(tmp_path / "ds.png")]
+    )
+    assert [len(runs[arm]) for arm in ("false", "true")] == [1, 1] and (tmp_path / "ds.png").is_file()
+    assert runs["true"][0]["rollouts"] and not runs["false"][0]["rollouts"]
+    assert "| true |" in capsys.readouterr().out

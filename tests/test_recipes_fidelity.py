@@ -276,3 +276,14 @@ def test_recipe_fields_are_validated(tmp_path, overrides, message):
         values["steps_per_generation"] = 4
     with pytest.raises(ValueError, match=message):
         CEGPPOConfig(**values)
+
+
+def test_dynamic_sampling_needs_whole_groups_on_each_process(tmp_path, monkeypatch):
+    # Two processes of 2 completions each: TRL accepts the global batch of 4 = one group of 4, but each process
+    # would hold half a group, which the filter cannot judge on its own.
+    monkeypatch.setattr(CEGPPOConfig, "world_size", property(lambda self: 2))
+    values = {"output_dir": str(tmp_path), "use_cpu": True, "per_device_train_batch_size": 2, "num_generations": 4}
+    values["steps_per_generation"] = 1
+    assert CEGPPOConfig(**values).generation_batch_size == 4
+    with pytest.raises(ValueError, match="whole groups"):
+        CEGPPOConfig(**values, dynamic_sampling=True)
