@@ -13,8 +13,9 @@ process, so that each vLLM engine gets the whole GPU.
 
 The model is `--model` (a Hub id or a local directory; default Qwen/Qwen2.5-0.5B-Instruct). If it cannot be loaded
 (no internet), or with `--model random`, a random-weight model is built from a published config
-(`--fallback-config`, from `benchmarks/overhead.py`) with the toy tokenizer: the checks hold on it too, since the
-reward is dense (`overhead.token_parity_reward`).
+(`--fallback-config`, from `benchmarks/overhead.py`) with the toy tokenizer and a wide init
+(`--fallback-init-range`), so that its next-token distributions are peaked and their entropy can move; the reward is
+dense (`overhead.token_parity_reward`), so advantages differ within every group on any model.
 
     python benchmarks/gpu_check.py --arm ours --out outputs/gpu_check
     python benchmarks/gpu_check.py --smoke --out /tmp/smoke     # CPU, tiny, no vLLM / bf16: the script's own test
@@ -56,10 +57,17 @@ def resolve_model(opts: argparse.Namespace) -> tuple[str, str]:
             return opts.model, "hub or local"
         except (OSError, ValueError) as error:
             print(f"gpu_check: cannot load {opts.model!r} ({type(error).__name__}); using random weights", flush=True)
-    path = os.path.join(opts.out, f"model-random-{opts.fallback_config}")
+    # At transformers' default initializer_range (0.02) a random model's next-token distribution is almost uniform
+    # (entropy log V = 11.9 nats over Qwen's 152k tokens) and its entropy cannot move: ERC would never act. A wider
+    # init gives peaked distributions (0.12 on Qwen2.5-0.5B: entropy 1.5 to 7 nats) that LoRA updates move.
+    name = f"{opts.fallback_config}-init{opts.fallback_init_range:g}"
+    path = os.path.join(opts.out, f"model-random-{name}")
     if not os.path.exists(os.path.join(path, "config.json")):
-        _overhead().build_model_dir(opts.fallback_config, path, seed=opts.seed)
-    return path, f"random weights, {opts.fallback_config} config"
+        overhead = _overhead()
+        spec = {**overhead.MODEL_CONFIGS[opts.fallback_config], "initializer_range": opts.fallback_init_range}
+        overhead.MODEL_CONFIGS[name] = spec
+        overhead.build_model_dir(name, path, seed=opts.seed)
+    return path, f"random weights, {name} config"
 
 
 def config_kwargs(opts: argparse.Namespace, arm: str) -> dict[str, Any]:
@@ -239,6 +247,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", metavar="DIR", help="print the table of both arms' results in DIR and exit")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, directory or 'random' ({DEFAULT_MODEL})")
     parser.add_argument("--fallback-config", default="qwen2.5-0.5b", help="overhead.MODEL_CONFIGS entry")
+    parser.add_argument(
+        "--fallback-init-range", type=float, default=0.12, help="initializer_range of the random-weight model"
+    )
     parser.add_argument("--out", default="outputs/gpu_check", help="results folder")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="generate with transformers")
@@ -261,6 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts = parser.parse_args(argv)
     if opts.smoke:
         opts.device, opts.vllm, opts.bf16, opts.model, opts.fallback_config = "cpu", False, False, "random", "toy-256"
+        opts.fallback_init_range = 0.02  # 26 tokens: peaked enough at the default init
         opts.steps, opts.batch_size, opts.num_generations, opts.completion_length = 4, 8, 4, 8
         opts.learning_rate = 2e-2
     if opts.device == "cpu" and (opts.vllm or opts.bf16):
