@@ -152,5 +152,5 @@ def test_registry_and_errors():
         get_reward_funcs(["math_accuracy"], scale="ternary")
     with pytest.raises(ValueError, match=r"\['max_completion_length'\] are not used"):
         get_reward_funcs(["math_accuracy"], max_completion_length=10)
-    with pytest.raises(ValueError, match="2 completions but 1 solutions"):
+    with pytest.raises(ValueError, match="2 completions but 1 gold answers"):
         math_accuracy_reward(["a", "b"], ["1"])
