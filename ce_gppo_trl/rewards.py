@@ -4,6 +4,9 @@ Every reward takes `completions` (plain strings or chat messages) plus dataset c
 returns one float per completion. The accuracy reward follows the CE-GPPO / ERC verl setup: score the text after the
 last `</think>`, take the last `\boxed{}` (or a DAPO-style `Answer: ...` line), and let math-verify decide whether it
 equals the gold answer as datasets store it (raw LaTeX such as `\frac12`, `(1,2]`, `#### 72`, a full MATH solution).
+What this module adds to math-verify is written to never pay a wrong answer: a list is never read as a number (only
+real thousands groupings such as `1,234` are), a gold in several boxes is compared as the set of its boxes (a partial
+answer scores 0), and boxing several candidates never earns more than boxing the last one.
 
 Time per completion is bounded: in the main thread by a `SIGALRM` timer around parse and verify; in any other
 thread (where signals cannot be used) the math-verify work moves to a few lazily started worker processes that
@@ -77,6 +80,7 @@ _NUMBER = re.compile(rf"([+-]?)(\d{{1,3}}(?:{_GROUP_SEPARATOR}\d{{3}})+|\d+)(\.\
 _MATH_SEGMENT = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[A-Za-z]+(?:\{[^{}]*\})?")
 _PROSE_WORD = re.compile(r"\b(?!(?:and|or)\b)[A-Za-z]{2,}")
 _INTEGER = re.compile(r"[+-]?\d+")
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
 
 class _AnswerTimeout(BaseException):
@@ -334,7 +338,7 @@ _Job = tuple[tuple[str, ...], bool, str, float]
 
 
 def _parse_gold(gold: str) -> list:
-    if any(delimiter in gold for delimiter in ("$", "\\(", "\\[")):  # LaTeX prose such as "$1$ and $2$"
+    if _MATH_DELIMITER.search(gold):  # LaTeX prose such as "$1$ and $2$": math-verify finds the answer in it
         return parse(gold, _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
     return parse("\\boxed{" + _plain_number(gold) + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
 
@@ -557,22 +561,36 @@ class MathAccuracyReward:
 _BINARY_ACCURACY = MathAccuracyReward()
 
 
-def math_accuracy_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
+def math_accuracy_reward(
+    completions: Sequence[Any],
+    solution: Sequence[Any] | None = None,
+    answer: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
     r"""1.0 when a completion's final answer equals the gold answer (math-verify), else 0.0.
 
-    `completions` are strings or chat-format message lists; `solution` holds the golds as datasets store them
-    (`"34"`, `"\\frac12"`, `"(1,2]"`, GSM8K `"... #### 72"`, a MATH solution with `\\boxed{}`). The text after
-    the last `</think>` is scored; its last `\\boxed{}` is the answer, else its last `Answer: ...` line (DAPO), else an
-    anchored answer (`$...$`, "the answer is"). Malformed, hostile or overlong input scores 0.0 within
-    `DEFAULT_TIMEOUT_SECONDS` per completion, from any thread. For the +1/-1 scale of the papers use
+    `completions` are strings or chat-format message lists. The golds come from the dataset column `solution` or, when
+    there is none, `answer` (GSM8K, many user datasets; TRL passes every column as a keyword), as datasets store them:
+    `"34"`, `"\\frac12"`, `"(1,2]"`, GSM8K `"... #### 72"`, a MATH solution with `\\boxed{}`, several boxes that
+    state one answer. The text after the last `</think>` is scored: its last `\\boxed{}` (with the boxes just before
+    it when the gold has several parts), else its last `Answer: ...` line (DAPO; parsed for an anchored answer when it
+    holds prose), else a `####` line, else an anchored answer ("the answer is", "Final Answer:"). Unboxed,
+    unanchored answers score 0.0; see the README's scoring table. Malformed, hostile or overlong input scores 0.0
+    within `DEFAULT_TIMEOUT_SECONDS` per completion, from any thread. For the +1/-1 scale of the papers use
     `MathAccuracyReward(incorrect=-1.0)` or `get_reward_funcs(["math_accuracy"], scale="signed")`.
+
+    Raises:
+        ValueError: neither `solution` nor `answer` is given, or their length differs from `completions`'.
 
     Example:
         >>> chat = [{"role": "assistant", "content": "\\boxed{0.5}"}]
         >>> math_accuracy_reward(["\\boxed{7}", chat], ["7", "\\frac12"])
         [1.0, 1.0]
+        >>> gold = "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\)"
+        >>> math_accuracy_reward(["\\boxed{-2, 1}", "\\boxed{-2}"], answer=[gold, gold])
+        [1.0, 0.0]
     """
-    return _BINARY_ACCURACY(completions, solution, **kwargs)
+    return _BINARY_ACCURACY(completions, solution, answer, **kwargs)
 
 
 class FormatReward:
