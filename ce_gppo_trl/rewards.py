@@ -80,6 +80,8 @@ _NUMBER = re.compile(rf"([+-]?)(\d{{1,3}}(?:{_GROUP_SEPARATOR}\d{{3}})+|\d+)(\.\
 _MATH_SEGMENT = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[A-Za-z]+(?:\{[^{}]*\})?")
 _PROSE_WORD = re.compile(r"\b(?!(?:and|or)\b)[A-Za-z]{2,}")
 _INTEGER = re.compile(r"[+-]?\d+")
+# Blanks are insignificant except between two digits, where `1 2` is not `12`.
+_BLANK_NOT_BETWEEN_DIGITS = re.compile(r"(?<!\d)\s+|\s+(?!\d)")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
 
@@ -155,28 +157,33 @@ def _last_box_run(text: str) -> list[_Box]:
     Scanning right to left, each box is read only up to the start of the next one, so the cost is linear. Empty when
     there is no box or the last box is never closed.
     """
-    run: list[_Box] = []
+    found: list[_Box] = []  # right to left
     limit = len(text)
+    # Rightmost position of each command before `limit`; `limit` only decreases, so a position left of it stays valid.
+    positions = dict.fromkeys(_BOX_COMMANDS, limit)
     while True:
-        start = max(text.rfind(command, 0, limit) for command in _BOX_COMMANDS)
+        for command, position in positions.items():
+            if position >= limit:
+                positions[command] = text.rfind(command, 0, limit)
+        start = max(positions.values())
         if start < 0:
             break
         box = _read_box(text, start, limit)
         if box is None:
             break
-        if run:
-            between = text[box.end : run[0].start]
+        if found:
+            between = text[box.end : limit]
             separated = (
                 len(between) < _BOX_RUN_SEPARATED_CHARS
                 and _BOX_RUN_SEPARATOR.search(between)
                 and len(_WORD.findall(_LATEX_COMMAND.sub(" ", between))) <= _BOX_RUN_MAX_WORDS
             )
-            if not (len(between) < _BOX_RUN_ADJACENT_CHARS or (box.content != run[0].content and separated)):
+            if not (len(between) < _BOX_RUN_ADJACENT_CHARS or (box.content != found[-1].content and separated)):
                 break
-        if not run or box.content != run[0].content:
-            run.insert(0, box)
+        if not found or box.content != found[-1].content:
+            found.append(box)
         limit = start
-    return run
+    return found[::-1]
 
 
 def _strip_answer(answer: str) -> str:
@@ -305,7 +312,7 @@ def extract_final_answer(text: str, think_delimiter: str | None = "</think>") ->
 
 def _fast_decision(answer: str, gold: str) -> bool | None:
     """Decide without sympy where strings suffice (integers, identical strings); None when math-verify is needed."""
-    if answer.replace(" ", "") == gold.replace(" ", ""):
+    if _BLANK_NOT_BETWEEN_DIGITS.sub("", answer) == _BLANK_NOT_BETWEEN_DIGITS.sub("", gold):
         return True
     answer, gold = _plain_number(answer), _plain_number(gold)
     # Length bound: Python refuses int() of more than 4300 digits.

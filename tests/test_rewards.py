@@ -212,6 +212,9 @@ HOSTILE = [
     r"\boxed{\frac{\frac{\sqrt{",
     r"\boxed{" + "1" * 300_000 + "}",
     "\\boxed{\x00\ud800}",
+    r"\boxed{1}, " * 2000,  # one long run of repeated boxes
+    "".join(rf"\boxed{{{i}}}" for i in range(2000)),  # one long run of distinct boxes
+    "Answer: " + "$" * 3000,
 ]
 
 
@@ -226,6 +229,14 @@ def test_hostile_inputs_from_threads_are_bounded_and_score_zero(caplog):
     # Worker start-up (~2 s on 2 cores) plus at most two 1-second timeouts per worker.
     assert elapsed < 30.0
     assert len(caplog.records) <= 1
+
+
+def test_hostile_runs_of_boxes_against_a_multi_part_gold_and_as_golds():
+    many = "".join(rf"\boxed{{{i}}}" for i in range(2000))
+    assert math_accuracy_reward([r"\boxed{1}, " * 2000, many, r"\boxed{1}\boxed{2}"], ["1, 2"] * 3) == [0.0, 0.0, 1.0]
+    # Gold runs are read right to left, each box once: a 100k-box gold is read in linear time.
+    assert extract_gold_answer(r"\boxed{1}" * 100_000) == "1"
+    assert extract_gold_answer(r"\boxed{" * 50_000 + r"\boxed{2}") == "2"
 
 
 def test_hostile_input_in_main_thread_is_bounded():
