@@ -76,10 +76,18 @@ _WORD = re.compile(r"[A-Za-z]+")
 # Thousands separators: plain `,`, LaTeX `{,}` and `,\!`, or thin / plain spaces between groups of exactly 3 digits.
 _GROUP_SEPARATOR = r"(?:,|\{,\}|,\\!\s*|\\,|\\ |\s)"
 _NUMBER = re.compile(rf"([+-]?)(\d{{1,3}}(?:{_GROUP_SEPARATOR}\d{{3}})+|\d+)(\.\d+)?")
+_GROUPED_NUMBER = re.compile(rf"(?<![\d.]){_NUMBER.pattern}(?![\d])")
 # Words left in an answer line once math, LaTeX commands and the connectors "and" / "or" are removed: prose.
 _MATH_SEGMENT = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[A-Za-z]+(?:\{[^{}]*\})?")
 _PROSE_WORD = re.compile(r"\b(?!(?:and|or)\b)[A-Za-z]{2,}")
 _INTEGER = re.compile(r"[+-]?\d+")
+# An unboxed answer after its last "answer" anchor that names several values ("3 or 4", "1, 5", "1,2,3"); math-verify
+# would take the first of them as the answer.
+_ANCHOR = re.compile(r"(?i)answer")
+_MATH_WRAPPER = re.compile(r"\$|\\[()\[\]]|\\text\{\s*|\\quad")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+_BRACKETED = re.compile(r"[(\[{][^()\[\]{}]*[)\]}]")
+_SEVERAL_VALUES = re.compile(r"\d\s*\}?\s*(?:,|;|\bor\b|\band\b)\s*(?:either\s+)?[-+]?\.?\d")
 # Blanks are insignificant except between two digits, where `1 2` is not `12`.
 _BLANK_NOT_BETWEEN_DIGITS = re.compile(r"(?<!\d)\s+|\s+(?!\d)")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")
@@ -207,6 +215,18 @@ def _plain_number(text: str) -> str:
 def _is_prose(answer: str) -> bool:
     """Whether an answer line holds words besides its math ("The final answer is 7.78", "12 apples")."""
     return bool(_PROSE_WORD.search(_MATH_SEGMENT.sub(" ", answer)))
+
+
+def _states_several_values(text: str) -> bool:
+    """Whether the anchored answer in `text` (after its last "answer", to the end of that sentence) lists several
+    values. A real thousands grouping (`10,455`) and a bracketed tuple, interval or set (`(-6, 10)`) are one value.
+    """
+    anchors = list(_ANCHOR.finditer(text))
+    start = anchors[-1].end() if anchors else 0
+    sentence_end = _SENTENCE_END.search(text, start)
+    region = _MATH_WRAPPER.sub(" ", text[start : sentence_end.start() if sentence_end else len(text)])
+    region = _BRACKETED.sub(" x ", _GROUPED_NUMBER.sub(lambda match: _plain_number(match.group()), region))
+    return bool(_SEVERAL_VALUES.search(region))
 
 
 def _gold_parts(gold: str) -> list[str]:
@@ -372,6 +392,8 @@ def _verify_one(parts: tuple[str, ...], is_exact: bool, gold: str, timeout_secon
                 predicted = parse(
                     parts[0], _UNBOXED_CONFIG, extraction_mode="first_match", parsing_timeout=None, raise_on_error=True
                 )
+                if predicted and not isinstance(predicted[0], FiniteSet) and _states_several_values(parts[0]):
+                    return False  # "the answer is 3 or 4": math-verify keeps 3, which must not pay against gold 3
             return bool(predicted) and verify(gold_parsed, predicted, timeout_seconds=None, raise_on_error=True)
     except _AnswerTimeout:
         return False

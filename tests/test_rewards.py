@@ -120,6 +120,12 @@ FALSE_POSITIVES_FOUND = [
     ("Answer: x = 5 or x = -3", "5"),
     # math-verify reads `1 000` in a box as 1*000 = 0
     (r"\boxed{1 000}", "0"),
+    # unboxed anchored answers naming several values: math-verify keeps the first (or reads `1,2` as 1.2)
+    ("The answer is 3 or 4.", "3"),
+    ("Final Answer: The final answer is 3, 4. I hope it is correct.", "3"),
+    ("so the answer is either 3 or 4", "3"),
+    ("The answer is 1, 5", "1"),
+    ("The answer is 1,2,3", "1.2"),
 ]
 
 
@@ -147,6 +153,10 @@ STATED_ANSWERS = [
     (r"\boxed{1\,000}", "1000"),
     (r"\boxed{7,425,000}", "7425000"),
     (r"\boxed{1,234.5}", "1234.5"),
+    ("The answer is 12,000,023.", "12000023"),
+    (r"Final Answer: The final answer is \((-6, 10)\). I hope it is correct.", "(-6, 10)"),
+    ("The answer is $3$ or $4$.", "3, 4"),
+    ("The answer is 5, since 2 + 3 = 5.", "5"),
 ]
 
 
