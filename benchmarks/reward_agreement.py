@@ -14,6 +14,12 @@ false positives (a reward of 1 where the suite says wrong) and false negatives, 
     python benchmarks/reward_agreement.py                      # table
     python benchmarks/reward_agreement.py --show disagreements  # also list the cases where the reward disagrees
     python benchmarks/reward_agreement.py --json agreement.json
+    python benchmarks/reward_agreement.py --mutations           # also: wrong golds made by changing one digit
+
+`--mutations` is a search for false positives beyond the suites' own wrong cases: every digit of the reduced gold of
+each anchored case labelled correct is changed (d -> d+1 mod 10) in turn, and the mutants that the reward still pays
+are listed. Not every listed mutant is a wrong answer (a digit in a variable name `x_{1}`, or in the prose of a gold
+without a box, does not change the answer); each needs a look.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
-from ce_gppo_trl.rewards import math_accuracy_reward
+from ce_gppo_trl.rewards import extract_gold_answer, math_accuracy_reward
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "reward_peer_cases.jsonl"
 ANCHORED_FORMS = ("boxed", "answer_line")
@@ -73,11 +79,26 @@ def summarize(cases: list[dict[str, Any]], scores: list[int]) -> dict[str, dict[
     return summary
 
 
+def paid_gold_mutations(cases: list[dict[str, Any]]) -> tuple[int, list[tuple[dict[str, Any], str]]]:
+    """(number of one-digit gold mutants of the anchored correct cases, the mutants the reward still pays)."""
+    mutants = []
+    for case in cases:
+        if case["expected"] != 1 or case["form"] not in ANCHORED_FORMS:
+            continue
+        gold = extract_gold_answer(case["gold"])
+        for index, char in enumerate(gold):
+            if char.isdigit():
+                mutants.append((case, gold[:index] + str((int(char) + 1) % 10) + gold[index + 1 :]))
+    rewards = math_accuracy_reward([case["completion"] for case, _ in mutants], [gold for _, gold in mutants])
+    return len(mutants), [mutant for mutant, reward in zip(mutants, rewards, strict=True) if reward > 0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--show", choices=["none", "disagreements", "false-positives"], default="none")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary to this file")
+    parser.add_argument("--mutations", action="store_true", help="also list paid one-digit gold mutants")
     args = parser.parse_args()
 
     cases = load_cases(args.data)
@@ -110,6 +131,19 @@ def main() -> None:
                     f"({source['repo']} {source['file']}::{source['test']})\n"
                     f"  gold: {case['gold'][-200:]!r}\n  completion: {case['completion'][-300:]!r}"
                 )
+    if args.mutations:
+        total, paid = paid_gold_mutations(cases)
+        results["gold_mutations"] = {
+            "mutants": total,
+            "paid": len(paid),
+            "paid_case_ids": sorted({c["id"] for c, _ in paid}),
+        }
+        print(
+            f"\n{len(paid)} of {total} one-digit gold mutants are still paid "
+            f"(cases {results['gold_mutations']['paid_case_ids']})"
+        )
+        for case, gold in paid:
+            print(f"#{case['id']} mutated gold {gold[-80:]!r}; completion {case['completion'][-80:]!r}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

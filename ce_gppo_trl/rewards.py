@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-from sympy import FiniteSet
+from sympy import Basic, FiniteSet, MatrixBase, Set, Tuple, preorder_traversal
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -90,6 +90,7 @@ _BRACKETED = re.compile(r"[(\[{][^()\[\]{}]*[)\]}]")
 _SEVERAL_VALUES = re.compile(r"\d\s*\}?\s*(?:,|;|\bor\b|\band\b)\s*(?:either\s+)?[-+]?\.?\d")
 # Blanks are insignificant except between two digits, where `1 2` is not `12`.
 _BLANK_NOT_BETWEEN_DIGITS = re.compile(r"(?<!\d)\s+|\s+(?!\d)")
+_GROUPING_COMMA = re.compile(r",(?:\\!\s*)?\d{3}(?!\d)")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
 
@@ -297,8 +298,12 @@ def _find_answer(text: str, think_delimiter: str | None) -> _Found | None:
         answer = _strip_answer(line.group(1))
         if not _is_prose(answer):
             return _Found("line", (answer,))
-        line_start = text.rfind("\n", 0, line.start()) + 1
-        return _Found("prose_line", (text[line_start : line.end()],))
+        # From "Answer:" on (with a "Final " before it, which math-verify's anchors use), so that a box earlier on
+        # the same line is not taken instead of what the line says.
+        start = line.start()
+        if text[max(0, start - len("final ")) : start].lower() == "final ":
+            start -= len("final ")
+        return _Found("prose_line", (text[start : line.end()],))
     gsm8k = _GSM8K_GOLD.findall(text, offset)
     if gsm8k:
         return _Found("gsm8k", (_plain_number(_strip_answer(gsm8k[-1])),))
@@ -370,6 +375,37 @@ def _parse_gold(gold: str) -> list:
     return parse("\\boxed{" + _plain_number(gold) + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
 
 
+def _drop_lost_parts(parsed: list) -> list:
+    """math-verify's result without its sympy value when that value lost parts of the answer.
+
+    latex2sympy sometimes reads a list it cannot parse as its first item (`x = \\frac{1}{2}, x = \\frac{-1 \\pm
+    \\sqrt{13}}{4}` becomes 1/2), so a wrong second part, or no second part, would still verify. Then only the string
+    is kept, which `verify` compares exactly. A value holding a set, tuple, interval or matrix kept its parts.
+    """
+    if len(parsed) != 2 or not isinstance(parsed[0], Basic) or not isinstance(parsed[1], str):
+        return parsed
+    if any(isinstance(node, Set | Tuple | MatrixBase) for node in preorder_traversal(parsed[0])):
+        return parsed
+    return parsed[1:] if _has_top_level_comma(parsed[1]) else parsed
+
+
+def _has_top_level_comma(text: str) -> bool:
+    """A comma outside brackets and braces that is not a thousands separator (`1,234`)."""
+    depth = 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif (
+            char == ","
+            and depth == 0
+            and not (text[index - 1 : index].isdigit() and _GROUPING_COMMA.match(text, index))
+        ):
+            return True
+    return False
+
+
 def _verify_one(parts: tuple[str, ...], is_exact: bool, gold: str, timeout_seconds: float) -> bool:
     """math-verify an answer against `gold` within `timeout_seconds`; any error or timeout counts as wrong.
 
@@ -379,14 +415,19 @@ def _verify_one(parts: tuple[str, ...], is_exact: bool, gold: str, timeout_secon
     """
     try:
         with _time_limit(timeout_seconds):
-            gold_parsed = _parse_gold(gold)
+            gold_parsed = _drop_lost_parts(_parse_gold(gold))
             if not gold_parsed:
                 return False
             if is_exact:
                 several = len(parts) > 1 and isinstance(gold_parsed[0], FiniteSet) and len(gold_parsed[0]) > 1
                 answer = ", ".join(parts) if several else parts[-1]
-                predicted = parse(
-                    "\\boxed{" + _plain_number(answer) + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True
+                predicted = _drop_lost_parts(
+                    parse(
+                        "\\boxed{" + _plain_number(answer) + "}",
+                        _GOLD_CONFIG,
+                        parsing_timeout=None,
+                        raise_on_error=True,
+                    )
                 )
             else:
                 predicted = parse(

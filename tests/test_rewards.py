@@ -126,6 +126,12 @@ FALSE_POSITIVES_FOUND = [
     ("so the answer is either 3 or 4", "3"),
     ("The answer is 1, 5", "1"),
     ("The answer is 1,2,3", "1.2"),
+    # found by mutating the peer golds (benchmarks/reward_agreement.py --mutations): latex2sympy read these lists
+    # as their first item, so a wrong or missing second root still verified
+    (r"\boxed{x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{4}}", r"x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{5}"),
+    (r"\boxed{x = \frac{1}{2}}", r"x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{5}"),
+    # ... and a box earlier on the line of a prose answer line was scored instead of what the line says
+    (r'$\boxed{12 $ and $13 }. $ Final Answer: The final answer is "$12 $ and $14 $". I hope', r"12\text{ and }13"),
 ]
 
 
@@ -157,6 +163,10 @@ STATED_ANSWERS = [
     (r"Final Answer: The final answer is \((-6, 10)\). I hope it is correct.", "(-6, 10)"),
     ("The answer is $3$ or $4$.", "3, 4"),
     ("The answer is 5, since 2 + 3 = 5.", "5"),
+    (r"\boxed{x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{5}}", r"x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{5}"),
+    (r'$\boxed{12 $ and $13 }. $ Final Answer: The final answer is "$12 $ and $13 $". I hope', r"12\text{ and }13"),
+    (r"\boxed{a=4,\,-8,\,-10}", "-10,-8,4"),
+    (r"\boxed{\$1,234}", "1234"),
 ]
 
 
