@@ -90,6 +90,7 @@ _BRACKETED = re.compile(r"[(\[{][^()\[\]{}]*[)\]}]")
 _SEVERAL_VALUES = re.compile(r"\d\s*\}?\s*(?:,|;|\bor\b|\band\b)\s*(?:either\s+)?[-+]?\.?\d")
 # Blanks are insignificant except between two digits, where `1 2` is not `12`.
 _BLANK_NOT_BETWEEN_DIGITS = re.compile(r"(?<!\d)\s+|\s+(?!\d)")
+_TEXT_WITH_DIGIT = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{[^{}]*\d[^{}]*\}")
 _GROUPING_COMMA = re.compile(r",(?:\\!\s*)?\d{3}(?!\d)")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
@@ -369,24 +370,34 @@ class _time_limit:  # noqa: N801  (used as a context manager, reads like a funct
 _Job = tuple[tuple[str, ...], bool, str, float]
 
 
+def _parse_boxed(answer: str) -> list:
+    """math-verify's reading of one stated answer (a box's content, a gold), lost parts dropped."""
+    parsed = parse("\\boxed{" + _plain_number(answer) + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
+    return _drop_lost_parts(parsed, answer)
+
+
 def _parse_gold(gold: str) -> list:
     if _MATH_DELIMITER.search(gold):  # LaTeX prose such as "$1$ and $2$": math-verify finds the answer in it
-        return parse(gold, _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
-    return parse("\\boxed{" + _plain_number(gold) + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
+        return _drop_lost_parts(parse(gold, _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True))
+    return _parse_boxed(gold)
 
 
-def _drop_lost_parts(parsed: list) -> list:
+def _drop_lost_parts(parsed: list, answer: str | None = None) -> list:
     """math-verify's result without its sympy value when that value lost parts of the answer.
 
     latex2sympy sometimes reads a list it cannot parse as its first item (`x = \\frac{1}{2}, x = \\frac{-1 \\pm
-    \\sqrt{13}}{4}` becomes 1/2), so a wrong second part, or no second part, would still verify. Then only the string
-    is kept, which `verify` compares exactly. A value holding a set, tuple, interval or matrix kept its parts.
+    \\sqrt{13}}{4}` becomes 1/2), and math-verify drops `\\text{}` as a unit even when it holds numbers
+    (`3 \\text{ (or 4)}` becomes 3), so a wrong or missing part would still verify. Then only a string is kept,
+    which `verify` compares exactly: the stated `answer` when given, else math-verify's normalized string. A value
+    holding a set, tuple, interval or matrix kept its parts.
     """
     if len(parsed) != 2 or not isinstance(parsed[0], Basic) or not isinstance(parsed[1], str):
         return parsed
     if any(isinstance(node, Set | Tuple | MatrixBase) for node in preorder_traversal(parsed[0])):
         return parsed
-    return parsed[1:] if _has_top_level_comma(parsed[1]) else parsed
+    if answer is None:
+        return parsed[1:] if _has_top_level_comma(parsed[1]) else parsed
+    return [answer] if _has_top_level_comma(answer) or _TEXT_WITH_DIGIT.search(answer) else parsed
 
 
 def _has_top_level_comma(text: str) -> bool:
@@ -415,20 +426,13 @@ def _verify_one(parts: tuple[str, ...], is_exact: bool, gold: str, timeout_secon
     """
     try:
         with _time_limit(timeout_seconds):
-            gold_parsed = _drop_lost_parts(_parse_gold(gold))
+            gold_parsed = _parse_gold(gold)
             if not gold_parsed:
                 return False
             if is_exact:
                 several = len(parts) > 1 and isinstance(gold_parsed[0], FiniteSet) and len(gold_parsed[0]) > 1
                 answer = ", ".join(parts) if several else parts[-1]
-                predicted = _drop_lost_parts(
-                    parse(
-                        "\\boxed{" + _plain_number(answer) + "}",
-                        _GOLD_CONFIG,
-                        parsing_timeout=None,
-                        raise_on_error=True,
-                    )
-                )
+                predicted = _parse_boxed(answer)
             else:
                 predicted = parse(
                     parts[0], _UNBOXED_CONFIG, extraction_mode="first_match", parsing_timeout=None, raise_on_error=True

@@ -130,6 +130,9 @@ FALSE_POSITIVES_FOUND = [
     # as their first item, so a wrong or missing second root still verified
     (r"\boxed{x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{4}}", r"x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{5}"),
     (r"\boxed{x = \frac{1}{2}}", r"x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{5}"),
+    # found by probing boxes by hand: math-verify drops `\text{}` as a unit, numbers and all
+    (r"\boxed{3 \text{ (or 4)}}", "3"),
+    (r"\boxed{3 \text{ apples}, 4 \text{ pears}}", "3"),
     # ... and a box earlier on the line of a prose answer line was scored instead of what the line says
     (r'$\boxed{12 $ and $13 }. $ Final Answer: The final answer is "$12 $ and $14 $". I hope', r"12\text{ and }13"),
 ]
@@ -167,6 +170,8 @@ STATED_ANSWERS = [
     (r'$\boxed{12 $ and $13 }. $ Final Answer: The final answer is "$12 $ and $13 $". I hope', r"12\text{ and }13"),
     (r"\boxed{a=4,\,-8,\,-10}", "-10,-8,4"),
     (r"\boxed{\$1,234}", "1234"),
+    (r"\boxed{3 \text{ apples}}", "3"),
+    (r"\boxed{125\textnormal{ miles}}", "125"),
 ]
 
 
