@@ -276,10 +276,54 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    # The authors' training scripts (Kwai-Klear/CE-GPPO and Kwai-Klear/ERC, recipe/dapo/*.sh): see README.md,
+    # "The authors' scripts, line by line".
+    positive_nll_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an extra NLL term on correct responses (total reward > 0): the token mean of -log p "
+            "over the correct responses of each micro-batch, weighted by the micro-batch's share of the update, as "
+            "the authors' positive_loss_coeff. Their CE-GPPO and ERC scripts use 0.1 (not in the papers). >= 0; "
+            "0 = off. Works with every loss_type."
+        },
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling: drop the groups whose rewards are all equal (zero advantage) and refill "
+            "the rollout batch from up to dynamic_sampling_max_rounds extra generation rounds of fresh prompts. "
+            "Slots still empty then are masked out of the loss (the authors train on fewer groups). Needs "
+            "per_device_train_batch_size x steps_per_generation to be a multiple of num_generations."
+        },
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=1,
+        metadata={
+            "help": "Most extra generation rounds per rollout batch for dynamic sampling, each the size of the "
+            "rollout batch, >= 0. 1 matches the authors (generate 256 prompts, keep up to 128 with mixed outcomes)."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt cap in tokens with left truncation (the start of the prompt is cut), as verl's "
+            "data.truncation='left'. The authors use 4096. >= 1; None: no cap."
+        },
+    )
+    warmup_rollout_batches: int = field(
+        default=0,
+        metadata={
+            "help": "Learning-rate warm-up counted in rollout batches, as verl counts it: every optimizer update of "
+            "rollout batch k trains at lr x min(1, k / warmup_rollout_batches), so the first batch is at lr 0. "
+            "The authors use 10. Needs lr_scheduler_type='constant' and warmup_steps=0. >= 0; 0 = off."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_loss_fields()
         self._validate_entropy_control()
+        self._validate_recipe_fields()
         message = on_policy_message(self)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
@@ -488,4 +532,48 @@ class CEGPPOConfig(GRPOConfig):
     def uses_own_loss(self) -> bool:
         """Whether the loss needs this library's path rather than TRL's `_compute_loss`."""
         own = self.loss_type == "ce_gppo" or self.clip_ratio_c is not None or self.erc_enabled
-        return own or self.prob_clip_enabled
+        return own or self.prob_clip_enabled or self.positive_nll_coef > 0
+
+    @property
+    def updates_per_rollout(self) -> float:
+        """Optimizer updates per rollout batch: steps_per_generation x num_iterations / gradient_accumulation_steps."""
+        return self.steps_per_generation * self.num_iterations / self.gradient_accumulation_steps
+
+    def _validate_recipe_fields(self) -> None:
+        _check_finite("positive_nll_coef", self.positive_nll_coef)
+        if self.positive_nll_coef < 0:
+            _fail("positive_nll_coef", self.positive_nll_coef, "expected a finite number >= 0 (the authors use 0.1)")
+        for name in ("dynamic_sampling_max_rounds", "warmup_rollout_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                _fail(name, value, "expected an integer >= 0")
+        if self.max_prompt_length is not None and (
+            not isinstance(self.max_prompt_length, int)
+            or isinstance(self.max_prompt_length, bool)
+            or self.max_prompt_length < 1
+        ):
+            _fail("max_prompt_length", self.max_prompt_length, "expected an integer >= 1, or None for no cap")
+        local_rows = self.per_device_train_batch_size * self.steps_per_generation
+        if self.dynamic_sampling and local_rows % self.num_generations:
+            _fail(
+                "dynamic_sampling",
+                True,
+                f"each process must hold whole groups: per_device_train_batch_size x steps_per_generation = "
+                f"{local_rows} is not a multiple of num_generations={self.num_generations}",
+            )
+        if self.warmup_rollout_batches:
+            scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+            if scheduler != "constant" or self.warmup_steps != 0:
+                _fail(
+                    "warmup_rollout_batches",
+                    self.warmup_rollout_batches,
+                    f"it replaces the scheduler's own warm-up: set lr_scheduler_type='constant' (got {scheduler!r}) "
+                    f"and warmup_steps=0 (got {self.warmup_steps!r})",
+                )
+            if not self.updates_per_rollout.is_integer():
+                _fail(
+                    "warmup_rollout_batches",
+                    self.warmup_rollout_batches,
+                    "rollout batches must span whole optimizer updates: steps_per_generation x num_iterations must "
+                    f"be a multiple of gradient_accumulation_steps={self.gradient_accumulation_steps}",
+                )

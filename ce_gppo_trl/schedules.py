@@ -256,3 +256,15 @@ def controller_update(
     raw = min(max(kp * error + ki * integral, -max_delta), max_delta)
     output = min(max(raw, state.output - max_rate), state.output + max_rate)
     return ControllerState(integral, output), error
+
+
+def rollout_warmup_factor(step: int, *, updates_per_rollout: int, warmup_rollouts: int) -> float:
+    """Learning-rate factor of optimizer update `step` (0-based) under verl's constant warm-up counted in rollout
+    batches: verl steps its scheduler once per rollout batch, so every update of rollout batch `k` gets
+    `min(1, k / warmup_rollouts)`, and the whole first batch trains at lr 0.
+
+    Example:
+        >>> [rollout_warmup_factor(u, updates_per_rollout=2, warmup_rollouts=2) for u in range(6)]
+        [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    """
+    return min(1.0, (step // updates_per_rollout) / max(1, warmup_rollouts))

@@ -1,7 +1,7 @@
 """`CEGPPOTrainer`: TRL's `GRPOTrainer` with CE-GPPO, the dual clip and Entropy Ratio Clipping.
 
 The trainer reuses all of TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and overrides
-three methods:
+these methods:
 
 - `_compute_loss`: when the config needs this library's loss (`CEGPPOConfig.uses_own_loss`), the per-token loss
   comes from the `losses.POLICY_LOSSES` registry and is aggregated by `losses.aggregate_loss`; otherwise TRL's own
@@ -9,6 +9,10 @@ three methods:
 - `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
   that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
   forward pass is made.
+- `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
+  training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
+  completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
+  cap and verl's warm-up counted in rollout batches.
 
 Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
 `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
@@ -23,12 +27,22 @@ import json
 import logging
 import os
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import nanmax, nanmin
+from trl.trainer.utils import (
+    nanmax,
+    nanmin,
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from .callbacks import callbacks_from_config
 from .config import CEGPPOConfig, on_policy_message
@@ -42,9 +56,11 @@ from .losses import (
     dual_clip_mask,
     entropy_ratio,
     entropy_ratio_mask,
+    positive_nll_loss,
     safe_ratio,
 )
-from .schedules import mix_bound, prob_clip_lower, prob_clip_upper
+from .sampling import concat_rollouts, group_has_signal, select_rows, total_rewards, truncate_left
+from .schedules import mix_bound, prob_clip_lower, prob_clip_upper, rollout_warmup_factor
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +357,8 @@ class CEGPPOTrainer(GRPOTrainer):
         else:
             loss = aggregate_loss(per_token_loss, mask, aggregation, max_completion_length=self.max_completion_length)
             loss = loss / accumulation
+        if args.positive_nll_coef > 0:
+            loss = loss + self._positive_nll_term(per_token_logps, mask, inputs, mode, accumulation)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
@@ -505,3 +523,132 @@ class CEGPPOTrainer(GRPOTrainer):
         metrics["entropy_ratio/max"].append(self.accelerator.gather(torch.where(valid, rho, -inf).max()).max().item())
         metrics["entropy_ratio/clip_low_mean"].append(self._global_masked_mean((rho <= self.erc_low).float(), mask))
         metrics["entropy_ratio/clip_high_mean"].append(self._global_masked_mean((rho >= self.erc_high).float(), mask))
+
+    # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
+
+    def _positive_nll_term(
+        self, per_token_logps: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str, accumulation: float
+    ) -> torch.Tensor | float:
+        """`positive_nll_coef` x the NLL of this micro-batch's correct responses, weighted by its share (1 /
+        accumulation) of the update, like the authors' `positive_loss_coeff` term with their micro-batch weights."""
+        rewards = inputs.get("rewards")
+        if rewards is None:  # evaluation batches come from TRL's own path, without rewards
+            return 0.0
+        positive = rewards > 0  # the authors' reward == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
+        selected = mask * positive.to(mask.dtype).unsqueeze(-1)
+        self._metrics[mode]["positive_nll"].append(self._global_masked_mean(-per_token_logps.detach(), selected))
+        return self.args.positive_nll_coef * positive_nll_loss(per_token_logps, mask, positive) / accumulation
+
+    def _calculate_rewards(
+        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+    ) -> torch.Tensor:
+        # Kept (all processes' rows) for the per-completion rewards that the NLL term and dynamic sampling read.
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _tokenize_prompts(self, prompts: list) -> tuple[Any, Any, Any]:
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        cap = self.args.max_prompt_length
+        if cap is not None and any(len(ids) > cap for ids in prompt_ids):
+            if images is not None or multimodal_fields:
+                raise ValueError(
+                    f"max_prompt_length={cap}: left truncation would cut multimodal prompts; leave it None here."
+                )
+            prompt_ids = truncate_left(prompt_ids, cap)
+        return prompt_ids, images, multimodal_fields
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if not self.args.warmup_rollout_batches or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        factor = partial(
+            rollout_warmup_factor,
+            updates_per_rollout=int(self.args.updates_per_rollout),
+            warmup_rollouts=self.args.warmup_rollout_batches,
+        )
+        self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
+        args = self.args
+        if not self.model.training or not (args.dynamic_sampling or args.positive_nll_coef > 0):
+            return super()._prepare_inputs(generation_batch)
+        # The training branch of TRL 1.16's GRPOTrainer._prepare_inputs, with `_rollout` (which adds the rewards and
+        # may generate several rounds) in place of its single `_generate_and_score_completions` call.
+        generate_every = args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = shuffle_sequence_dict(split_pixel_values_by_grid(self._rollout(generation_batch)))
+            batches = split_tensor_dict(batch, args.steps_per_generation)
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(batch) for batch in batches]
+        return self._buffered_inputs[self._step % args.steps_per_generation]
+
+    def _rollout(self, generation_batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """One rollout batch with each completion's total reward under `rewards`; dynamic sampling if configured."""
+        output = self._scored_round(generation_batch)
+        if not self.args.dynamic_sampling:
+            return output
+        return self._dynamic_sampling(generation_batch, output)
+
+    def _scored_round(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = self._generate_and_score_completions(inputs)
+        rewards = total_rewards(self._rewards_per_func, self.reward_weights)
+        first = self.accelerator.process_index * len(inputs)
+        output["rewards"] = rewards[first : first + len(inputs)].to(output["advantages"].device)
+        return output
+
+    def _dynamic_sampling(self, generation_batch: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
+        """DAPO's filter: keep the groups with mixed rewards, in generation order, refilled from extra rounds of fresh
+        prompts; every process runs the same number of rounds (each round's generation and reward gather are
+        collective), stopping when no process is short or after `dynamic_sampling_max_rounds`. Slots still empty are
+        filled with dropped groups whose completions are masked out, so that they reach neither the loss nor its
+        token count (the authors train on the fewer groups they have)."""
+        if isinstance(self.train_dataset, IterableDataset):
+            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style train_dataset.")
+        args, group = self.args, self.num_generations
+        needed = len(generation_batch) // group
+        kept, batch, rounds = [], first, 0
+        have = dropped = refilled = 0
+        while True:
+            signal = group_has_signal(batch["rewards"], group)
+            take = signal.nonzero().flatten()[: needed - have]
+            kept.append((_group_rows(take, group), batch))
+            have += len(take)
+            dropped += int((~signal).sum())
+            refilled += len(take) if rounds else 0
+            short = needed - have
+            if rounds == args.dynamic_sampling_max_rounds:
+                break
+            if self.accelerator.gather(torch.tensor([short], device=self.accelerator.device)).max().item() == 0:
+                break
+            rounds += 1
+            batch = self._scored_round(self._refill_prompts(len(generation_batch), rounds))
+        # Round 0's dropped groups are enough to fill any shortfall: round 0 alone had `needed` groups.
+        spare = (~group_has_signal(first["rewards"], group)).nonzero().flatten()[:short]
+        fill = select_rows(first, _group_rows(spare, group))
+        fill["completion_mask"] = torch.zeros_like(fill["completion_mask"])
+        fill["advantages"] = torch.zeros_like(fill["advantages"])
+        parts = [select_rows(source, rows) for rows, source in kept] + [fill]
+        output = concat_rollouts(parts, self._tokenizer.pad_token_id)
+        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+        device = self.accelerator.device
+        totals = self.accelerator.reduce(torch.tensor([dropped, refilled, short], device=device).float(), "sum")
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
+        for name, value in zip(("groups_dropped", "groups_refilled", "groups_masked"), totals.tolist(), strict=True):
+            metrics[f"dynamic_sampling/{name}"].append(value)
+        return output
+
+    def _refill_prompts(self, num_rows: int, round_index: int) -> list[dict[str, Any]]:
+        """`num_rows / num_generations` fresh prompts drawn at random from the training set, each repeated
+        `num_generations` times as TRL's RepeatSampler lays them out; seeded by (seed, step, round, process)."""
+        key = (self.args.seed, self.state.global_step, round_index, self.accelerator.process_index)
+        generator = torch.Generator().manual_seed(hash(key) % 2**62)
+        indices = torch.randint(len(self.train_dataset), (num_rows // self.num_generations,), generator=generator)
+        return [self.train_dataset[int(i)] for i in indices for _ in range(self.num_generations)]
+
+
+def _group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Row indices of whole groups: group g covers rows g * group_size ... (g + 1) * group_size - 1."""
+    return (groups.unsqueeze(1) * group_size + torch.arange(group_size, device=groups.device)).flatten()
