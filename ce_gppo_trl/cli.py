@@ -182,6 +182,9 @@ def parse_train_args(argv: Sequence[str]) -> tuple[CEGPPOScriptArguments, CEGPPO
     Without `--config`, the recipe is `QUICKSTART_CONFIG` (the offline quickstart).
     """
     argv = list(argv)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # Before the config: transformers' TrainingArguments fails on a missing deepspeed with a traceback.
+        require("deepspeed", "an accelerate config with distributed_type: DEEPSPEED", DEEPSPEED_INSTALL_HINT)
     if "--config" not in argv and not any(arg.startswith("--config=") for arg in argv):
         argv = ["--config", str(QUICKSTART_CONFIG), *argv]
     return make_parser().parse_args_and_config(argv)
@@ -241,7 +244,8 @@ def check_vllm(training_args: CEGPPOConfig) -> None:
 
 
 def check_optional_dependencies(training_args: CEGPPOConfig, model_args: ModelConfig) -> None:
-    """Every optional package the run asks for is installed: vLLM, bitsandbytes (4/8-bit), DeepSpeed (launcher)."""
+    """Every optional package the run asks for is installed: vLLM, bitsandbytes (4/8-bit); DeepSpeed is checked by
+    `parse_train_args`, before the config is built."""
     check_vllm(training_args)
     if model_args.load_in_4bit or model_args.load_in_8bit:
         bits = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
@@ -249,8 +253,6 @@ def check_optional_dependencies(training_args: CEGPPOConfig, model_args: ModelCo
         from ._quiet import replay_bitsandbytes_notes
 
         replay_bitsandbytes_notes()
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        require("deepspeed", "an accelerate config with distributed_type: DEEPSPEED", DEEPSPEED_INSTALL_HINT)
 
 
 def check_distributed_backend(accelerator: Any) -> None:
@@ -393,8 +395,8 @@ def check_model_args(model_args: ModelConfig) -> None:
 
 
 QUIET_PROGRESS_BARS = ("Writing model shards", "Loading weights")
-"""transformers' per-file progress bars, hidden by `ce-gppo train`: a sub-second bar at every checkpoint save that
-breaks the training progress bar's line (the Hub's download bars stay)."""
+"""transformers' per-file progress bars, hidden by the `ce-gppo` commands: a sub-second bar at every model load and
+checkpoint save, which breaks the training progress bar's line (the Hub's download bars stay)."""
 
 
 def _hide_file_progress_bars(factory: Callable, args: tuple, kwargs: dict) -> Any:
@@ -408,9 +410,6 @@ def _setup_logging(training_args: CEGPPOConfig) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger(__package__).setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
-    from transformers.utils.logging import set_tqdm_hook
-
-    set_tqdm_hook(_hide_file_progress_bars)
 
 
 def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model_args: ModelConfig) -> Any:
@@ -571,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in ("train", "eval", "plot"):
         print(f"ce-gppo: unknown command {command!r}; expected one of train, eval, plot.\n\n{USAGE}", file=sys.stderr)
         return 2
+    from transformers.utils.logging import set_tqdm_hook
+
+    set_tqdm_hook(_hide_file_progress_bars)
     try:
         if command == "train":
             train(*parse_train_args(rest))
