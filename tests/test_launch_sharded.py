@@ -9,7 +9,8 @@ seeded rollouts in every layout, then every logged metric and the final weights 
   DeepSpeed counts two. deepspeed is an optional extra; without it these tests are skipped. The first run compiles
   DeepSpeed's shared-memory communication op (a few minutes, cached in ~/.cache/torch_extensions), hence `slow`.
 - FSDP2 cannot run on CPU under accelerate 1.15 (it enables FSDP only on accelerator devices); the launch is refused
-  with that reason instead of silently training as DDP.
+  with that reason instead of silently training as DDP. What is checked instead: torch 2.13's FSDP2 itself
+  (`fully_shard`, gloo) takes the same CE-GPPO step on 2 CPU processes as on one (`tests/scripts/fsdp2_cpu_step.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 from test_launch import QUICKSTART, ROOT, SCRIPT, free_port, launch, log_history, tiny_overrides
@@ -50,6 +52,26 @@ def launch_with(config_file: Path, *args: str, timeout: int = 900) -> subprocess
         "HF_HUB_OFFLINE": "1",
     }
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_torch_fsdp2_on_cpu_takes_the_same_ce_gppo_step_as_one_process(tiny_model_dir, tmp_path):
+    script = ROOT / "tests" / "scripts" / "fsdp2_cpu_step.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    saved = {}
+    for processes in (1, 2):
+        output = tmp_path / f"step_{processes}.pt"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command += ["--master_port", str(free_port()), str(script), tiny_model_dir, str(output)]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-6000:]}"
+        saved[processes] = torch.load(output)
+    assert saved[1]["parameter_type"] == "Parameter" and saved[2]["parameter_type"] == "DTensor"  # sharded
+    initial = load_file(Path(tiny_model_dir) / "model.safetensors")
+    one, two = saved[1]["weights"], saved[2]["weights"]
+    moved = max((one[k] - initial[k]).abs().max().item() for k in initial)
+    gap = max((one[k] - two[k]).abs().max().item() for k in initial)
+    assert moved > 1e-2 and gap < 1e-6  # measured: moved 0.11, gap 3e-8
 
 
 def test_fsdp2_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tmp_path):
