@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,34 @@ def _check_range(name: str, value: float, low: float, high: float, *, high_open:
         _fail(name, value, f"expected {low} <= {name} {'<' if high_open else '<='} {high}")
 
 
+def on_policy_message(config: CEGPPOConfig) -> str | None:
+    """The warning for a config whose CE-GPPO / ERC / clip-bound settings cannot act, or None.
+
+    They act only on tokens whose ratio `pi_theta / pi_old` (or entropy ratio) differs from 1, which needs
+    `CEGPPOConfig.off_policy`. vLLM's importance-sampling correction does not change this.
+    """
+    features = [
+        ("loss_type='ce_gppo'", config.loss_type == "ce_gppo"),
+        ("ERC (erc_low/erc_high)", config.erc_enabled),
+        ("clip_ratio_c", config.clip_ratio_c is not None),
+        ("probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)", config.prob_clip_enabled),
+        ("entropy_controller", config.entropy_controller),
+    ]
+    acting = [name for name, on in features if on]
+    if config.off_policy or not acting:
+        return None
+    return (
+        f"{' and '.join(acting)} cannot act in this run: every update is on-policy. gradient_accumulation_steps="
+        f"{config.gradient_accumulation_steps} is a multiple of steps_per_generation={config.steps_per_generation} "
+        f"x num_iterations={config.num_iterations}, so no optimizer step falls inside a rollout batch, every "
+        "micro-batch is scored by the weights that generated it, and the policy ratio and the entropy ratio are 1 "
+        "for every token (with use_vllm, vllm_importance_sampling_correction only reweights by pi_old / pi_vllm). "
+        "Fix: set steps_per_generation to k x gradient_accumulation_steps with k > 1 (the papers take 8 optimizer "
+        "updates per rollout batch), or num_iterations > 1 with steps_per_generation = gradient_accumulation_steps; "
+        "any setting where gradient_accumulation_steps is not a multiple of steps_per_generation x num_iterations."
+    )
+
+
 @dataclass
 class CEGPPOConfig(GRPOConfig):
     r"""Configuration for [`CEGPPOTrainer`]: every [`trl.GRPOConfig`] field, plus the ones below.
@@ -37,7 +66,8 @@ class CEGPPOConfig(GRPOConfig):
     The default `loss_type="ce_gppo"` is CE-GPPO (arXiv 2509.20712); every TRL loss type keeps its TRL meaning.
     CE-GPPO only differs from on-policy GRPO when updates are off-policy: set `steps_per_generation` to a multiple
     of `gradient_accumulation_steps` larger than it (the papers take 8 optimizer updates per rollout batch), or
-    `num_iterations > 1`.
+    `num_iterations > 1` with `steps_per_generation = gradient_accumulation_steps` (see `off_policy`). A config on
+    which they cannot act warns when it is built, and again when the trainer starts.
 
     Parameters:
         ce_gppo_beta1 (`float`, defaults to `0.5`):
@@ -258,6 +288,9 @@ class CEGPPOConfig(GRPOConfig):
         super().__post_init__()
         self._validate_loss_fields()
         self._validate_entropy_control()
+        message = on_policy_message(self)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     @property
     def erc_enabled(self) -> bool:
@@ -265,13 +298,15 @@ class CEGPPOConfig(GRPOConfig):
 
     @property
     def off_policy(self) -> bool:
-        """Whether TRL computes `old_per_token_logps`, i.e. whether pi_theta can differ from pi_old in the loss.
+        """Whether pi_theta can differ from pi_old in the loss, i.e. whether the policy and entropy ratios can leave 1.
 
-        Mirrors the condition in `GRPOTrainer._generate_and_score_completions` (TRL 1.16).
+        TRL 1.16 generates every `steps_per_generation * num_iterations` micro-batches and steps the optimizer every
+        `gradient_accumulation_steps`. Only when the latter is not a multiple of the former does an optimizer step
+        fall inside a rollout batch, so that later micro-batches are scored by newer weights than the ones that
+        generated them. vLLM's importance-sampling correction makes TRL compute `old_per_token_logps` on every
+        config, but on an aligned config they come from the very weights being trained: ratio 1, nothing to clip.
         """
-        generate_every = self.steps_per_generation * self.num_iterations
-        vllm_is = self.use_vllm and self.vllm_importance_sampling_correction
-        return self.gradient_accumulation_steps % generate_every != 0 or vllm_is
+        return self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) != 0
 
     def _validate_loss_fields(self) -> None:
         if self.loss_type not in POLICY_LOSSES:
@@ -320,12 +355,13 @@ class CEGPPOConfig(GRPOConfig):
             _fail("erc_high", self.erc_high, "expected erc_high > 1")
 
     def _validate_composition(self) -> None:
-        if self.use_liger_kernel:
+        if self.use_liger_kernel and (self.liger_kernel_config or {}).get("fused_linear_cross_entropy"):
+            # TRL 1.16 keeps Liger's layer kernels only: its fused LM head computes the log-probs and entropies.
             _fail(
-                "use_liger_kernel",
-                True,
-                "CEGPPOTrainer computes its own policy loss and Liger kernels are not tested with it; "
-                "use model_init_kwargs={'use_kernels': True} for Hub kernels instead",
+                "liger_kernel_config",
+                self.liger_kernel_config,
+                "GRPO computes log-probs and entropies with TRL's fused LM head, which Liger's fused linear "
+                "cross-entropy would replace; leave fused_linear_cross_entropy unset (TRL sets it to False)",
             )
         if not self.uses_own_loss:
             return

@@ -31,7 +31,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import nanmax, nanmin
 
 from .callbacks import callbacks_from_config
-from .config import CEGPPOConfig
+from .config import CEGPPOConfig, on_policy_message
 from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
 from .losses import (
     AGGREGATION,
@@ -68,6 +68,36 @@ _EXTRA_MODEL_INPUTS = (
 )
 
 
+def active_dropout(model: torch.nn.Module) -> list[str]:
+    """Where `model` applies dropout in train mode: dropout modules with `p > 0`, and float attributes named
+    `*dropout*` above 0, which attention layers (Llama, Qwen2, ...) pass to the attention kernel.
+
+    Example:
+        >>> active_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+        ['1 (Dropout p=0.1)']
+    """
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            if module.p > 0:
+                found.append(f"{name} ({type(module).__name__} p={module.p})")
+            continue
+        for attribute, value in vars(module).items():
+            if "dropout" in attribute and isinstance(value, float) and value > 0:
+                found.append(f"{name}.{attribute}={value}")
+    return found
+
+
+def disable_float_dropout(model: torch.nn.Module) -> None:
+    """Zero the float `*dropout*` attributes that `active_dropout` reports (TRL zeroes the dropout modules)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if "dropout" in attribute and isinstance(value, float) and value > 0:
+                setattr(module, attribute, 0.0)
+
+
 class CEGPPOTrainer(GRPOTrainer):
     """GRPO trainer with CE-GPPO (arXiv 2509.20712), the dual clip and Entropy Ratio Clipping (arXiv 2512.05591).
 
@@ -101,11 +131,13 @@ class CEGPPOTrainer(GRPOTrainer):
         self.prob_clip_weight_low = args.prob_clip_low_weight
         self.prob_clip_weight_high = args.prob_clip_high_weight
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
+        self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
         super().__init__(model, reward_funcs, args=args, **kwargs)
         for callback in callbacks_from_config(args):
             self.add_callback(callback)
         self._bind_entropy_control()
         self._warn_if_on_policy()
+        self._check_dropout()
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
@@ -123,20 +155,26 @@ class CEGPPOTrainer(GRPOTrainer):
                 )
 
     def _warn_if_on_policy(self) -> None:
-        args = self.args
-        acting = [name for name, on in (("ce_gppo", args.loss_type == "ce_gppo"), ("ERC", args.erc_enabled)) if on]
-        if args.off_policy or not acting or not self.accelerator.is_main_process:
-            return
-        logger.warning(
-            "%s cannot act in this run: every update is on-policy (gradient_accumulation_steps=%d is a multiple of "
-            "steps_per_generation=%d x num_iterations=%d), so pi_theta == pi_old, the ratio is 1 and entropy "
-            "ratios are 1 for every token. Set steps_per_generation to a multiple of gradient_accumulation_steps "
-            "(the papers use 8 optimizer updates per rollout batch) or num_iterations > 1.",
-            " and ".join(acting),
-            args.gradient_accumulation_steps,
-            args.steps_per_generation,
-            self.num_iterations,
-        )
+        message = on_policy_message(self.args)
+        if message is not None and self.accelerator.is_main_process:
+            logger.warning(message)
+
+    def _check_dropout(self) -> None:
+        if self.args.disable_dropout:
+            # TRL's disable_dropout_in_model zeroes nn.Dropout modules only; Llama- and Qwen-style attention layers
+            # pass a float `attention_dropout` to the attention kernel, which disable_dropout should turn off too.
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    disable_float_dropout(model)
+        found = active_dropout(self.model)
+        if self.args.erc_enabled and found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise ValueError(
+                f"disable_dropout=False is not allowed with ERC (erc_low/erc_high) on a model with dropout ({shown}): "
+                "TRL scores old_per_token_logps and trains in train mode, so H_old and H_theta would come from "
+                f"different dropout masks and the band ({self.erc_low}, {self.erc_high}) would drop the gradient of "
+                "random tokens; set disable_dropout=True."
+            )
 
     # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps.
 
@@ -152,10 +190,30 @@ class CEGPPOTrainer(GRPOTrainer):
                         "ERC expected TRL's scoring pass for old_per_token_logps to run; this TRL version no longer "
                         "calls _get_per_token_logps_and_entropies(self.model, ...) there."
                     )
+                self._check_captured_pass(output)
                 output["old_entropies"] = self._old_entropies
         finally:
-            self._old_entropies = None
+            self._old_entropies = self._old_entropies_logps = None
         return output
+
+    def _check_captured_pass(self, output: dict[str, Any]) -> None:
+        # The arming condition copies TRL's for the old-logps pass; if a TRL release changed it, another no-grad pass
+        # of self.model (the reference pass under PEFT with beta > 0: adapters off) could be captured instead.
+        old_logps, captured = output.get("old_per_token_logps"), self._old_entropies_logps
+        if old_logps is not None and old_logps.shape == captured.shape and torch.equal(old_logps, captured):
+            return
+        if old_logps is None:
+            detail = "TRL kept no old_per_token_logps"
+        elif old_logps.shape != captured.shape:
+            detail = f"shapes {tuple(captured.shape)} and {tuple(old_logps.shape)}"
+        else:
+            detail = f"largest log-prob difference {(old_logps - captured).abs().max().item():.3g}"
+        raise RuntimeError(
+            f"ERC captured the entropies of a scoring pass whose log-probs are not TRL's old_per_token_logps "
+            f"({detail}): the old entropies would belong to another model (e.g. the reference pass, adapters off, "
+            "with PEFT and beta > 0). This TRL version scores old_per_token_logps differently from TRL 1.16; "
+            "CEGPPOTrainer._generate_and_score_completions must be adapted to it."
+        )
 
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any):
         capture = isinstance(self._old_entropies, list) and model is self.model and not torch.is_grad_enabled()
@@ -164,7 +222,7 @@ class CEGPPOTrainer(GRPOTrainer):
         logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
             model, *args, **{**kwargs, "compute_entropy": True}
         )
-        self._old_entropies = entropies
+        self._old_entropies, self._old_entropies_logps = entropies, logps
         return logps, (entropies if kwargs.get("compute_entropy") else None), aux_loss
 
     # The loss.
@@ -290,6 +348,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
         # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
         ratio = safe_ratio(log_ratio.detach())
+        if args.delta is not None and self.loss_type in CLIPPED_LOSS_TYPES:
+            ratio = ratio.clamp(max=args.delta)  # TRL's two-sided clip; TRL's clip metrics read the capped ratio
         clipped = (None, None)
         if self.loss_type in CLIPPED_LOSS_TYPES:
             clipped = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
@@ -389,7 +449,12 @@ class CEGPPOTrainer(GRPOTrainer):
     # Entropy-control state in checkpoints.
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Written first: transformers' _save_checkpoint pushes the folder to the Hub (push_to_hub, hub_strategy
+        # "checkpoint" / "all_checkpoints") before it returns, and the push must carry the controller's state.
+        self._save_entropy_control_state(trial)
         super()._save_checkpoint(model, trial)
+
+    def _save_entropy_control_state(self, trial: Any) -> None:
         if not self._control_callbacks or not self.args.should_save:
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -397,6 +462,7 @@ class CEGPPOTrainer(GRPOTrainer):
             "knobs": {name: getattr(self, name) for name in _CONTROL_KNOBS},
             "callbacks": {key: cb.state_dict() for key, cb in self._keyed_control_callbacks().items()},
         }
+        os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, ENTROPY_CONTROL_STATE), "w") as f:
             json.dump(state, f, indent=2)
 

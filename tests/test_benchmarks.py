@@ -1,7 +1,9 @@
-"""Both benchmark scripts, run for real at a toy size: they must produce their figures, table and plot."""
+"""The benchmark scripts, run for real at a toy size: they must produce their figures, table and plot (gpu_check: its
+CPU smoke run)."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,3 +72,20 @@ def test_entropy_dynamics_writes_table_plot_and_claims(tmp_path):
     # a second call reuses the saved runs and rewrites the block in place
     dynamics.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
+
+
+def test_gpu_check_script_parses_and_its_checks_run_on_cpu(tmp_path):
+    script = BENCHMARKS / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "vLLM colocate" in usage.stdout
+    gpu_check = load("gpu_check")
+    # Everything but vLLM, bf16 and CUDA: a tiny random model, LoRA, CE-GPPO + ERC, 4 updates per rollout batch
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "acting")]) == 0
+    checks = json.loads((tmp_path / "acting" / "ours.json").read_text())["checks"]
+    assert len(checks) == 7 and all(checks.values())
+    # One update per rollout batch: on-policy, CE-GPPO and ERC cannot act, and the check fails
+    assert gpu_check.main(["--smoke", "--updates-per-rollout", "1", "--out", str(tmp_path / "inert")]) == 1
+    checks = json.loads((tmp_path / "inert" / "ours.json").read_text())["checks"]
+    assert not checks["off-policy config (no 'cannot act' warning)"]
+    assert not checks["CE-GPPO clip regions reached: max clip_ratio/region_mean > 0"]
