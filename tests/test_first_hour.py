@@ -10,6 +10,7 @@ the same `main` serves). A fresh virtual environment is not built here; `.ci/run
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -216,3 +217,19 @@ def test_a_sharding_request_that_accelerate_drops_is_refused(monkeypatch, variab
     with pytest.raises(ValueError, match=match):
         cli.check_distributed_backend(types.SimpleNamespace(distributed_type=f"DistributedType.{actual}"))
     cli.check_distributed_backend(types.SimpleNamespace(distributed_type=variable.rsplit("_", 1)[-1]))
+
+
+def test_the_bitsandbytes_cpu_kernel_note_waits_for_a_quantized_run(caplog, monkeypatch):
+    # PEFT imports bitsandbytes on every command; its "Failed to load CPU gemm_4bit_forward" line is held back
+    # (ce_gppo_trl/_quiet.py) and shown once when 4-bit loading is asked for.
+    from ce_gppo_trl import _quiet
+
+    monkeypatch.setattr(_quiet, "_held", [])
+    note = logging.getLogger(_quiet.BNB_CPU_KERNEL_LOGGER)
+    note.warning(_quiet.BNB_CPU_KERNEL_MESSAGE + ": %s.", "No module named 'kernels'")
+    note.warning("another bitsandbytes message")
+    assert [record.getMessage() for record in caplog.records] == ["another bitsandbytes message"]
+    cli.check_optional_dependencies(*cli.parse_train_args(["--load_in_4bit", "true", "--use_peft", "true"])[1:])
+    assert caplog.records[-1].getMessage() == f"{_quiet.BNB_CPU_KERNEL_MESSAGE}: No module named 'kernels'."
+    cli.check_optional_dependencies(*cli.parse_train_args([])[1:])
+    assert len(caplog.records) == 2  # once
