@@ -88,6 +88,12 @@ class CEGPPOConfig(GRPOConfig):
     `ce_gppo_trl.callbacks`.
     """
 
+    # TRL 1.16 defaults the deprecated alias gradient_checkpointing to True, which makes transformers 5.23 warn on
+    # every config; None here, and __post_init__ sets activation_checkpointing=True when neither name is given.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing.", "nargs": "?", "const": True},
+    )
     loss_type: str = field(
         default="ce_gppo",
         metadata={
@@ -320,6 +326,8 @@ class CEGPPOConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default, under transformers 5.23's non-deprecated name
         super().__post_init__()
         self._validate_loss_fields()
         self._validate_entropy_control()
