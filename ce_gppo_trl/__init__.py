@@ -6,6 +6,7 @@
 `ce_gppo_trl.schedules` (pure) and `ce_gppo_trl.callbacks`, diagnostics in `ce_gppo_trl.diagnostics`.
 """
 
+from . import _quiet  # noqa: F401  (first: holds back third-party noise, see _quiet.py)
 from .callbacks import EntropyControllerCallback, EntropyScheduleCallback, KnobScheduleCallback
 from .config import CEGPPOConfig
 from .losses import entropy_ratio_mask, gppo_policy_loss

@@ -3,11 +3,15 @@
 `ce-gppo train --config recipe.yaml [--field value ...]` and `accelerate launch examples/train_ce_gppo.py --config
 recipe.yaml` run the same code: `make_parser` (TRL's `TrlParser` over `CEGPPOScriptArguments`, `CEGPPOConfig` and
 TRL's `ModelConfig`) then `train`. A recipe is a flat YAML mapping of those dataclasses' fields; command-line flags
-override it. `ce-gppo train` with no `--config` runs the offline quickstart (`QUICKSTART`).
+override it. `ce-gppo train` with no `--config` runs the offline quickstart, `QUICKSTART_CONFIG` (package data,
+`ce_gppo_trl/quickstart.yaml`; `configs/quickstart.yaml` in the repository links to it).
+
+A missing optional dependency (vLLM, bitsandbytes, DeepSpeed, matplotlib) stops a command with one line naming the
+install command and exit status 1 (`MissingDependencyError`), never a traceback.
 
 Example:
     ```bash
-    ce-gppo train                                    # the quickstart: toy model, arithmetic, ~5 min on 2 CPU cores
+    ce-gppo train                                    # the quickstart: toy model, arithmetic, about a minute on CPU
     ce-gppo train --config configs/quickstart.yaml --output_dir runs/qs --max_steps 20
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml examples/train_ce_gppo.py \\
         --config configs/DeepSeek-R1-Distill-Qwen-1.5B/ce_gppo.yaml
@@ -25,12 +29,15 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .config import CEGPPOConfig
@@ -41,38 +48,27 @@ TOY_MODEL = "builtin:toy"
 logger = logging.getLogger(__name__)
 
 VLLM_INSTALL_HINT = "pip install 'ce-gppo-trl[vllm]'"
+QUANTIZATION_INSTALL_HINT = "pip install 'ce-gppo-trl[quantization]'"
+DEEPSPEED_INSTALL_HINT = "pip install 'ce-gppo-trl[deepspeed]'"
 
-# The offline quickstart, field by field: what `ce-gppo train` runs without `--config`. configs/quickstart.yaml holds
-# the same values (tests/test_cli.py checks that they agree) so that users can copy and edit it.
-QUICKSTART: dict[str, Any] = {
-    "model_name_or_path": TOY_MODEL,
-    "dataset_name": "builtin:arithmetic",
-    "num_train_examples": 4096,
-    "reward_funcs": ["math_accuracy"],
-    "output_dir": "outputs/quickstart",
-    "loss_type": "ce_gppo",
-    "ce_gppo_beta1": 0.5,
-    "ce_gppo_beta2": 1.0,
-    "beta": 0.0,
-    "use_cpu": True,
-    "bf16": False,
-    "activation_checkpointing": False,
-    "per_device_train_batch_size": 64,
-    "gradient_accumulation_steps": 1,
-    "num_generations": 8,
-    "steps_per_generation": 4,
-    "max_completion_length": 6,
-    "temperature": 1.0,
-    "learning_rate": 2.0e-4,
-    "lr_scheduler_type": "constant",
-    "max_steps": 80,
-    "logging_steps": 10,
-    "save_strategy": "steps",
-    "save_steps": 40,
-    "save_total_limit": 1,
-    "report_to": "none",
-    "seed": 0,
-}
+QUICKSTART_CONFIG = Path(__file__).with_name("quickstart.yaml")
+"""The offline quickstart recipe, shipped as package data: what `ce-gppo train` runs without `--config`."""
+
+QUICKSTART: dict[str, Any] = yaml.safe_load(QUICKSTART_CONFIG.read_text())
+"""`QUICKSTART_CONFIG`'s fields, as a dict."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency a command needs is not installed; the message names the install command.
+
+    `main` prints it as one line (`ce-gppo <command>: <message>`) and returns exit status 1.
+    """
+
+
+def require(module: str, purpose: str, install: str) -> None:
+    """Raise `MissingDependencyError` unless `module` is importable (checked without importing it)."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(f"{purpose} needs {module}, which is not installed: {install}")
 
 
 @dataclass
@@ -99,6 +95,14 @@ class CEGPPOScriptArguments(ScriptArguments):
             TRL).
         toy_model_dir (`str` or `None`):
             Where `builtin:toy` is built and cached; None: `$CE_GPPO_CACHE` or `~/.cache/ce_gppo_trl`.
+        eval_dataset_name (`str` or `None`):
+            Dataset of training-time evaluation (`eval_strategy` "steps" or "epoch"), e.g. `AIME24`, `MATH-500` or a
+            local file; None: the training dataset's `dataset_test_split`.
+        eval_dataset_config, eval_dataset_split, eval_dataset_adapter, eval_question_column, eval_answer_column:
+            Hub config, split (None: the named benchmark's own split, else `train`), column adapter and column
+            mapping of `eval_dataset_name`, as their training counterparts.
+        num_eval_examples (`int` or `None`):
+            Keep only this many evaluation examples.
     """
 
     dataset_name: str | None = field(
@@ -127,7 +131,7 @@ class CEGPPOScriptArguments(ScriptArguments):
     )
     overlong_buffer: int | None = field(
         default=None,
-        metadata={"help": "Buffer (tokens) of the 'overlong' reward; None: 20% of max_completion_length."},
+        metadata={"help": "Buffer (tokens) of the 'overlong' reward; None: 20%% of max_completion_length."},
     )
     rollout_func: str | None = field(
         default=None,
@@ -137,6 +141,28 @@ class CEGPPOScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Cache directory for the builtin:toy model; None: $CE_GPPO_CACHE or ~/.cache/ce_gppo_trl."},
     )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation dataset during training (with eval_strategy steps/epoch): a benchmark name (AIME24, "
+            "MATH-500, ...), a Hub id or a local file. None: the training dataset's dataset_test_split."
+        },
+    )
+    eval_dataset_config: str | None = field(default=None, metadata={"help": "Hub config of eval_dataset_name."})
+    eval_dataset_split: str | None = field(
+        default=None,
+        metadata={"help": "Split of eval_dataset_name; None: the named benchmark's own split, else 'train'."},
+    )
+    eval_dataset_adapter: str | None = field(
+        default=None, metadata={"help": "Column adapter of eval_dataset_name; None: detect from the name/columns."}
+    )
+    eval_question_column: str | None = field(
+        default=None, metadata={"help": "Question column of eval_dataset_name, for layouts no adapter knows."}
+    )
+    eval_answer_column: str | None = field(
+        default=None, metadata={"help": "Gold answer column of eval_dataset_name, for layouts no adapter knows."}
+    )
+    num_eval_examples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
 
 
 def make_parser() -> TrlParser:
@@ -153,15 +179,15 @@ def make_parser() -> TrlParser:
 def parse_train_args(argv: Sequence[str]) -> tuple[CEGPPOScriptArguments, CEGPPOConfig, ModelConfig]:
     """Parse `--config recipe.yaml` plus overrides; unknown keys in the YAML or on the command line are errors.
 
-    Without `--config`, the values of `QUICKSTART` are the defaults.
+    Without `--config`, the recipe is `QUICKSTART_CONFIG` (the offline quickstart).
     """
-    parser = make_parser()
     argv = list(argv)
-    if "--config" not in argv:
-        unknown = parser.set_defaults_with_config(**QUICKSTART)
-        if unknown:
-            raise ValueError(f"QUICKSTART has fields no parser dataclass declares: {unknown}")
-    return parser.parse_args_and_config(argv)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # Before the config: transformers' TrainingArguments fails on a missing deepspeed with a traceback.
+        require("deepspeed", "an accelerate config with distributed_type: DEEPSPEED", DEEPSPEED_INSTALL_HINT)
+    if "--config" not in argv and not any(arg.startswith("--config=") for arg in argv):
+        argv = ["--config", str(QUICKSTART_CONFIG), *argv]
+    return make_parser().parse_args_and_config(argv)
 
 
 def default_cache_dir() -> str:
@@ -209,12 +235,51 @@ def resolve_model(model_name_or_path: str | None, training_args: CEGPPOConfig, t
 
 def check_vllm(training_args: CEGPPOConfig) -> None:
     """Fail early, with the install line, when a recipe asks for vLLM that is not installed."""
-    if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise ValueError(
-            f"use_vllm=True (vllm_mode={training_args.vllm_mode!r}) is not allowed: vLLM is not installed. "
-            f"Install it with `{VLLM_INSTALL_HINT}` (needs a CUDA GPU), or set use_vllm: false to generate with "
-            "transformers."
+    if training_args.use_vllm:
+        require(
+            "vllm",
+            f"use_vllm=True (vllm_mode={training_args.vllm_mode!r}; needs a CUDA GPU; or set use_vllm: false)",
+            VLLM_INSTALL_HINT,
         )
+
+
+def check_optional_dependencies(training_args: CEGPPOConfig, model_args: ModelConfig) -> None:
+    """Every optional package the run asks for is installed: vLLM, bitsandbytes (4/8-bit); DeepSpeed is checked by
+    `parse_train_args`, before the config is built."""
+    check_vllm(training_args)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        bits = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+        require("bitsandbytes", f"{bits}=True (QLoRA)", QUANTIZATION_INSTALL_HINT)
+        from ._quiet import replay_bitsandbytes_notes
+
+        replay_bitsandbytes_notes()
+
+
+def check_distributed_backend(accelerator: Any) -> None:
+    """Refuse a run that the launcher asked to shard (FSDP, DeepSpeed) but that accelerate set up otherwise.
+
+    accelerate 1.15 enables FSDP only on accelerator devices (CUDA, XPU, NPU, ...) and DeepSpeed only when
+    `use_cpu` is off: on a CPU (`use_cpu: true`) an FSDP or DeepSpeed accelerate config silently becomes plain DDP
+    over gloo, and without `use_cpu` on a machine without accelerators no process group is set up at all.
+    """
+    for variable, wanted, name in (
+        ("ACCELERATE_USE_FSDP", "FSDP", "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED", "DeepSpeed"),
+    ):
+        if os.environ.get(variable, "false").lower() != "true":
+            continue
+        actual = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+        if actual != wanted:
+            hint = (
+                "accelerate 1.15 runs FSDP only on accelerator devices (CUDA, XPU, NPU, ...), not on CPU"
+                if name == "FSDP"
+                else "on a CPU-only machine run DeepSpeed with --use_cpu false --ddp_backend gloo (its CPU "
+                "accelerator); use_cpu: true makes accelerate drop DeepSpeed"
+            )
+            raise ValueError(
+                f"distributed_type={actual} is not allowed: the accelerate config asked for {name} ({variable}=true), "
+                f"which would be silently replaced by {actual}; {hint}."
+            )
 
 
 def _import_dotted(path: str, what: str) -> Callable:
@@ -254,7 +319,15 @@ def build_reward_funcs(script_args: CEGPPOScriptArguments, training_args: CEGPPO
 
 
 def load_datasets(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig) -> tuple[Any, Any]:
-    """Train and (when `eval_strategy` is not "no") eval datasets through `ce_gppo_trl.data.load_math_dataset`."""
+    """Train and (when `eval_strategy` is not "no") eval datasets through `ce_gppo_trl.data.load_math_dataset`.
+
+    The eval set is `eval_dataset_name` with its own config, split, adapter and columns when given, else the
+    training dataset's `dataset_test_split`. Its prompts take the training set's form: plain strings when the
+    training prompts are (the builtin task, models without a chat template), else one-message conversations.
+
+    Raises:
+        ValueError: `eval_dataset_name` (or another `eval_*` field) is set while `eval_strategy` is "no".
+    """
     from .data import load_math_dataset
 
     common = {
@@ -269,9 +342,45 @@ def load_datasets(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfi
         num_examples=script_args.num_train_examples,
         **common,
     )
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
+    eval_fields = {
+        name: getattr(script_args, name)
+        for name in (
+            "eval_dataset_name",
+            "eval_dataset_config",
+            "eval_dataset_split",
+            "eval_dataset_adapter",
+            "eval_question_column",
+            "eval_answer_column",
+            "num_eval_examples",
+        )
+        if getattr(script_args, name) is not None
+    }
+    if training_args.eval_strategy == "no":
+        if eval_fields:
+            raise ValueError(
+                f"{', '.join(f'{k}={v!r}' for k, v in eval_fields.items())} is not allowed with eval_strategy='no': "
+                "set eval_strategy to 'steps' (with eval_steps) or 'epoch' to evaluate during training."
+            )
+        return train_dataset, None
+    if script_args.eval_dataset_name is None:
+        if len(eval_fields):
+            raise ValueError(
+                f"{', '.join(f'{k}={v!r}' for k, v in eval_fields.items())} is not allowed without eval_dataset_name: "
+                "they describe the eval dataset (the training dataset's test split takes the dataset_* fields)."
+            )
         eval_dataset = load_math_dataset(script_args.dataset_name, split=script_args.dataset_test_split, **common)
+        return train_dataset, eval_dataset
+    plain = len(train_dataset) > 0 and isinstance(train_dataset[0]["prompt"], str)
+    eval_dataset = load_math_dataset(
+        script_args.eval_dataset_name,
+        split=script_args.eval_dataset_split,
+        config_name=script_args.eval_dataset_config,
+        adapter=script_args.eval_dataset_adapter,
+        question_column=script_args.eval_question_column,
+        answer_column=script_args.eval_answer_column,
+        num_examples=script_args.num_eval_examples,
+        conversational=not plain,
+    )
     return train_dataset, eval_dataset
 
 
@@ -283,6 +392,17 @@ def check_model_args(model_args: ModelConfig) -> None:
             f"{bits}=True with use_peft=False is not allowed: quantized weights cannot be trained directly; "
             "set use_peft: true (QLoRA) or drop the quantization."
         )
+
+
+QUIET_PROGRESS_BARS = ("Writing model shards", "Loading weights")
+"""transformers' per-file progress bars, hidden by the `ce-gppo` commands: a sub-second bar at every model load and
+checkpoint save, which breaks the training progress bar's line (the Hub's download bars stay)."""
+
+
+def _hide_file_progress_bars(factory: Callable, args: tuple, kwargs: dict) -> Any:
+    from transformers.utils.logging import EmptyTqdm
+
+    return EmptyTqdm(*args, **kwargs) if kwargs.get("desc") in QUIET_PROGRESS_BARS else factory(*args, **kwargs)
 
 
 def _setup_logging(training_args: CEGPPOConfig) -> None:
@@ -305,8 +425,8 @@ def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model
 
     start = time.perf_counter()
     _setup_logging(training_args)
-    check_vllm(training_args)
     check_model_args(model_args)
+    check_optional_dependencies(training_args, model_args)
     reward_funcs = build_reward_funcs(script_args, training_args)
     model = resolve_model(model_args.model_name_or_path, training_args, script_args.toy_model_dir)
     train_dataset, eval_dataset = load_datasets(script_args, training_args)
@@ -328,11 +448,12 @@ def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model
         quantization_config=get_quantization_config(model_args),
         rollout_func=rollout_func,
     )
+    check_distributed_backend(trainer.accelerator)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     if trainer.accelerator.is_main_process:
-        print(summarize(trainer, time.perf_counter() - start, model_args))
+        print(summarize(trainer, time.perf_counter() - start, model_args, script_args))
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     # Free the DDP wrapper (its reducer holds the process group) while every process still has the group: torch 2.13's
@@ -349,8 +470,38 @@ def _reward_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(entry["step"], entry["reward"]) for entry in log_history if "reward" in entry]
 
 
-def summarize(trainer: Any, seconds: float, model_args: ModelConfig) -> str:
-    """The end-of-run summary: time, reward at the first and last logging step, where model, logs and metrics are."""
+def _launch_kind(accelerator: Any) -> str:
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind == "DEEPSPEED":
+        plugin = accelerator.state.deepspeed_plugin
+        return f"DeepSpeed ZeRO-{plugin.zero_stage}" if plugin is not None else "DeepSpeed"
+    if kind == "FSDP":
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
+    return {"MULTI_CPU": "DDP (gloo)", "MULTI_GPU": "DDP", "NO": "one process"}.get(kind, kind)
+
+
+def suggested_commands(trainer: Any, script_args: CEGPPOScriptArguments | None = None) -> dict[str, str]:
+    """The commands the summary suggests for a finished run, runnable as printed (`tests/test_first_hour.py`).
+
+    `evaluate` scores the saved model on the run's eval dataset (else its training dataset) with the run's
+    completion length, writing `eval_results.json` next to the model.
+    """
+    out = os.path.abspath(trainer.args.output_dir)
+    dataset = (script_args.eval_dataset_name or script_args.dataset_name) if script_args else None
+    evaluate = ["ce-gppo", "eval", "--model", out, "--dataset", dataset or "<benchmark>"]
+    evaluate += ["--max_new_tokens", str(trainer.args.max_completion_length)]
+    evaluate += ["--output", os.path.join(out, "eval_results.json")]
+    return {
+        "plot": shlex.join(["ce-gppo", "plot", out, "-o", os.path.join(out, "training_curves.png")]),
+        "evaluate": shlex.join(evaluate) if dataset else " ".join(evaluate),
+    }
+
+
+def summarize(
+    trainer: Any, seconds: float, model_args: ModelConfig, script_args: CEGPPOScriptArguments | None = None
+) -> str:
+    """The end-of-run summary: time, reward at the first and last logging step, where model, logs and metrics are,
+    and the commands to plot and evaluate the run (`suggested_commands`)."""
     args = trainer.args
     out = os.path.abspath(args.output_dir)
     curve = _reward_curve(trainer.state.log_history)
@@ -361,6 +512,8 @@ def summarize(trainer: Any, seconds: float, model_args: ModelConfig) -> str:
         f"ce-gppo: training finished in {seconds / 60:.1f} min ({trainer.state.global_step} steps, {processes} "
         f"process{'es' if processes > 1 else ''})",
     ]
+    if processes > 1:
+        lines.append(f"  launch:         {_launch_kind(trainer.accelerator)}")
     if curve:
         (first_step, first), (last_step, last) = curve[0], curve[-1]
         lines.append(f"  reward: {first:.3f} (step {first_step}) -> {last:.3f} (step {last_step})")
@@ -368,6 +521,9 @@ def summarize(trainer: Any, seconds: float, model_args: ModelConfig) -> str:
     entropy = [entry["entropy"] for entry in trainer.state.log_history if "entropy" in entry]
     if entropy and all(math.isfinite(value) for value in entropy):
         lines.append(f"  entropy: {entropy[0]:.3f} -> {entropy[-1]:.3f}")
+    evals = [entry for entry in trainer.state.log_history if "eval_reward" in entry]
+    if evals:
+        lines.append("  eval reward by step: " + ", ".join(f"{e['step']}:{e['eval_reward']:.2f}" for e in evals))
     kind = "LoRA adapter" if model_args.use_peft else "model"
     model = trainer.accelerator.unwrap_model(trainer.model)
     bits = (
@@ -379,12 +535,13 @@ def summarize(trainer: Any, seconds: float, model_args: ModelConfig) -> str:
     )
     if bits:
         lines.append(f"  base model:     {bits} (bitsandbytes), {model_args.model_name_or_path}")
+    commands = suggested_commands(trainer, script_args)
     lines += [
         f"  {kind}:{' ' * (14 - len(kind))}{out}",
         f"  metrics (log):  {os.path.join(out, 'trainer_state.json')} (log_history)",
         f"  checkpoints:    {out}/checkpoint-*",
-        f"  plot:           ce-gppo plot {out} -o {os.path.join(out, 'training_curves.png')}",
-        f"  evaluate:       ce-gppo eval --model {out} --dataset <benchmark> (see ce-gppo eval --help)",
+        f"  plot:           {commands['plot']}",
+        f"  evaluate:       {commands['evaluate']}",
         "=" * 72,
     ]
     return "\n".join(lines)
@@ -400,21 +557,31 @@ USAGE = """usage: ce-gppo {train,eval,plot} [args ...]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ce-gppo` console script: dispatch `train`, `eval` and `plot`."""
+    """Entry point of the `ce-gppo` console script: dispatch `train`, `eval` and `plot`.
+
+    Returns the exit status: 0 on success, 1 (after one line on stderr) when an optional dependency the command needs
+    is missing, 2 for an unknown command.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        train(*parse_train_args(rest))
-        return 0
-    if command in ("eval", "plot"):
+    if command not in ("train", "eval", "plot"):
+        print(f"ce-gppo: unknown command {command!r}; expected one of train, eval, plot.\n\n{USAGE}", file=sys.stderr)
+        return 2
+    from transformers.utils.logging import set_tqdm_hook
+
+    set_tqdm_hook(_hide_file_progress_bars)
+    try:
+        if command == "train":
+            train(*parse_train_args(rest))
+            return 0
         module = importlib.import_module(f".{'evaluation' if command == 'eval' else 'plotting'}", __package__)
-        result = module.main(rest)
-        return int(result or 0)
-    print(f"ce-gppo: unknown command {command!r}; expected one of train, eval, plot.\n\n{USAGE}", file=sys.stderr)
-    return 2
+        return int(module.main(rest) or 0)
+    except MissingDependencyError as error:
+        print(f"ce-gppo {command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

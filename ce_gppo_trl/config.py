@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,34 @@ def _check_range(name: str, value: float, low: float, high: float, *, high_open:
         _fail(name, value, f"expected {low} <= {name} {'<' if high_open else '<='} {high}")
 
 
+def on_policy_message(config: CEGPPOConfig) -> str | None:
+    """The warning for a config whose CE-GPPO / ERC / clip-bound settings cannot act, or None.
+
+    They act only on tokens whose ratio `pi_theta / pi_old` (or entropy ratio) differs from 1, which needs
+    `CEGPPOConfig.off_policy`. vLLM's importance-sampling correction does not change this.
+    """
+    features = [
+        ("loss_type='ce_gppo'", config.loss_type == "ce_gppo"),
+        ("ERC (erc_low/erc_high)", config.erc_enabled),
+        ("clip_ratio_c", config.clip_ratio_c is not None),
+        ("probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)", config.prob_clip_enabled),
+        ("entropy_controller", config.entropy_controller),
+    ]
+    acting = [name for name, on in features if on]
+    if config.off_policy or not acting:
+        return None
+    return (
+        f"{' and '.join(acting)} cannot act in this run: every update is on-policy. gradient_accumulation_steps="
+        f"{config.gradient_accumulation_steps} is a multiple of steps_per_generation={config.steps_per_generation} "
+        f"x num_iterations={config.num_iterations}, so no optimizer step falls inside a rollout batch, every "
+        "micro-batch is scored by the weights that generated it, and the policy ratio and the entropy ratio are 1 "
+        "for every token (with use_vllm, vllm_importance_sampling_correction only reweights by pi_old / pi_vllm). "
+        "Fix: set steps_per_generation to k x gradient_accumulation_steps with k > 1 (the papers take 8 optimizer "
+        "updates per rollout batch), or num_iterations > 1 with steps_per_generation = gradient_accumulation_steps; "
+        "any setting where gradient_accumulation_steps is not a multiple of steps_per_generation x num_iterations."
+    )
+
+
 @dataclass
 class CEGPPOConfig(GRPOConfig):
     r"""Configuration for [`CEGPPOTrainer`]: every [`trl.GRPOConfig`] field, plus the ones below.
@@ -37,7 +66,8 @@ class CEGPPOConfig(GRPOConfig):
     The default `loss_type="ce_gppo"` is CE-GPPO (arXiv 2509.20712); every TRL loss type keeps its TRL meaning.
     CE-GPPO only differs from on-policy GRPO when updates are off-policy: set `steps_per_generation` to a multiple
     of `gradient_accumulation_steps` larger than it (the papers take 8 optimizer updates per rollout batch), or
-    `num_iterations > 1`.
+    `num_iterations > 1` with `steps_per_generation = gradient_accumulation_steps` (see `off_policy`). A config on
+    which they cannot act warns when it is built, and again when the trainer starts.
 
     Parameters:
         ce_gppo_beta1 (`float`, defaults to `0.5`):
@@ -58,6 +88,12 @@ class CEGPPOConfig(GRPOConfig):
     `ce_gppo_trl.callbacks`.
     """
 
+    # TRL 1.16 defaults the deprecated alias gradient_checkpointing to True, which makes transformers 5.23 warn on
+    # every config; None here, and __post_init__ sets activation_checkpointing=True when neither name is given.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing.", "nargs": "?", "const": True},
+    )
     loss_type: str = field(
         default="ce_gppo",
         metadata={
@@ -276,10 +312,59 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    # The authors' training scripts (Kwai-Klear/CE-GPPO and Kwai-Klear/ERC, recipe/dapo/*.sh): see README.md,
+    # "The authors' scripts, line by line".
+    positive_nll_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an extra NLL term on correct responses (total reward > 0): the token mean of -log p "
+            "over the correct responses of each micro-batch, weighted by the micro-batch's share of the update, as "
+            "the authors' positive_loss_coeff. Their CE-GPPO and ERC scripts use 0.1 (not in the papers). >= 0; "
+            "0 = off. Works with every loss_type."
+        },
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling: drop the groups whose rewards are all equal (zero advantage) and refill "
+            "the rollout batch from up to dynamic_sampling_max_rounds extra generation rounds of fresh prompts. "
+            "Slots still empty then are masked out of the loss (the authors train on fewer groups). Needs "
+            "per_device_train_batch_size x steps_per_generation to be a multiple of num_generations."
+        },
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=1,
+        metadata={
+            "help": "Most extra generation rounds per rollout batch for dynamic sampling, each the size of the "
+            "rollout batch, >= 0. 1 matches the authors (generate 256 prompts, keep up to 128 with mixed outcomes)."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt cap in tokens with left truncation (the start of the prompt is cut), as verl's "
+            "data.truncation='left'. The authors use 4096. >= 1; None: no cap."
+        },
+    )
+    warmup_rollout_batches: int = field(
+        default=0,
+        metadata={
+            "help": "Learning-rate warm-up counted in rollout batches, as verl counts it: every optimizer update of "
+            "rollout batch k trains at lr x min(1, k / warmup_rollout_batches), so the first batch is at lr 0. "
+            "The authors use 10. Needs lr_scheduler_type='constant' and warmup_steps=0. >= 0; 0 = off."
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default, under transformers 5.23's non-deprecated name
         super().__post_init__()
         self._validate_loss_fields()
         self._validate_entropy_control()
+        self._validate_recipe_fields()
+        message = on_policy_message(self)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     @property
     def erc_enabled(self) -> bool:
@@ -287,13 +372,15 @@ class CEGPPOConfig(GRPOConfig):
 
     @property
     def off_policy(self) -> bool:
-        """Whether TRL computes `old_per_token_logps`, i.e. whether pi_theta can differ from pi_old in the loss.
+        """Whether pi_theta can differ from pi_old in the loss, i.e. whether the policy and entropy ratios can leave 1.
 
-        Mirrors the condition in `GRPOTrainer._generate_and_score_completions` (TRL 1.16).
+        TRL 1.16 generates every `steps_per_generation * num_iterations` micro-batches and steps the optimizer every
+        `gradient_accumulation_steps`. Only when the latter is not a multiple of the former does an optimizer step
+        fall inside a rollout batch, so that later micro-batches are scored by newer weights than the ones that
+        generated them. vLLM's importance-sampling correction makes TRL compute `old_per_token_logps` on every
+        config, but on an aligned config they come from the very weights being trained: ratio 1, nothing to clip.
         """
-        generate_every = self.steps_per_generation * self.num_iterations
-        vllm_is = self.use_vllm and self.vllm_importance_sampling_correction
-        return self.gradient_accumulation_steps % generate_every != 0 or vllm_is
+        return self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) != 0
 
     def _validate_loss_fields(self) -> None:
         if self.loss_type not in POLICY_LOSSES:
@@ -342,12 +429,13 @@ class CEGPPOConfig(GRPOConfig):
             _fail("erc_high", self.erc_high, "expected erc_high > 1")
 
     def _validate_composition(self) -> None:
-        if self.use_liger_kernel:
+        if self.use_liger_kernel and (self.liger_kernel_config or {}).get("fused_linear_cross_entropy"):
+            # TRL 1.16 keeps Liger's layer kernels only: its fused LM head computes the log-probs and entropies.
             _fail(
-                "use_liger_kernel",
-                True,
-                "CEGPPOTrainer computes its own policy loss and Liger kernels are not tested with it; "
-                "use model_init_kwargs={'use_kernels': True} for Hub kernels instead",
+                "liger_kernel_config",
+                self.liger_kernel_config,
+                "GRPO computes log-probs and entropies with TRL's fused LM head, which Liger's fused linear "
+                "cross-entropy would replace; leave fused_linear_cross_entropy unset (TRL sets it to False)",
             )
         if not self.uses_own_loss:
             return
@@ -508,4 +596,48 @@ class CEGPPOConfig(GRPOConfig):
     def uses_own_loss(self) -> bool:
         """Whether the loss needs this library's path rather than TRL's `_compute_loss`."""
         own = self.loss_type == "ce_gppo" or self.clip_ratio_c is not None or self.erc_enabled
-        return own or self.prob_clip_enabled
+        return own or self.prob_clip_enabled or self.positive_nll_coef > 0
+
+    @property
+    def updates_per_rollout(self) -> float:
+        """Optimizer updates per rollout batch: steps_per_generation x num_iterations / gradient_accumulation_steps."""
+        return self.steps_per_generation * self.num_iterations / self.gradient_accumulation_steps
+
+    def _validate_recipe_fields(self) -> None:
+        _check_finite("positive_nll_coef", self.positive_nll_coef)
+        if self.positive_nll_coef < 0:
+            _fail("positive_nll_coef", self.positive_nll_coef, "expected a finite number >= 0 (the authors use 0.1)")
+        for name in ("dynamic_sampling_max_rounds", "warmup_rollout_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                _fail(name, value, "expected an integer >= 0")
+        if self.max_prompt_length is not None and (
+            not isinstance(self.max_prompt_length, int)
+            or isinstance(self.max_prompt_length, bool)
+            or self.max_prompt_length < 1
+        ):
+            _fail("max_prompt_length", self.max_prompt_length, "expected an integer >= 1, or None for no cap")
+        local_rows = self.per_device_train_batch_size * self.steps_per_generation
+        if self.dynamic_sampling and local_rows % self.num_generations:
+            _fail(
+                "dynamic_sampling",
+                True,
+                f"each process must hold whole groups: per_device_train_batch_size x steps_per_generation = "
+                f"{local_rows} is not a multiple of num_generations={self.num_generations}",
+            )
+        if self.warmup_rollout_batches:
+            scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+            if scheduler != "constant" or self.warmup_steps != 0:
+                _fail(
+                    "warmup_rollout_batches",
+                    self.warmup_rollout_batches,
+                    f"it replaces the scheduler's own warm-up: set lr_scheduler_type='constant' (got {scheduler!r}) "
+                    f"and warmup_steps=0 (got {self.warmup_steps!r})",
+                )
+            if not self.updates_per_rollout.is_integer():
+                _fail(
+                    "warmup_rollout_batches",
+                    self.warmup_rollout_batches,
+                    "rollout batches must span whole optimizer updates: steps_per_generation x num_iterations must "
+                    f"be a multiple of gradient_accumulation_steps={self.gradient_accumulation_steps}",
+                )

@@ -3,8 +3,9 @@ r"""Math datasets as `prompt` / `solution` rows for `GRPOTrainer` and `ce-gppo e
 `load_math_dataset` loads a hub id, a benchmark name (`AIME24`, `MATH-500`, ...), a local JSONL / JSON / Parquet /
 CSV file or `builtin:arithmetic`, then an adapter picks the question and the gold answer out of the dataset's own
 layout (verl rows, MATH, GSM8K, competition sets) and reduces the gold to the bare answer (`#### 72` -> `72`, a
-worked solution -> its last `\boxed{}`). The prompt is the question plus an instruction, as a one-message
-conversation so that TRL renders it with the model's chat template.
+worked solution -> its last `\boxed{}`, or all the boxes of an answer in several parts: `\(\boxed{1}\) and
+\(\boxed{-2}\)` -> `1, -2`; see `ce_gppo_trl.rewards.extract_gold_answer`). The prompt is the question plus an
+instruction, as a one-message conversation so that TRL renders it with the model's chat template.
 """
 
 from __future__ import annotations

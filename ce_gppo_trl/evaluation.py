@@ -87,6 +87,10 @@ def generate_completions(
     """
     if backend not in ("auto", "vllm", "transformers"):
         raise ValueError(f"backend must be 'auto', 'vllm' or 'transformers', got {backend!r}")
+    if backend == "vllm":
+        from .cli import VLLM_INSTALL_HINT, require
+
+        require("vllm", "--backend vllm", VLLM_INSTALL_HINT)
     use_vllm = backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None)
     if use_vllm:
         return _generate_vllm(model, prompts, n, max_new_tokens, temperature, top_p, seed)

@@ -259,3 +259,20 @@ def entropy_ratio_mask(entropy: torch.Tensor, old_entropy: torch.Tensor, low: fl
     """
     rho = entropy_ratio(entropy, old_entropy)
     return (rho > low) & (rho < high)
+
+
+def positive_nll_loss(per_token_logps: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """The CE-GPPO and ERC authors' extra NLL on correct responses (`positive_loss_coeff` in their verl `dp_actor`):
+    the token mean of `-log pi_theta` over the tokens of this micro-batch's responses with `positive` set, 0 when none.
+
+    Its normaliser is the correct responses' own tokens, as in the authors' `agg_loss(-log_prob[correct], ...)`;
+    the caller weights the micro-batch by its share of the update's sequences, as their dynamic batches do.
+
+    Example:
+        >>> import torch
+        >>> logps = torch.log(torch.tensor([[0.5, 0.25], [0.1, 0.1]]))
+        >>> positive_nll_loss(logps, torch.tensor([[1, 1], [1, 0]]), torch.tensor([True, False]))
+        tensor(1.0397)
+    """
+    selected = mask * positive.to(mask.dtype).unsqueeze(-1)
+    return -(per_token_logps * selected).sum() / selected.sum().clamp(min=1.0)

@@ -2,7 +2,7 @@
 
 A run directory is a Trainer `output_dir`: its own `trainer_state.json` is used, else the one of its latest
 `checkpoint-*` folder. Every metric of `METRICS` that some run logged gets a panel; absent ones are skipped.
-matplotlib is an optional extra: `pip install 'ce-gppo-trl[plot]'`.
+matplotlib is a dependency of the package; imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -85,7 +85,11 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("ce-gppo plot needs matplotlib: pip install 'ce-gppo-trl[plot]'") from error
+        from .cli import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"ce-gppo plot needs matplotlib, which cannot be imported ({error}): pip install 'matplotlib>=3.9,<4'"
+        ) from error
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run")
     runs = {label: load_log_history(run_dir) for label, run_dir in zip(labels or run_dirs, run_dirs, strict=True)}

@@ -4,6 +4,9 @@ Every reward takes `completions` (plain strings or chat messages) plus dataset c
 returns one float per completion. The accuracy reward follows the CE-GPPO / ERC verl setup: score the text after the
 last `</think>`, take the last `\boxed{}` (or a DAPO-style `Answer: ...` line), and let math-verify decide whether it
 equals the gold answer as datasets store it (raw LaTeX such as `\frac12`, `(1,2]`, `#### 72`, a full MATH solution).
+What this module adds to math-verify is written to never pay a wrong answer: a list is never read as a number (only
+real thousands groupings such as `1,234` are), a gold in several boxes is compared as the set of its boxes (a partial
+answer scores 0), and boxing several candidates never earns more than boxing the last one.
 
 Time per completion is bounded: in the main thread by a `SIGALRM` timer around parse and verify; in any other
 thread (where signals cannot be used) the math-verify work moves to a few lazily started worker processes that
@@ -25,9 +28,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from sympy import Basic, FiniteSet, MatrixBase, Set, Tuple, preorder_traversal
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -47,9 +52,11 @@ DEFAULT_TIMEOUT_SECONDS = 2.0
 MAX_ANSWER_CHARS = 1_000
 # Only the tail of a completion can hold its final answer; scanning a bounded tail keeps regexes linear and cheap.
 MAX_TAIL_CHARS = 4_000
+# DAPO's rule: the `Answer:` line is looked for in the last 300 characters.
+ANSWER_LINE_TAIL_CHARS = 300
 
 _GOLD_CONFIG = (LatexExtractionConfig(), ExprExtractionConfig())
-# Like TRL's `accuracy_reward`: without a box, an answer counts only when anchored ("answer is", `$...$`).
+# Like TRL's `accuracy_reward`: without a box, an answer counts only when anchored ("answer is", "Final Answer:").
 _UNBOXED_CONFIG = (
     LatexExtractionConfig(try_extract_without_anchor=False),
     ExprExtractionConfig(try_extract_without_anchor=False),
@@ -57,7 +64,35 @@ _UNBOXED_CONFIG = (
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_LINE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
 _GSM8K_GOLD = re.compile(r"####\s*([^\n]+)")
+# A run of boxes is one answer when the boxes are adjacent, or close and joined by a separator: math-verify's rule
+# (`latex2sympy2_extended.math_normalization.extract_boxed_content`, which returns the run as one string; the parts
+# are needed here), plus lighteval's: a gap of many words ("and and and or thus but") is not a separator.
+_BOX_RUN_ADJACENT_CHARS = 10
+_BOX_RUN_SEPARATED_CHARS = 70
+_BOX_RUN_SEPARATOR = re.compile(r"\b(?:and|or)\b|,|;")
+_BOX_RUN_MAX_WORDS = 4
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]+")
+# Thousands separators: plain `,`, LaTeX `{,}` and `,\!`, or thin / plain spaces between groups of exactly 3 digits.
+_GROUP_SEPARATOR = r"(?:,|\{,\}|,\\!\s*|\\,|\\ |\s)"
+_NUMBER = re.compile(rf"([+-]?)(\d{{1,3}}(?:{_GROUP_SEPARATOR}\d{{3}})+|\d+)(\.\d+)?")
+_GROUPED_NUMBER = re.compile(rf"(?<![\d.]){_NUMBER.pattern}(?![\d])")
+# Words left in an answer line once math, LaTeX commands and the connectors "and" / "or" are removed: prose.
+_MATH_SEGMENT = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[A-Za-z]+(?:\{[^{}]*\})?")
+_PROSE_WORD = re.compile(r"\b(?!(?:and|or)\b)[A-Za-z]{2,}")
 _INTEGER = re.compile(r"[+-]?\d+")
+# An unboxed answer after its last "answer" anchor that names several values ("3 or 4", "1, 5", "1,2,3"); math-verify
+# would take the first of them as the answer.
+_ANCHOR = re.compile(r"(?i)answer")
+_MATH_WRAPPER = re.compile(r"\$|\\[()\[\]]|\\text\{\s*|\\quad")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+_BRACKETED = re.compile(r"[(\[{][^()\[\]{}]*[)\]}]")
+_SEVERAL_VALUES = re.compile(r"\d\s*\}?\s*(?:,|;|\bor\b|\band\b)\s*(?:either\s+)?[-+]?\.?\d")
+# Blanks are insignificant except between two digits, where `1 2` is not `12`.
+_BLANK_NOT_BETWEEN_DIGITS = re.compile(r"(?<!\d)\s+|\s+(?!\d)")
+_TEXT_WITH_DIGIT = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{[^{}]*\d[^{}]*\}")
+_GROUPING_COMMA = re.compile(r",(?:\\!\s*)?\d{3}(?!\d)")
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
 
 class _AnswerTimeout(BaseException):
@@ -92,48 +127,136 @@ def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
     return content if isinstance(content, str) else str(content)
 
 
-def _last_boxed(text: str) -> str | None:
-    r"""Content of the last `\boxed{...}` / `\fbox{...}` in `text` (balanced braces), `\boxed 5` style included."""
-    start = max(text.rfind(command) for command in _BOX_COMMANDS)
-    if start < 0:
-        return None
-    rest = text[start:]
-    rest = rest[len("\\boxed") :] if rest.startswith("\\boxed") else rest[len("\\fbox") :]
-    if rest.startswith(" "):
-        token = rest.strip().split(maxsplit=1)
-        return token[0].rstrip("$.") if token else None
-    if not rest.startswith("{"):
+@dataclass(frozen=True)
+class _Box:
+    start: int  # index of the backslash
+    end: int  # index just after the box
+    content: str
+
+
+def _read_box(text: str, start: int, limit: int) -> _Box | None:
+    r"""The box whose command starts at `start`, read no further than `limit`; None when it is not closed there."""
+    index = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+    if text.startswith(" ", index):  # `\boxed 5`
+        rest = text[index:limit]
+        token = rest.split(maxsplit=1)
+        if not token:
+            return None
+        end = index + rest.index(token[0]) + len(token[0])
+        return _Box(start, end, token[0].rstrip("$."))
+    if not text.startswith("{", index):
         return None
     depth = 0
-    for index, char in enumerate(rest):
+    for position in range(index, limit):
+        char = text[position]
         if char == "{":
             depth += 1
         elif char == "}":
             depth -= 1
             if depth == 0:
-                return rest[1:index]
-    return None  # unbalanced: the box was never closed
+                return _Box(start, position + 1, text[index + 1 : position].strip())
+    return None
+
+
+def _last_box_run(text: str) -> list[_Box]:
+    r"""The last `\boxed{}` / `\fbox{}` of `text` with the boxes just before it that belong to the same answer.
+
+    Boxes belong together when adjacent (`\boxed{1}\boxed{2}`), or less than 70 characters and at most 4 words apart
+    and joined by "and", "or", "," or ";" (`\boxed{k = 45} \quad\text{and}\quad \boxed{n = 2}`), as math-verify
+    joins them; repeated boxes count once.
+    Scanning right to left, each box is read only up to the start of the next one, so the cost is linear. Empty when
+    there is no box or the last box is never closed.
+    """
+    found: list[_Box] = []  # right to left
+    limit = len(text)
+    # Rightmost position of each command before `limit`; `limit` only decreases, so a position left of it stays valid.
+    positions = dict.fromkeys(_BOX_COMMANDS, limit)
+    while True:
+        for command, position in positions.items():
+            if position >= limit:
+                positions[command] = text.rfind(command, 0, limit)
+        start = max(positions.values())
+        if start < 0:
+            break
+        box = _read_box(text, start, limit)
+        if box is None:
+            break
+        if found:
+            between = text[box.end : limit]
+            separated = (
+                len(between) < _BOX_RUN_SEPARATED_CHARS
+                and _BOX_RUN_SEPARATOR.search(between)
+                and len(_WORD.findall(_LATEX_COMMAND.sub(" ", between))) <= _BOX_RUN_MAX_WORDS
+            )
+            if not (len(between) < _BOX_RUN_ADJACENT_CHARS or (box.content != found[-1].content and separated)):
+                break
+        if not found or box.content != found[-1].content:
+            found.append(box)
+        limit = start
+    return found[::-1]
 
 
 def _strip_answer(answer: str) -> str:
     answer = answer.strip().rstrip(".").strip()
-    if len(answer) >= 2 and answer.startswith("$") and answer.endswith("$"):
-        answer = answer.strip("$").strip()
-    return answer
+    delimited = re.fullmatch(r"\$+([^$]*)\$+", answer)  # `$x$`, `$$x$$`; not `$1$ and $2$`
+    return delimited.group(1).strip() if delimited else answer
+
+
+def _plain_number(text: str) -> str:
+    """`text` without its thousands separators when it is one grouped number (`1,234` -> `1234`), else unchanged.
+
+    Only real groupings count (1-3 digits, then groups of exactly 3): `1, 2` and `32, 349` are lists, not numbers.
+    """
+    match = _NUMBER.fullmatch(text.strip())
+    if match is None:
+        return text
+    sign, digits, decimals = match.groups()
+    return sign + re.sub(r"\D", "", digits) + (decimals or "")
+
+
+def _is_prose(answer: str) -> bool:
+    """Whether an answer line holds words besides its math ("The final answer is 7.78", "12 apples")."""
+    return bool(_PROSE_WORD.search(_MATH_SEGMENT.sub(" ", answer)))
+
+
+def _states_several_values(text: str) -> bool:
+    """Whether the anchored answer in `text` (after its last "answer", to the end of that sentence) lists several
+    values. A real thousands grouping (`10,455`) and a bracketed tuple, interval or set (`(-6, 10)`) are one value.
+    """
+    anchors = list(_ANCHOR.finditer(text))
+    start = anchors[-1].end() if anchors else 0
+    sentence_end = _SENTENCE_END.search(text, start)
+    region = _MATH_WRAPPER.sub(" ", text[start : sentence_end.start() if sentence_end else len(text)])
+    region = _BRACKETED.sub(" x ", _GROUPED_NUMBER.sub(lambda match: _plain_number(match.group()), region))
+    return bool(_SEVERAL_VALUES.search(region))
+
+
+def _gold_parts(gold: str) -> list[str]:
+    """The parts of a gold as datasets store it: its last run of boxes, a GSM8K `####` line, or the stripped text."""
+    gsm8k = _GSM8K_GOLD.findall(gold)
+    if gsm8k:
+        return [_plain_number(gsm8k[-1].strip())]
+    run = _last_box_run(gold)
+    if run:
+        return [box.content for box in run]
+    return [_strip_answer(gold)]
 
 
 def extract_gold_answer(gold: str | int | float) -> str:
     r"""Reduce a gold answer as datasets store it to the bare answer.
 
-    GSM8K golds (`"... #### 1,234"`) give the text after `####` without commas; MATH-style worked solutions give the
-    content of their last `\boxed{}`; `$...$` delimiters are removed; numbers are turned into strings (`40.0` ->
-    `"40"`). Anything else is returned stripped.
+    GSM8K golds (`"... #### 1,234"`) give the text after `####` without thousands separators; MATH-style worked
+    solutions give the content of their last `\boxed{}`, and several boxes that state one answer together
+    (`\(\boxed{1}\) and \(\boxed{-2}\)`) give all of them, joined by `", "`; outer `$...$` delimiters are removed;
+    numbers are turned into strings (`40.0` -> `"40"`). Anything else is returned stripped.
 
     Example:
         >>> extract_gold_answer("Natalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72")
         '72'
         >>> extract_gold_answer("so the answer is $\\boxed{\\frac{1}{2}}$.")
         '\\frac{1}{2}'
+        >>> extract_gold_answer("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).")
+        '1, -2'
     """
     if isinstance(gold, bool):
         return str(gold)
@@ -141,61 +264,86 @@ def extract_gold_answer(gold: str | int | float) -> str:
         return str(int(gold))
     if isinstance(gold, int | float):
         return str(gold)
-    match = _GSM8K_GOLD.findall(gold)
-    if match:
-        return match[-1].strip().replace(",", "")
-    boxed = _last_boxed(gold)
-    if boxed is not None:
-        return boxed.strip()
-    return _strip_answer(gold)
+    return ", ".join(_gold_parts(gold))
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a completion states: `kind` is "box", "line" (an `Answer:` line that is math), "gsm8k" (`#### ...`),
+    "prose_line" (an `Answer:` line with words) or "tail" (no stated answer; the tail of the text). For "box",
+    `parts` are the contents of the last run of boxes; for the lines, the line's answer; for "prose_line" and
+    "tail", the text in which math-verify looks for an anchored answer."""
+
+    kind: str
+    parts: tuple[str, ...]
+
+    @property
+    def exact(self) -> bool:
+        return self.kind in ("box", "line", "gsm8k")
+
+
+def _find_answer(text: str, think_delimiter: str | None) -> _Found | None:
+    if think_delimiter:
+        cut = text.rfind(think_delimiter)
+        if cut >= 0:
+            text = text[cut + len(think_delimiter) :]
+    text = text[-MAX_TAIL_CHARS:]
+    run = _last_box_run(text)
+    offset = max(0, len(text) - ANSWER_LINE_TAIL_CHARS)
+    lines = list(_ANSWER_LINE.finditer(text, offset))
+    line = lines[-1] if lines else None
+    # An answer line written after the last box ("... \boxed{255} ... Final Answer: 10,455") is the final answer.
+    if run and (line is None or line.start() < run[-1].end):
+        return _Found("box", tuple(box.content for box in run))
+    if line is not None:
+        answer = _strip_answer(line.group(1))
+        if not _is_prose(answer):
+            return _Found("line", (answer,))
+        # From "Answer:" on (with a "Final " before it, which math-verify's anchors use), so that a box earlier on
+        # the same line is not taken instead of what the line says.
+        start = line.start()
+        if text[max(0, start - len("final ")) : start].lower() == "final ":
+            start -= len("final ")
+        return _Found("prose_line", (text[start : line.end()],))
+    gsm8k = _GSM8K_GOLD.findall(text, offset)
+    if gsm8k:
+        return _Found("gsm8k", (_plain_number(_strip_answer(gsm8k[-1])),))
+    text = text.strip()
+    return _Found("tail", (text,)) if text else None
 
 
 def extract_final_answer(text: str, think_delimiter: str | None = "</think>") -> tuple[str, bool] | None:
     r"""Find the final answer in a completion.
 
-    Returns `(answer, is_exact)`: `is_exact` is True for the content of the last `\boxed{}`, else of the last
-    `Answer: ...` line (DAPO), else of a GSM8K `#### ...` line; False for the fallback, the tail of the text, where
-    math-verify searches for an anchored answer. Text up to the last `think_delimiter` is ignored. Returns None
-    when there is nothing to score.
+    Returns `(answer, is_exact)`. `is_exact` is True for the content of the last `\boxed{}` (with the boxes just
+    before it that state the same answer, joined by `", "`), else of the last `Answer: ...` line in the last 300
+    characters (DAPO) when it is math, else of a GSM8K `#### ...` line; an `Answer:` line written after the last box
+    wins over the box. It is False when math-verify must look for an anchored answer in the text returned: an answer
+    line that holds prose ("Final Answer: The final answer is 7.78."), or the tail of the text. Text up to the last
+    `think_delimiter` is ignored. Returns None when there is nothing to score.
 
     Example:
         >>> extract_final_answer("<think>maybe \\boxed{3}</think> so \\boxed{4}")
         ('4', True)
         >>> extract_final_answer("...\nAnswer: $-3$")
         ('-3', True)
+        >>> extract_final_answer("\\boxed{1} and \\boxed{2}")
+        ('1, 2', True)
     """
-    if think_delimiter:
-        cut = text.rfind(think_delimiter)
-        if cut >= 0:
-            text = text[cut + len(think_delimiter) :]
-    text = text[-MAX_TAIL_CHARS:]
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed.strip(), True
-    tail = text[-300:]  # DAPO's rule: the answer line is in the last 300 characters
-    lines = _ANSWER_LINE.findall(tail)
-    if lines:
-        return _strip_answer(lines[-1]), True
-    gsm8k = _GSM8K_GOLD.findall(tail)
-    if gsm8k:
-        return _strip_answer(gsm8k[-1]).replace(",", ""), True
-    text = text.strip()
-    return (text, False) if text else None
+    found = _find_answer(text, think_delimiter)
+    if found is None:
+        return None
+    return ", ".join(found.parts), found.exact
 
 
 def _fast_decision(answer: str, gold: str) -> bool | None:
     """Decide without sympy where strings suffice (integers, identical strings); None when math-verify is needed."""
-    compact_answer, compact_gold = answer.replace(" ", ""), gold.replace(" ", "")
-    if compact_answer == compact_gold:
+    if _BLANK_NOT_BETWEEN_DIGITS.sub("", answer) == _BLANK_NOT_BETWEEN_DIGITS.sub("", gold):
         return True
+    answer, gold = _plain_number(answer), _plain_number(gold)
     # Length bound: Python refuses int() of more than 4300 digits.
-    if (
-        len(compact_gold) < 100
-        and _INTEGER.fullmatch(compact_gold)
-        and _INTEGER.fullmatch(compact_answer.replace(",", ""))
-    ):
-        # AIME mirrors store "073"; compare as integers.
-        return int(compact_gold) == int(compact_answer.replace(",", ""))
+    if len(gold) < 100 and len(answer) < 100 and _INTEGER.fullmatch(gold) and _INTEGER.fullmatch(answer):
+        return int(gold) == int(answer)  # AIME mirrors store "073"
     return None
 
 
@@ -218,19 +366,79 @@ class _time_limit:  # noqa: N801  (used as a context manager, reads like a funct
         return False
 
 
-def _verify_one(answer: str, is_exact: bool, gold: str, timeout_seconds: float) -> bool:
-    """math-verify `answer` against `gold` within `timeout_seconds`; any error or timeout counts as wrong."""
+# One math-verify job: the answer's parts, whether they are exact (else text to search), the gold, the time bound.
+_Job = tuple[tuple[str, ...], bool, str, float]
+
+
+def _parse_boxed(answer: str) -> list:
+    """math-verify's reading of one stated answer (a box's content, a gold), lost parts dropped."""
+    parsed = parse("\\boxed{" + _plain_number(answer) + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
+    return _drop_lost_parts(parsed, answer)
+
+
+def _parse_gold(gold: str) -> list:
+    if _MATH_DELIMITER.search(gold):  # LaTeX prose such as "$1$ and $2$": math-verify finds the answer in it
+        return _drop_lost_parts(parse(gold, _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True))
+    return _parse_boxed(gold)
+
+
+def _drop_lost_parts(parsed: list, answer: str | None = None) -> list:
+    """math-verify's result without its sympy value when that value lost parts of the answer.
+
+    latex2sympy sometimes reads a list it cannot parse as its first item (`x = \\frac{1}{2}, x = \\frac{-1 \\pm
+    \\sqrt{13}}{4}` becomes 1/2), and math-verify drops `\\text{}` as a unit even when it holds numbers
+    (`3 \\text{ (or 4)}` becomes 3), so a wrong or missing part would still verify. Then only a string is kept,
+    which `verify` compares exactly: the stated `answer` when given, else math-verify's normalized string. A value
+    holding a set, tuple, interval or matrix kept its parts.
+    """
+    if len(parsed) != 2 or not isinstance(parsed[0], Basic) or not isinstance(parsed[1], str):
+        return parsed
+    if any(isinstance(node, Set | Tuple | MatrixBase) for node in preorder_traversal(parsed[0])):
+        return parsed
+    if answer is None:
+        return parsed[1:] if _has_top_level_comma(parsed[1]) else parsed
+    return [answer] if _has_top_level_comma(answer) or _TEXT_WITH_DIGIT.search(answer) else parsed
+
+
+def _has_top_level_comma(text: str) -> bool:
+    """A comma outside brackets and braces that is not a thousands separator (`1,234`)."""
+    depth = 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif (
+            char == ","
+            and depth == 0
+            and not (text[index - 1 : index].isdigit() and _GROUPING_COMMA.match(text, index))
+        ):
+            return True
+    return False
+
+
+def _verify_one(parts: tuple[str, ...], is_exact: bool, gold: str, timeout_seconds: float) -> bool:
+    """math-verify an answer against `gold` within `timeout_seconds`; any error or timeout counts as wrong.
+
+    Exact answers in several parts (a run of boxes) are compared as one answer, a set, when the gold has several
+    parts too; otherwise the last part is the answer, so that a partial answer never matches a multi-part gold and
+    boxing several candidates never earns more than boxing the last one.
+    """
     try:
         with _time_limit(timeout_seconds):
-            gold_parsed = parse("\\boxed{" + gold + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
+            gold_parsed = _parse_gold(gold)
             if not gold_parsed:
                 return False
             if is_exact:
-                predicted = parse("\\boxed{" + answer + "}", _GOLD_CONFIG, parsing_timeout=None, raise_on_error=True)
+                several = len(parts) > 1 and isinstance(gold_parsed[0], FiniteSet) and len(gold_parsed[0]) > 1
+                answer = ", ".join(parts) if several else parts[-1]
+                predicted = _parse_boxed(answer)
             else:
                 predicted = parse(
-                    answer, _UNBOXED_CONFIG, extraction_mode="first_match", parsing_timeout=None, raise_on_error=True
+                    parts[0], _UNBOXED_CONFIG, extraction_mode="first_match", parsing_timeout=None, raise_on_error=True
                 )
+                if predicted and not isinstance(predicted[0], FiniteSet) and _states_several_values(parts[0]):
+                    return False  # "the answer is 3 or 4": math-verify keeps 3, which must not pay against gold 3
             return bool(predicted) and verify(gold_parsed, predicted, timeout_seconds=None, raise_on_error=True)
     except _AnswerTimeout:
         return False
@@ -238,7 +446,7 @@ def _verify_one(answer: str, is_exact: bool, gold: str, timeout_seconds: float) 
         return False
 
 
-def _verify_batch(jobs: list[tuple[str, bool, str, float]]) -> list[bool]:
+def _verify_batch(jobs: list[_Job]) -> list[bool]:
     return [_verify_one(*job) for job in jobs]
 
 
@@ -249,7 +457,8 @@ def _verify_batch(jobs: list[tuple[str, bool, str, float]]) -> list[bool]:
 _WORKER_COMMAND = (
     "import importlib.util, sys; "
     "spec = importlib.util.spec_from_file_location('_ce_gppo_verify_worker', sys.argv[1]); "
-    "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); module._serve_worker()"
+    "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module; "
+    "spec.loader.exec_module(module); module._serve_worker()"
 )
 _MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))
 _WORKER_STARTUP_SECONDS = 60.0
@@ -285,7 +494,7 @@ class _Worker:
         )
         self.started = False
 
-    def run(self, jobs: list[tuple[str, bool, str, float]]) -> list[bool] | None:
+    def run(self, jobs: list[_Job]) -> list[bool] | None:
         """Results of `jobs`, or None when the worker died or overran its time bound."""
         payload = pickle.dumps(jobs)
         budget = sum(job[3] for job in jobs) + 10.0 + (0.0 if self.started else _WORKER_STARTUP_SECONDS)
@@ -314,7 +523,7 @@ class _Worker:
         self.process.wait()
 
 
-def _verify_in_worker(jobs: list[tuple[str, bool, str, float]]) -> list[bool]:
+def _verify_in_worker(jobs: list[_Job]) -> list[bool]:
     with _worker_slots:
         with _workers_lock:
             worker = _idle_workers.pop() if _idle_workers else None
@@ -336,7 +545,7 @@ def _stop_workers() -> None:
             _idle_workers.pop().kill()
 
 
-def _run_jobs(jobs: list[tuple[str, bool, str, float]]) -> list[bool]:
+def _run_jobs(jobs: list[_Job]) -> list[bool]:
     if not jobs:
         return []
     if threading.current_thread() is threading.main_thread():
@@ -379,26 +588,44 @@ class MathAccuracyReward:
         self.timeout_seconds = float(timeout_seconds)
         self.think_delimiter = think_delimiter
 
-    def __call__(self, completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
-        if len(completions) != len(solution):
-            raise ValueError(f"got {len(completions)} completions but {len(solution)} solutions; they must match")
+    def __call__(
+        self,
+        completions: Sequence[Any],
+        solution: Sequence[Any] | None = None,
+        answer: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        golds = solution if solution is not None else answer
+        if golds is None:
+            raise ValueError(
+                "math_accuracy_reward needs the gold answers in a dataset column named 'solution' or 'answer'; "
+                f"it was called with neither (keyword arguments: {sorted(kwargs)})"
+            )
+        if len(completions) != len(golds):
+            raise ValueError(f"got {len(completions)} completions but {len(golds)} gold answers; they must match")
         decisions: list[bool | None] = []
-        jobs, job_rows = [], []
-        golds: dict[Any, str] = {}
-        for row, (completion, gold) in enumerate(zip(completions, solution, strict=True)):
+        jobs: list[_Job] = []
+        job_rows = []
+        gold_answers: dict[Any, str] = {}
+        for row, (completion, gold) in enumerate(zip(completions, golds, strict=True)):
             key = gold if isinstance(gold, str | int | float) else repr(gold)
-            if key not in golds:
-                golds[key] = extract_gold_answer(gold if isinstance(gold, str | int | float) else str(gold))
-            gold_answer = golds[key]
-            found = extract_final_answer(completion_text(completion), self.think_delimiter)
-            if found is None or not gold_answer or (found[1] and len(found[0]) > MAX_ANSWER_CHARS):
+            if key not in gold_answers:
+                gold_answers[key] = (
+                    ""
+                    if gold is None
+                    else extract_gold_answer(gold if isinstance(gold, str | int | float) else str(gold))
+                )
+            gold_answer = gold_answers[key]
+            found = _find_answer(completion_text(completion), self.think_delimiter)
+            if found is None or not gold_answer or (found.exact and sum(map(len, found.parts)) > MAX_ANSWER_CHARS):
                 decisions.append(False)
                 continue
-            answer, is_exact = found
-            decision = _fast_decision(answer, gold_answer) if is_exact else None
+            decision = None
+            if found.exact and (len(found.parts) == 1 or _INTEGER.fullmatch(_plain_number(gold_answer))):
+                decision = _fast_decision(found.parts[-1], gold_answer)
             decisions.append(decision)
             if decision is None:
-                jobs.append((answer, is_exact, gold_answer, self.timeout_seconds))
+                jobs.append((found.parts, found.exact, gold_answer, self.timeout_seconds))
                 job_rows.append(row)
         for row, verified in zip(job_rows, _run_jobs(jobs), strict=True):
             decisions[row] = verified
@@ -408,22 +635,36 @@ class MathAccuracyReward:
 _BINARY_ACCURACY = MathAccuracyReward()
 
 
-def math_accuracy_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
+def math_accuracy_reward(
+    completions: Sequence[Any],
+    solution: Sequence[Any] | None = None,
+    answer: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
     r"""1.0 when a completion's final answer equals the gold answer (math-verify), else 0.0.
 
-    `completions` are strings or chat-format message lists; `solution` holds the golds as datasets store them
-    (`"34"`, `"\\frac12"`, `"(1,2]"`, GSM8K `"... #### 72"`, a MATH solution with `\\boxed{}`). The text after
-    the last `</think>` is scored; its last `\\boxed{}` is the answer, else its last `Answer: ...` line (DAPO), else an
-    anchored answer (`$...$`, "the answer is"). Malformed, hostile or overlong input scores 0.0 within
-    `DEFAULT_TIMEOUT_SECONDS` per completion, from any thread. For the +1/-1 scale of the papers use
+    `completions` are strings or chat-format message lists. The golds come from the dataset column `solution` or, when
+    there is none, `answer` (GSM8K, many user datasets; TRL passes every column as a keyword), as datasets store them:
+    `"34"`, `"\\frac12"`, `"(1,2]"`, GSM8K `"... #### 72"`, a MATH solution with `\\boxed{}`, several boxes that
+    state one answer. The text after the last `</think>` is scored: its last `\\boxed{}` (with the boxes just before
+    it when the gold has several parts), else its last `Answer: ...` line (DAPO; parsed for an anchored answer when it
+    holds prose), else a `####` line, else an anchored answer ("the answer is", "Final Answer:"). Unboxed,
+    unanchored answers score 0.0; see the README's scoring table. Malformed, hostile or overlong input scores 0.0
+    within `DEFAULT_TIMEOUT_SECONDS` per completion, from any thread. For the +1/-1 scale of the papers use
     `MathAccuracyReward(incorrect=-1.0)` or `get_reward_funcs(["math_accuracy"], scale="signed")`.
+
+    Raises:
+        ValueError: neither `solution` nor `answer` is given, or their length differs from `completions`'.
 
     Example:
         >>> chat = [{"role": "assistant", "content": "\\boxed{0.5}"}]
         >>> math_accuracy_reward(["\\boxed{7}", chat], ["7", "\\frac12"])
         [1.0, 1.0]
+        >>> gold = "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\)"
+        >>> math_accuracy_reward(["\\boxed{-2, 1}", "\\boxed{-2}"], answer=[gold, gold])
+        [1.0, 0.0]
     """
-    return _BINARY_ACCURACY(completions, solution, **kwargs)
+    return _BINARY_ACCURACY(completions, solution, answer, **kwargs)
 
 
 class FormatReward:
@@ -451,8 +692,8 @@ class FormatReward:
             if self.require_think and self.think_delimiter not in text:
                 rewards.append(0.0)
                 continue
-            found = extract_final_answer(text, self.think_delimiter)
-            rewards.append(1.0 if found is not None and found[1] and found[0] else 0.0)
+            found = _find_answer(text, self.think_delimiter)
+            rewards.append(1.0 if found is not None and found.kind != "tail" and found.parts[-1] else 0.0)
         return rewards
 
 

@@ -316,7 +316,7 @@ def controller_update(
     horizon: int = 0,
     target_ahead: float | None = None,
 ) -> tuple[ControllerState, float]:
-    """One step of the adaptive entropy controller; returns the new state and the relative error `(target - H) / H`.
+    """One step of the adaptive entropy controller; returns the new state and the error `(target - H) / target`.
 
     The plant is identified, not assumed: the entropy change per step, in units of the first measured entropy
     (`scale`), is regressed on the command that caused it (`state.pending[0]`) by recursive least squares with
@@ -421,3 +421,15 @@ def controller_update(
         dither_sign=dither_sign if dither else 0,
     )
     return new, error
+
+
+def rollout_warmup_factor(step: int, *, updates_per_rollout: int, warmup_rollouts: int) -> float:
+    """Learning-rate factor of optimizer update `step` (0-based) under verl's constant warm-up counted in rollout
+    batches: verl steps its scheduler once per rollout batch, so every update of rollout batch `k` gets
+    `min(1, k / warmup_rollouts)`, and the whole first batch trains at lr 0.
+
+    Example:
+        >>> [rollout_warmup_factor(u, updates_per_rollout=2, warmup_rollouts=2) for u in range(6)]
+        [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    """
+    return min(1.0, (step // updates_per_rollout) / max(1, warmup_rollouts))

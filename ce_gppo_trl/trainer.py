@@ -1,7 +1,7 @@
 """`CEGPPOTrainer`: TRL's `GRPOTrainer` with CE-GPPO, the dual clip and Entropy Ratio Clipping.
 
 The trainer reuses all of TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and overrides
-three methods:
+these methods:
 
 - `_compute_loss`: when the config needs this library's loss (`CEGPPOConfig.uses_own_loss`), the per-token loss
   comes from the `losses.POLICY_LOSSES` registry and is aggregated by `losses.aggregate_loss`; otherwise TRL's own
@@ -9,6 +9,10 @@ three methods:
 - `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
   that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
   forward pass is made.
+- `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
+  training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
+  completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
+  cap and verl's warm-up counted in rollout batches.
 
 Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
 `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
@@ -23,15 +27,25 @@ import json
 import logging
 import os
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import nanmax, nanmin
+from trl.trainer.utils import (
+    nanmax,
+    nanmin,
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from .callbacks import callbacks_from_config
-from .config import CEGPPOConfig
+from .config import CEGPPOConfig, on_policy_message
 from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
 from .losses import (
     AGGREGATION,
@@ -42,9 +56,11 @@ from .losses import (
     dual_clip_mask,
     entropy_ratio,
     entropy_ratio_mask,
+    positive_nll_loss,
     safe_ratio,
 )
-from .schedules import mix_bound, prob_clip_lower, prob_clip_upper
+from .sampling import concat_rollouts, group_has_signal, select_rows, total_rewards, truncate_left
+from .schedules import mix_bound, prob_clip_lower, prob_clip_upper, rollout_warmup_factor
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +82,36 @@ _EXTRA_MODEL_INPUTS = (
     "mm_token_type_ids",
     "image_position_ids",
 )
+
+
+def active_dropout(model: torch.nn.Module) -> list[str]:
+    """Where `model` applies dropout in train mode: dropout modules with `p > 0`, and float attributes named
+    `*dropout*` above 0, which attention layers (Llama, Qwen2, ...) pass to the attention kernel.
+
+    Example:
+        >>> active_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+        ['1 (Dropout p=0.1)']
+    """
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            if module.p > 0:
+                found.append(f"{name} ({type(module).__name__} p={module.p})")
+            continue
+        for attribute, value in vars(module).items():
+            if "dropout" in attribute and isinstance(value, float) and value > 0:
+                found.append(f"{name}.{attribute}={value}")
+    return found
+
+
+def disable_float_dropout(model: torch.nn.Module) -> None:
+    """Zero the float `*dropout*` attributes that `active_dropout` reports (TRL zeroes the dropout modules)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if "dropout" in attribute and isinstance(value, float) and value > 0:
+                setattr(module, attribute, 0.0)
 
 
 class CEGPPOTrainer(GRPOTrainer):
@@ -102,11 +148,13 @@ class CEGPPOTrainer(GRPOTrainer):
         self.prob_clip_weight_high = args.prob_clip_high_weight
         self.entropy_control_coef = 0.0
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
+        self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
         super().__init__(model, reward_funcs, args=args, **kwargs)
         for callback in callbacks_from_config(args):
             self.add_callback(callback)
         self._bind_entropy_control()
         self._warn_if_on_policy()
+        self._check_dropout()
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
@@ -124,20 +172,26 @@ class CEGPPOTrainer(GRPOTrainer):
                 )
 
     def _warn_if_on_policy(self) -> None:
-        args = self.args
-        acting = [name for name, on in (("ce_gppo", args.loss_type == "ce_gppo"), ("ERC", args.erc_enabled)) if on]
-        if args.off_policy or not acting or not self.accelerator.is_main_process:
-            return
-        logger.warning(
-            "%s cannot act in this run: every update is on-policy (gradient_accumulation_steps=%d is a multiple of "
-            "steps_per_generation=%d x num_iterations=%d), so pi_theta == pi_old, the ratio is 1 and entropy "
-            "ratios are 1 for every token. Set steps_per_generation to a multiple of gradient_accumulation_steps "
-            "(the papers use 8 optimizer updates per rollout batch) or num_iterations > 1.",
-            " and ".join(acting),
-            args.gradient_accumulation_steps,
-            args.steps_per_generation,
-            self.num_iterations,
-        )
+        message = on_policy_message(self.args)
+        if message is not None and self.accelerator.is_main_process:
+            logger.warning(message)
+
+    def _check_dropout(self) -> None:
+        if self.args.disable_dropout:
+            # TRL's disable_dropout_in_model zeroes nn.Dropout modules only; Llama- and Qwen-style attention layers
+            # pass a float `attention_dropout` to the attention kernel, which disable_dropout should turn off too.
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    disable_float_dropout(model)
+        found = active_dropout(self.model)
+        if self.args.erc_enabled and found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise ValueError(
+                f"disable_dropout=False is not allowed with ERC (erc_low/erc_high) on a model with dropout ({shown}): "
+                "TRL scores old_per_token_logps and trains in train mode, so H_old and H_theta would come from "
+                f"different dropout masks and the band ({self.erc_low}, {self.erc_high}) would drop the gradient of "
+                "random tokens; set disable_dropout=True."
+            )
 
     # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps.
 
@@ -153,10 +207,30 @@ class CEGPPOTrainer(GRPOTrainer):
                         "ERC expected TRL's scoring pass for old_per_token_logps to run; this TRL version no longer "
                         "calls _get_per_token_logps_and_entropies(self.model, ...) there."
                     )
+                self._check_captured_pass(output)
                 output["old_entropies"] = self._old_entropies
         finally:
-            self._old_entropies = None
+            self._old_entropies = self._old_entropies_logps = None
         return output
+
+    def _check_captured_pass(self, output: dict[str, Any]) -> None:
+        # The arming condition copies TRL's for the old-logps pass; if a TRL release changed it, another no-grad pass
+        # of self.model (the reference pass under PEFT with beta > 0: adapters off) could be captured instead.
+        old_logps, captured = output.get("old_per_token_logps"), self._old_entropies_logps
+        if old_logps is not None and old_logps.shape == captured.shape and torch.equal(old_logps, captured):
+            return
+        if old_logps is None:
+            detail = "TRL kept no old_per_token_logps"
+        elif old_logps.shape != captured.shape:
+            detail = f"shapes {tuple(captured.shape)} and {tuple(old_logps.shape)}"
+        else:
+            detail = f"largest log-prob difference {(old_logps - captured).abs().max().item():.3g}"
+        raise RuntimeError(
+            f"ERC captured the entropies of a scoring pass whose log-probs are not TRL's old_per_token_logps "
+            f"({detail}): the old entropies would belong to another model (e.g. the reference pass, adapters off, "
+            "with PEFT and beta > 0). This TRL version scores old_per_token_logps differently from TRL 1.16; "
+            "CEGPPOTrainer._generate_and_score_completions must be adapted to it."
+        )
 
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any):
         capture = isinstance(self._old_entropies, list) and model is self.model and not torch.is_grad_enabled()
@@ -165,7 +239,7 @@ class CEGPPOTrainer(GRPOTrainer):
         logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
             model, *args, **{**kwargs, "compute_entropy": True}
         )
-        self._old_entropies = entropies
+        self._old_entropies, self._old_entropies_logps = entropies, logps
         return logps, (entropies if kwargs.get("compute_entropy") else None), aux_loss
 
     # The loss.
@@ -284,6 +358,8 @@ class CEGPPOTrainer(GRPOTrainer):
         else:
             loss = aggregate_loss(per_token_loss, mask, aggregation, max_completion_length=self.max_completion_length)
             loss = loss / accumulation
+        if args.positive_nll_coef > 0:
+            loss = loss + self._positive_nll_term(per_token_logps, mask, inputs, mode, accumulation)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
@@ -294,6 +370,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
         # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
         ratio = safe_ratio(log_ratio.detach())
+        if args.delta is not None and self.loss_type in CLIPPED_LOSS_TYPES:
+            ratio = ratio.clamp(max=args.delta)  # TRL's two-sided clip; TRL's clip metrics read the capped ratio
         clipped = (None, None)
         if self.loss_type in CLIPPED_LOSS_TYPES:
             clipped = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
@@ -393,7 +471,12 @@ class CEGPPOTrainer(GRPOTrainer):
     # Entropy-control state in checkpoints.
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Written first: transformers' _save_checkpoint pushes the folder to the Hub (push_to_hub, hub_strategy
+        # "checkpoint" / "all_checkpoints") before it returns, and the push must carry the controller's state.
+        self._save_entropy_control_state(trial)
         super()._save_checkpoint(model, trial)
+
+    def _save_entropy_control_state(self, trial: Any) -> None:
         if not self._control_callbacks or not self.args.should_save:
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -401,6 +484,7 @@ class CEGPPOTrainer(GRPOTrainer):
             "knobs": {name: getattr(self, name) for name in _CONTROL_KNOBS},
             "callbacks": {key: cb.state_dict() for key, cb in self._keyed_control_callbacks().items()},
         }
+        os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, ENTROPY_CONTROL_STATE), "w") as f:
             json.dump(state, f, indent=2)
 
@@ -443,3 +527,132 @@ class CEGPPOTrainer(GRPOTrainer):
         metrics["entropy_ratio/max"].append(self.accelerator.gather(torch.where(valid, rho, -inf).max()).max().item())
         metrics["entropy_ratio/clip_low_mean"].append(self._global_masked_mean((rho <= self.erc_low).float(), mask))
         metrics["entropy_ratio/clip_high_mean"].append(self._global_masked_mean((rho >= self.erc_high).float(), mask))
+
+    # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
+
+    def _positive_nll_term(
+        self, per_token_logps: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str, accumulation: float
+    ) -> torch.Tensor | float:
+        """`positive_nll_coef` x the NLL of this micro-batch's correct responses, weighted by its share (1 /
+        accumulation) of the update, like the authors' `positive_loss_coeff` term with their micro-batch weights."""
+        rewards = inputs.get("rewards")
+        if rewards is None:  # evaluation batches come from TRL's own path, without rewards
+            return 0.0
+        positive = rewards > 0  # the authors' reward == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
+        selected = mask * positive.to(mask.dtype).unsqueeze(-1)
+        self._metrics[mode]["positive_nll"].append(self._global_masked_mean(-per_token_logps.detach(), selected))
+        return self.args.positive_nll_coef * positive_nll_loss(per_token_logps, mask, positive) / accumulation
+
+    def _calculate_rewards(
+        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+    ) -> torch.Tensor:
+        # Kept (all processes' rows) for the per-completion rewards that the NLL term and dynamic sampling read.
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _tokenize_prompts(self, prompts: list) -> tuple[Any, Any, Any]:
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        cap = self.args.max_prompt_length
+        if cap is not None and any(len(ids) > cap for ids in prompt_ids):
+            if images is not None or multimodal_fields:
+                raise ValueError(
+                    f"max_prompt_length={cap}: left truncation would cut multimodal prompts; leave it None here."
+                )
+            prompt_ids = truncate_left(prompt_ids, cap)
+        return prompt_ids, images, multimodal_fields
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if not self.args.warmup_rollout_batches or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        factor = partial(
+            rollout_warmup_factor,
+            updates_per_rollout=int(self.args.updates_per_rollout),
+            warmup_rollouts=self.args.warmup_rollout_batches,
+        )
+        self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
+        args = self.args
+        if not self.model.training or not (args.dynamic_sampling or args.positive_nll_coef > 0):
+            return super()._prepare_inputs(generation_batch)
+        # The training branch of TRL 1.16's GRPOTrainer._prepare_inputs, with `_rollout` (which adds the rewards and
+        # may generate several rounds) in place of its single `_generate_and_score_completions` call.
+        generate_every = args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = shuffle_sequence_dict(split_pixel_values_by_grid(self._rollout(generation_batch)))
+            batches = split_tensor_dict(batch, args.steps_per_generation)
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(batch) for batch in batches]
+        return self._buffered_inputs[self._step % args.steps_per_generation]
+
+    def _rollout(self, generation_batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """One rollout batch with each completion's total reward under `rewards`; dynamic sampling if configured."""
+        output = self._scored_round(generation_batch)
+        if not self.args.dynamic_sampling:
+            return output
+        return self._dynamic_sampling(generation_batch, output)
+
+    def _scored_round(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = self._generate_and_score_completions(inputs)
+        rewards = total_rewards(self._rewards_per_func, self.reward_weights)
+        first = self.accelerator.process_index * len(inputs)
+        output["rewards"] = rewards[first : first + len(inputs)].to(output["advantages"].device)
+        return output
+
+    def _dynamic_sampling(self, generation_batch: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
+        """DAPO's filter: keep the groups with mixed rewards, in generation order, refilled from extra rounds of fresh
+        prompts; every process runs the same number of rounds (each round's generation and reward gather are
+        collective), stopping when no process is short or after `dynamic_sampling_max_rounds`. Slots still empty are
+        filled with dropped groups whose completions are masked out, so that they reach neither the loss nor its
+        token count (the authors train on the fewer groups they have)."""
+        if isinstance(self.train_dataset, IterableDataset):
+            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style train_dataset.")
+        args, group = self.args, self.num_generations
+        needed = len(generation_batch) // group
+        kept, batch, rounds = [], first, 0
+        have = dropped = refilled = 0
+        while True:
+            signal = group_has_signal(batch["rewards"], group)
+            take = signal.nonzero().flatten()[: needed - have]
+            kept.append((_group_rows(take, group), batch))
+            have += len(take)
+            dropped += int((~signal).sum())
+            refilled += len(take) if rounds else 0
+            short = needed - have
+            if rounds == args.dynamic_sampling_max_rounds:
+                break
+            if self.accelerator.gather(torch.tensor([short], device=self.accelerator.device)).max().item() == 0:
+                break
+            rounds += 1
+            batch = self._scored_round(self._refill_prompts(len(generation_batch), rounds))
+        # Round 0's dropped groups are enough to fill any shortfall: round 0 alone had `needed` groups.
+        spare = (~group_has_signal(first["rewards"], group)).nonzero().flatten()[:short]
+        fill = select_rows(first, _group_rows(spare, group))
+        fill["completion_mask"] = torch.zeros_like(fill["completion_mask"])
+        fill["advantages"] = torch.zeros_like(fill["advantages"])
+        parts = [select_rows(source, rows) for rows, source in kept] + [fill]
+        output = concat_rollouts(parts, self._tokenizer.pad_token_id)
+        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+        device = self.accelerator.device
+        totals = self.accelerator.reduce(torch.tensor([dropped, refilled, short], device=device).float(), "sum")
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
+        for name, value in zip(("groups_dropped", "groups_refilled", "groups_masked"), totals.tolist(), strict=True):
+            metrics[f"dynamic_sampling/{name}"].append(value)
+        return output
+
+    def _refill_prompts(self, num_rows: int, round_index: int) -> list[dict[str, Any]]:
+        """`num_rows / num_generations` fresh prompts drawn at random from the training set, each repeated
+        `num_generations` times as TRL's RepeatSampler lays them out; seeded by (seed, step, round, process)."""
+        key = (self.args.seed, self.state.global_step, round_index, self.accelerator.process_index)
+        generator = torch.Generator().manual_seed(hash(key) % 2**62)
+        indices = torch.randint(len(self.train_dataset), (num_rows // self.num_generations,), generator=generator)
+        return [self.train_dataset[int(i)] for i in indices for _ in range(self.num_generations)]
+
+
+def _group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Row indices of whole groups: group g covers rows g * group_size ... (g + 1) * group_size - 1."""
+    return (groups.unsqueeze(1) * group_size + torch.arange(group_size, device=groups.device)).flatten()

@@ -2,11 +2,19 @@
 
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml examples/train_ce_gppo.py \
         --config configs/DeepSeek-R1-Distill-Qwen-1.5B/ce_gppo.yaml [--field value ...]
-    accelerate launch --cpu --num_processes 2 examples/train_ce_gppo.py --config configs/quickstart.yaml
+
+On CPU, two processes of DDP over gloo (`--multi_gpu` starts torchrun; the recipe's `use_cpu: true` makes it CPU
+DDP; `--cpu` would start ONE process in accelerate 1.15, whatever --num_processes says):
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
+        examples/train_ce_gppo.py --config configs/quickstart.yaml
+
+Without --config it runs the quickstart. A missing optional dependency exits with status 1 and one line.
 """
 
-from ce_gppo_trl.cli import make_parser, train
+import sys
+
+from ce_gppo_trl.cli import main
 
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
-    train(script_args, training_args, model_args)
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,9 +1,14 @@
-"""Both benchmark scripts, run for real at a toy size: they must produce their figures, table and plot."""
+"""The benchmark scripts, run for real at a toy size: they must produce their figures, table and plot (gpu_check: its
+CPU smoke run)."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -70,3 +75,44 @@ def test_entropy_dynamics_writes_table_plot_and_claims(tmp_path):
     # a second call reuses the saved runs and rewrites the block in place
     dynamics.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
+
+
+def test_gpu_check_script_parses_and_its_checks_run_on_cpu(tmp_path):
+    script = BENCHMARKS / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "vLLM colocate" in usage.stdout
+    gpu_check = load("gpu_check")
+    # Everything but vLLM, bf16 and CUDA: a tiny random model, LoRA, CE-GPPO + ERC, 4 updates per rollout batch
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "acting")]) == 0
+    checks = json.loads((tmp_path / "acting" / "ours.json").read_text())["checks"]
+    assert len(checks) == 7 and all(checks.values())
+    # One update per rollout batch: on-policy, CE-GPPO and ERC cannot act, and the check fails
+    assert gpu_check.main(["--smoke", "--updates-per-rollout", "1", "--out", str(tmp_path / "inert")]) == 1
+    checks = json.loads((tmp_path / "inert" / "ours.json").read_text())["checks"]
+    assert not checks["off-policy config (no 'cannot act' warning)"]
+    assert not checks["CE-GPPO clip regions reached: max clip_ratio/region_mean > 0"]
+
+
+def test_normalisation_weights_sum_to_one_and_match_by_hand(capsys):
+    normalisation = load("normalisation")
+    # Two ranks of two sequences; budget 100 tokens: rank 0 packs both (90 tokens), rank 1 needs two micro-batches.
+    response, prompt = torch.tensor([30, 50, 60, 70]), torch.tensor([5, 5, 5, 5])
+    weights = normalisation.sequence_weights(response, prompt, ranks=2, max_tokens=100)
+    expected = torch.tensor([30 / 80, 50 / 80, 1 / 2, 1 / 2], dtype=torch.float64) / 2  # (n_m / 2) x L_i / T_m / 2
+    torch.testing.assert_close(weights["authors"], expected)
+    for w in weights.values():
+        assert w.sum().item() == pytest.approx(1.0)
+    summary = normalisation.main(["--seeds", "3", "--sequences", "16", "--ranks", "4"])
+    assert 0 < summary["update_token_mean/tv_to_authors"]["mean"] < 1
+    assert "| update_token_mean/cosine_to_authors |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_benchmark_runs_both_arms(tmp_path, capsys):
+    runs = load("dynamic_sampling").main(
+        ["--seeds", "1", "--max-steps", "4", "--out-dir", str(tmp_path), "--plot", str(tmp_path / "ds.png")]
+    )
+    assert [len(runs[arm]) for arm in ("false", "true")] == [1, 1] and (tmp_path / "ds.png").is_file()
+    assert runs["true"][0]["rollouts"] and not runs["false"][0]["rollouts"]
+    assert "| true |" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """CEGPPOConfig validation: every bad value names the field, the value and what is allowed."""
 
 import math
+import warnings
 
 import pytest
 
@@ -40,7 +41,10 @@ def test_defaults_are_the_paper_setting():
         ({"entropy_coef": 0.01}, r"entropy_coef/use_adaptive_entropy=\(0.01, False\) is not allowed"),
         ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence' is not allowed"),
         ({"delta": 4.0}, "delta=4.0 is not allowed"),
-        ({"use_liger_kernel": True}, "use_liger_kernel=True is not allowed"),
+        (
+            {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": True}},
+            r"liger_kernel_config=\{'fused_linear_cross_entropy': True\} is not allowed: GRPO computes log-probs",
+        ),
     ],
 )
 def test_bad_values_raise_naming_the_field(kwargs, message):
@@ -66,7 +70,35 @@ def test_trl_loss_types_keep_their_meaning():
         ({"gradient_accumulation_steps": 2, "steps_per_generation": 16}, True),
         ({"gradient_accumulation_steps": 4, "steps_per_generation": 4}, False),
         ({"num_iterations": 2}, True),
+        # Every iteration inside one accumulation window: no optimizer step between scoring and training
+        ({"gradient_accumulation_steps": 8, "steps_per_generation": 2, "num_iterations": 2}, False),
+        ({"gradient_accumulation_steps": 3, "steps_per_generation": 2}, True),  # some steps fall mid-rollout
+        # vLLM's importance-sampling correction makes TRL score old_per_token_logps, with the weights being trained
+        ({"use_vllm": True, "vllm_importance_sampling_correction": True}, False),
+        ({"use_vllm": True, "steps_per_generation": 8}, True),
     ],
 )
 def test_off_policy_detection(kwargs, off_policy):
-    assert make(**kwargs).off_policy is off_policy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert make(**kwargs).off_policy is off_policy
+
+
+def test_on_policy_config_warns_when_built_naming_the_fields_and_the_fix():
+    with pytest.warns(UserWarning, match="cannot act in this run") as record:
+        make(use_vllm=True, erc_low=0.95, erc_high=1.05, gradient_accumulation_steps=4)
+    (message,) = [str(w.message) for w in record if "cannot act" in str(w.message)]
+    assert message.startswith("loss_type='ce_gppo' and ERC (erc_low/erc_high) cannot act in this run")
+    for text in ("gradient_accumulation_steps=4", "steps_per_generation=4", "num_iterations=1"):
+        assert text in message
+    assert "set steps_per_generation to k x gradient_accumulation_steps with k > 1" in message
+    # TRL loss types without this library's knobs, and off-policy configs, stay silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        make(loss_type="dapo")
+        make(steps_per_generation=8, erc_low=0.95, erc_high=1.05, clip_ratio_c=10.0)
+
+
+def test_liger_layer_kernels_are_allowed_as_in_trl():
+    config = make(use_liger_kernel=True, steps_per_generation=8)
+    assert config.use_liger_kernel and not (config.liger_kernel_config or {}).get("fused_linear_cross_entropy")

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,22 @@ def test_builtin_arithmetic():
     first = dataset[0]
     assert math_accuracy_reward([rf"\boxed{{{first['solution']}}}"], [first["solution"]]) == [1.0]
     assert eval(first["prompt"].rstrip("=")) == int(first["solution"])  # noqa: S307 - "a+b" from the toy task
+
+
+def test_multi_box_gold_is_kept_whole_at_load_time(tmp_path):
+    # NuminaMath / OpenThoughts-style worked solutions that box each part of the answer.
+    rows = [
+        {"problem": "Find all integers n with f(n) = n.", "solution": r"so $n = \boxed{1}$ and $n = \boxed{-2}$."},
+        {"problem": "Solve for k and n.", "solution": r"$$\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}$$"},
+        {
+            "problem": "Compute x.",
+            "solution": r"First $y = \boxed{3}$. After much more work we find " + "that " * 20 + r"$x = \boxed{5}$.",
+        },
+    ]
+    path = tmp_path / "numina.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    dataset = load_math_dataset(str(path))
+    assert dataset["solution"] == ["1, -2", "k = 45, n = 2", "5"]
+    completions = [r"\boxed{-2, 1}", r"\boxed{-2}", r"\boxed{n = 2, k = 45}", r"\boxed{n = 2}", r"\boxed{5}"]
+    golds = [dataset["solution"][i] for i in (0, 0, 1, 1, 2)]
+    assert math_accuracy_reward(completions, golds) == [1.0, 0.0, 1.0, 0.0, 1.0]

@@ -205,3 +205,37 @@ def test_lora_and_qlora_adapters_train_save_and_reload(tiny_model_dir, tmp_path,
     model = AutoPeftModelForCausalLM.from_pretrained(out)
     assert isinstance(generate_text(model, AutoTokenizer.from_pretrained(out)), str)
     assert ("base model:     4-bit" in result.stdout) == (name == "qlora")
+
+
+def rank_reward(completions: list[str], **kwargs) -> list[float]:
+    """`digit_reward` on process 0; the same reward for every completion on process 1, whose groups all carry no
+    signal, so that its dynamic-sampling refill can never succeed while process 0's does."""
+    if int(os.environ.get("RANK", "0")) == 1:
+        return [0.0] * len(completions)
+    return digit_reward(completions)
+
+
+def test_dynamic_sampling_and_nll_on_two_processes(tiny_model_dir, tmp_path):
+    # 16 x 4 = 64 completions = 8 groups per process and rollout batch; process 1 stays short in every round, so
+    # both processes must run all dynamic_sampling_max_rounds extra rounds together (a disagreement would hang the
+    # collective generation and reward gathering, and the launch would time out).
+    # The other recipe fields ride along: verl's warm-up (lr 0 for the first rollout batch) and the prompt cap.
+    out = tmp_path / "dynamic"
+    launch(
+        *tiny_overrides(tiny_model_dir, out, "--max_steps", "8", "--per_device_train_batch_size", "16"),
+        *("--reward_funcs", "test_launch.rank_reward", "--dynamic_sampling", "true"),
+        *("--dynamic_sampling_max_rounds", "2", "--positive_nll_coef", "0.1", "--max_prompt_length", "3"),
+        *("--lr_scheduler_type", "constant", "--warmup_rollout_batches", "1"),
+        num_processes=2,
+    )
+    history = log_history(out)
+    rollouts = [entry for entry in history if "dynamic_sampling/rounds" in entry]
+    assert len(rollouts) == 2  # 8 optimizer updates = two rollout batches (steps_per_generation 4)
+    for rollout in rollouts:
+        assert rollout["dynamic_sampling/rounds"] == 2
+        # Process 1's 8 slots are masked; process 0 fills its own (digit rewards of a random model are mixed).
+        assert rollout["dynamic_sampling/groups_masked"] == 8
+        assert rollout["dynamic_sampling/groups_dropped"] >= 3 * 8
+    updates = [entry for entry in history if "loss" in entry]
+    assert all("positive_nll" in entry for entry in updates)
+    assert [entry["learning_rate"] for entry in updates] == [0.0] * 4 + [2e-4] * 4

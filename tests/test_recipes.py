@@ -43,14 +43,24 @@ def test_paper_recipes_keep_the_paper_settings(recipe):
     _, args, model_args = parse(recipe)
     assert args.learning_rate == (1e-5 if model_args.use_peft else 1e-6)  # LoRA: ~10x the paper's rate
     assert (args.weight_decay, args.max_grad_norm, args.beta) == (0.1, 1.0, 0.0)
-    assert (args.num_generations, args.temperature, args.warmup_steps) == (8, 1.0, 10)
+    assert (args.num_generations, args.temperature) == (8, 1.0)
     # 8 optimizer updates per rollout batch.
     assert args.steps_per_generation == 8 * args.gradient_accumulation_steps
+    # The authors' scripts: verl's 10 warm-up rollout batches (= 80 updates, lr 0 for the first 8), 0.1 x NLL of
+    # correct responses, DAPO's filter with one extra generation round, no rollout IS correction, left-truncated
+    # prompts (4k at full scale).
+    assert (args.lr_scheduler_type.value, args.warmup_steps, args.warmup_rollout_batches) == ("constant", 0, 10)
+    assert args.warmup_rollout_batches * args.updates_per_rollout == 80
+    assert (args.positive_nll_coef, args.dynamic_sampling, args.dynamic_sampling_max_rounds) == (0.1, True, 1)
+    assert not args.vllm_importance_sampling_correction
+    assert args.max_prompt_length + args.max_completion_length == args.vllm_max_model_length
     if not model_args.use_peft:
         # On the 8-GPU node the recipe is written for: 16 prompts x 8 = 128 completions per update, 1024 per rollout.
         assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128
         assert args.per_device_train_batch_size * 8 * args.steps_per_generation == 1024
-        assert args.max_completion_length == 16384
+        assert args.max_completion_length == 16384 and args.max_prompt_length == 4096
+        # total_epochs=10 x 117 batches of 256 generated prompts = 1,170 rollout batches of 8 updates.
+        assert args.max_steps == 1170 * args.updates_per_rollout
 
 
 @pytest.mark.parametrize(

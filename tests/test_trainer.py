@@ -142,11 +142,19 @@ def test_own_loss_path_matches_trl_for_every_loss_type(scoring_trainer, monkeypa
             monkeypatch.setattr(trainer.args, name, value)
         if name == "delta":
             monkeypatch.setattr(trainer.args, name, value)
+    trainer._metrics["train"].clear()
     trl_loss, trl_grads = loss_and_grads(trainer, lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), inputs)
+    trl_metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    trainer._metrics["train"].clear()
     own_loss, own_grads = loss_and_grads(trainer, trainer._compute_policy_loss, inputs)
     torch.testing.assert_close(own_loss, trl_loss, rtol=1e-5, atol=1e-7)
     for own, ref in zip(own_grads, trl_grads, strict=True):
         torch.testing.assert_close(own, ref, rtol=1e-4, atol=1e-7)
+    # Same clip metrics as TRL's, on the same ratio (with delta: after TRL's two-sided cap)
+    clip_keys = [key for key in trl_metrics if key.startswith(("clip_ratio/", "cispo_clip_ratio"))]
+    assert bool(clip_keys) == (loss_type not in ("sapo", "vespo"))
+    for key in clip_keys:
+        assert trainer._metrics["train"][key][-1] == pytest.approx(trl_metrics[key], abs=1e-6), key
 
 
 def score(trainer, inputs):
@@ -237,7 +245,9 @@ def test_on_policy_config_says_ce_gppo_cannot_act(tiny_model_dir, arithmetic_dat
     with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
         CEGPPOTrainer(model=tiny_model_dir, reward_funcs=digit_reward, args=args, train_dataset=arithmetic_dataset)
     messages = [record.getMessage() for record in caplog.records if "cannot act" in record.getMessage()]
-    assert len(messages) == 1 and messages[0].startswith("ce_gppo and ERC cannot act in this run")
+    assert len(messages) == 1
+    assert messages[0].startswith("loss_type='ce_gppo' and ERC (erc_low/erc_high) cannot act in this run")
+    assert "gradient_accumulation_steps=1 is a multiple of steps_per_generation=1 x num_iterations=1" in messages[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
         CEGPPOTrainer(
