@@ -23,6 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +36,7 @@ from .schedules import (
     KNOB_SCHEDULES,
     ControllerState,
     _check_total_steps,
+    controller_init,
     controller_update,
     entropy_schedule_weights,
     knob_schedule_value,
@@ -40,11 +44,34 @@ from .schedules import (
     od_thresholds,
 )
 
+logger = logging.getLogger(__name__)
+
 # Knobs of the loss a callback may change: trainer attributes read at every `_compute_loss`.
 KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
-CONTROLLER_KNOBS = ("betas", "clip")
+CONTROLLER_KNOBS = ("betas", "clip", "prob_clip", "erc", "entropy")
+_CONTROLLER_KNOB_NAMES = {
+    "betas": ("ce_gppo_beta1", "ce_gppo_beta2"),
+    "clip": ("epsilon_low", "epsilon_high"),
+    "prob_clip": ("prob_clip_weight_low", "prob_clip_weight_high"),
+    "erc": ("erc_low", "erc_high"),
+    "entropy": ("entropy_control_coef",),
+}
 # Clip half-widths the controller may set: a band of width 0 or 1 would freeze or invert the ratio clip.
 _CLIP_LIMITS = (0.0, 0.95)
+# The tightest ERC band the controller sets: erc_low < 1 < erc_high as the config requires.
+_ERC_TIGHTEST = (0.999, 1.001)
+# Knobs whose direction is known by construction: an entropy bonus is the gradient of the entropy itself. Their sign
+# is never flipped (only the size of their effect is measured); every other knob's sign is measured.
+_SIGN_BY_CONSTRUCTION = ("entropy",)
+# Standard errors by which the estimated gain must oppose the current sign before the controller flips it.
+_SIGN_CONFIDENCE = 2.0
+# Decisions between a command and the first entropy change it causes: the command decided at the end of step k is
+# used by the update of step k + 1, whose effect is first measured at step k + 2.
+_CONTROLLER_LAG = 2
+# The gain normalising the PI law is at least this share of the prior (a tiny estimate would make u jump), and the
+# estimate's standard deviation is capped at this multiple of the prior (no covariance windup while u is steady).
+_MIN_GAIN_SHARE = 0.25
+_MAX_GAIN_STD = 2.0
 
 
 class EntropyControlCallback(TrainerCallback):
@@ -208,19 +235,34 @@ class KnobScheduleCallback(EntropyControlCallback):
 
 
 class EntropyControllerCallback(EntropyControlCallback):
-    """Closed-loop entropy control: a rate-limited PI controller holds the measured entropy on a target.
+    """Closed-loop entropy control with a measured actuator: holds the entropy on a target, in both directions.
 
-    After every optimizer step it compares the step's entropy with the target (a float, a `(start, end)` pair for
-    a linear trajectory over the run, or a callable `(step, max_steps) -> float`) and sets, from the reference
-    values at bind time and the controller output `u` (`schedules.controller_update`):
+    After every optimizer step the controller (`schedules.controller_update`) compares the step's entropy with the
+    target (a float, a `(start, end)` pair for a linear trajectory over the run, or a callable
+    `(step, max_steps) -> float`), updates its online estimate of how the command `u` in `[-1, 1]` moves entropy on
+    this model and data (direction and size, by recursive least squares on the measured entropy changes, with a
+    small dither), and sets the knobs from their values at bind time (`*_ref`) and `u`; `u > 0` is the side meant to
+    raise entropy, but the measured sign decides which way `u` moves:
 
-    - `knobs="betas"` (CE-GPPO): `beta1 = max(beta1_ref - u, 0)`, `beta2 = max(beta2_ref + u, 0)`;
-    - `knobs="clip"`: `epsilon_high = eps_high_ref + u`, `epsilon_low = eps_low_ref - u`, within `[0, 0.95]`.
+    - `knobs="betas"` (CE-GPPO): `beta1 = max(beta1_ref - max_delta * u, 0)`,
+      `beta2 = max(beta2_ref + max_delta * u, 0)`;
+    - `knobs="clip"`: `epsilon_high = eps_high_ref + max_delta * u`, `epsilon_low = eps_low_ref - max_delta * u`,
+      within `[0, 0.95]`;
+    - `knobs="prob_clip"`: the bounds of arXiv 2602.09782, `u > 0` mixes H(p) into `epsilon_high` with weight
+      `min(u * max_delta, 1)`, `u < 0` mixes M(p) into `epsilon_low` with weight `min(-u * max_delta, 1)`;
+    - `knobs="erc"` (ERC on): `u > 0` narrows the ERC band's lower side towards 1 (tokens whose entropy fell get no
+      gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror;
+    - `knobs="entropy"`: a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus form: a bonus
+      for `u > 0`, a penalty for `u < 0`), on this library's loss path. Its direction is known by construction, so
+      only the size of its effect is measured.
 
-    Logs `entropy_control/target` and `entropy_control/error` (relative, `(target - H) / target`).
+    Logs `entropy_control/target`, `entropy_control/error` (relative, `(target - H) / target`),
+    `entropy_control/output` (`u`), `entropy_control/gain` (estimated relative entropy change per step at `u = 1`, in
+    the direction of `u > 0` times the measured sign) and `entropy_control/saturated` (1 once `u` has sat at a limit
+    against the error for `saturation_steps` steps, with a single warning naming the limit).
 
     Example:
-        >>> EntropyControllerCallback(target=(2.0, 1.0), kp=2.0).target_at(5, 10)
+        >>> EntropyControllerCallback(target=(2.0, 1.0), kp=0.2).target_at(5, 10)
         1.5
     """
 
@@ -229,10 +271,15 @@ class EntropyControllerCallback(EntropyControlCallback):
         target: float | tuple[float, float] | Callable[[int, int], float] | None,
         *,
         knobs: str = "betas",
-        kp: float = 1.0,
-        ki: float = 0.2,
+        kp: float = 0.3,
+        ki: float = 0.05,
         max_delta: float = 1.0,
-        max_rate: float = 0.1,
+        max_rate: float = 0.25,
+        gain: float = 0.02,
+        forgetting: float = 0.9,
+        dither: float = 0.1,
+        saturation_steps: int = 10,
+        horizon: int = 6,
     ) -> None:
         super().__init__()
         if target is None:
@@ -242,9 +289,23 @@ class EntropyControllerCallback(EntropyControlCallback):
         for name, value in (("kp", kp), ("ki", ki), ("max_delta", max_delta), ("max_rate", max_rate)):
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"entropy_controller_{name}={value!r} is not allowed: expected a finite number >= 0.")
+        if not 0 < gain < float("inf"):
+            raise ValueError(f"entropy_controller_gain={gain!r} is not allowed: expected a finite number > 0.")
+        if not 0 < forgetting <= 1:
+            raise ValueError(f"entropy_controller_forgetting={forgetting!r} is not allowed: expected 0 < f <= 1.")
+        if not 0 <= dither < 1:
+            raise ValueError(f"entropy_controller_dither={dither!r} is not allowed: expected 0 <= dither < 1.")
+        if not (isinstance(saturation_steps, int) and saturation_steps >= 1):
+            raise ValueError(
+                f"entropy_controller_saturation_steps={saturation_steps!r} is not allowed: expected an integer >= 1."
+            )
         self.target, self.knobs = target, knobs
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
-        self.state = ControllerState()
+        self.gain, self.forgetting, self.dither, self.saturation_steps = gain, forgetting, dither, saturation_steps
+        self.horizon = horizon
+        self.needs_own_loss = knobs in ("prob_clip", "entropy")
+        self.state = controller_init(gain=gain, lag=_CONTROLLER_LAG)
+        self.warned = False
         self.reference: dict[str, float] = {}
 
     def target_at(self, step: int, max_steps: int) -> float:
@@ -258,14 +319,21 @@ class EntropyControllerCallback(EntropyControlCallback):
 
     def bind(self, trainer: Any) -> None:
         super().bind(trainer)
-        names = ("ce_gppo_beta1", "ce_gppo_beta2") if self.knobs == "betas" else ("epsilon_low", "epsilon_high")
-        self.reference = {name: getattr(trainer, name) for name in names}
+        self.reference = {name: getattr(trainer, name) for name in _CONTROLLER_KNOB_NAMES[self.knobs]}
+        if self.knobs == "erc" and self.reference["erc_low"] is None:
+            raise ValueError(
+                "entropy_controller_knobs='erc' is not allowed without ERC: set erc_low and erc_high "
+                "(e.g. 0.95, 1.05)."
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"integral": self.state.integral, "output": self.state.output}
+        return {**dataclasses.asdict(self.state), "warned": self.warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = ControllerState(state["integral"], state["output"])
+        state = dict(state)
+        self.warned = state.pop("warned")
+        state["pending"], state["cov"] = tuple(state["pending"]), tuple(state["cov"])
+        self.state = ControllerState(**state)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.target_at(0, state.max_steps)
@@ -275,28 +343,74 @@ class EntropyControllerCallback(EntropyControlCallback):
         if entropy is None:
             return
         target = self.target_at(state.global_step - 1, state.max_steps)
+        ahead = self.target_at(min(state.global_step - 1 + self.horizon, state.max_steps), state.max_steps)
         self.state, error = controller_update(
             self.state,
             target=target,
             entropy=entropy,
             kp=self.kp,
             ki=self.ki,
-            max_delta=self.max_delta,
             max_rate=self.max_rate,
+            min_gain=_MIN_GAIN_SHARE * self.gain,
+            max_gain_var=(_MAX_GAIN_STD * self.gain) ** 2,
+            forgetting=self.forgetting,
+            dither=self.dither,
+            sign_confidence=math.inf if self.knobs in _SIGN_BY_CONSTRUCTION else _SIGN_CONFIDENCE,
+            horizon=self.horizon,
+            target_ahead=ahead,
         )
         self._apply(self.state.output)
+        saturated = self.state.saturated_steps >= self.saturation_steps
+        if saturated and not self.warned:
+            self.warned = True
+            logger.warning(
+                "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
+                "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
+                "data: widen entropy_controller_max_delta, pick other entropy_controller_knobs, or set a reachable "
+                "target.",
+                self.state.saturated_steps,
+                "upper" if self.state.output > 0 else "lower",
+                ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if self.state.output > 0 else -1.0).items()),
+                entropy,
+                "below" if error > 0 else "above",
+                target,
+            )
         self._log("target", target)
         self._log("error", error)
+        self._log("output", self.state.output)
+        self._log("gain", self.state.gain)
+        self._log("saturated", float(saturated))
 
     def _apply(self, output: float) -> None:
-        ref, trainer = self.reference, self.trainer
+        for name, value in self.knob_values(output).items():
+            setattr(self.trainer, name, value)
+
+    def knob_values(self, output: float) -> dict[str, float]:
+        """The knob values for the command `output` in `[-1, 1]`, from the reference values at bind time."""
+        ref, delta = self.reference, self.max_delta * output
         if self.knobs == "betas":
-            trainer.ce_gppo_beta1 = max(ref["ce_gppo_beta1"] - output, 0.0)
-            trainer.ce_gppo_beta2 = max(ref["ce_gppo_beta2"] + output, 0.0)
-        else:
+            return {
+                "ce_gppo_beta1": max(ref["ce_gppo_beta1"] - delta, 0.0),
+                "ce_gppo_beta2": max(ref["ce_gppo_beta2"] + delta, 0.0),
+            }
+        if self.knobs == "clip":
             low, high = _CLIP_LIMITS
-            trainer.epsilon_high = min(max(ref["epsilon_high"] + output, low), high)
-            trainer.epsilon_low = min(max(ref["epsilon_low"] - output, low), high)
+            return {
+                "epsilon_low": min(max(ref["epsilon_low"] - delta, low), high),
+                "epsilon_high": min(max(ref["epsilon_high"] + delta, low), high),
+            }
+        if self.knobs == "entropy":
+            return {"entropy_control_coef": delta}
+        if self.knobs == "prob_clip":
+            return {
+                "prob_clip_weight_low": min(max(-delta, 0.0), 1.0),
+                "prob_clip_weight_high": min(max(delta, 0.0), 1.0),
+            }
+        raise_side, lower_side = min(max(output, 0.0), 1.0), min(max(-output, 0.0), 1.0)
+        return {
+            "erc_low": min(1 - (1 - ref["erc_low"]) * (1 - raise_side), _ERC_TIGHTEST[0]),
+            "erc_high": max(1 + (ref["erc_high"] - 1) * (1 - lower_side), _ERC_TIGHTEST[1]),
+        }
 
 
 def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
@@ -339,6 +453,10 @@ def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
                 ki=args.entropy_controller_ki,
                 max_delta=args.entropy_controller_max_delta,
                 max_rate=args.entropy_controller_max_rate,
+                gain=args.entropy_controller_gain,
+                forgetting=args.entropy_controller_forgetting,
+                dither=args.entropy_controller_dither,
+                saturation_steps=args.entropy_controller_saturation_steps,
             )
         )
     return callbacks

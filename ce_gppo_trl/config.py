@@ -234,8 +234,9 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller: bool = field(
         default=False,
         metadata={
-            "help": "Closed-loop entropy control: after each step a rate-limited PI controller moves "
-            "entropy_controller_knobs to hold the measured entropy on entropy_controller_target."
+            "help": "Closed-loop entropy control: after each step a PI controller, normalised by the direction and "
+            "size of the knobs' effect measured online, moves entropy_controller_knobs to hold the measured "
+            "entropy on entropy_controller_target."
         },
     )
     entropy_controller_target: float | None = field(
@@ -254,25 +255,54 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller_knobs: str = field(
         default="betas",
         metadata={
-            "help": "What the controller moves: 'betas' (beta2 up and beta1 down to raise entropy; loss_type "
-            "'ce_gppo') or 'clip' (epsilon_high up and epsilon_low down; any clipped loss type)."
+            "help": "What the controller moves: 'betas' (beta2 up and beta1 down for u > 0; loss_type 'ce_gppo'), "
+            "'clip' (epsilon_high up and epsilon_low down; any clipped loss type), 'prob_clip' (the H(p) weight in "
+            "epsilon_high for u > 0, the M(p) weight in epsilon_low for u < 0) or 'erc' (the ERC band's lower "
+            "side towards 1 for u > 0, its upper side for u < 0; needs erc_low / erc_high) or 'entropy' (a signed "
+            "entropy term -max_delta * u * mean(H) in the loss: bonus for u > 0, penalty for u < 0). The sign is "
+            "measured."
         },
     )
     entropy_controller_kp: float = field(
-        default=1.0, metadata={"help": "Proportional gain on the relative error (target - H) / target, >= 0."}
+        default=0.3,
+        metadata={"help": "Share of the relative error (target - H) / target closed per step by the P term, >= 0."},
     )
     entropy_controller_ki: float = field(
-        default=0.2, metadata={"help": "Integral gain on the summed relative error, >= 0."}
+        default=0.05, metadata={"help": "Integral gain on the summed relative error (same units), >= 0."}
     )
     entropy_controller_max_delta: float = field(
         default=1.0,
         metadata={
-            "help": "Largest change of each knob from its configured value, >= 0 (bounded authority). Use about "
-            "0.15 with entropy_controller_knobs='clip'."
+            "help": "Knob change at full command |u| = 1 from the configured value, >= 0 (bounded authority). Use "
+            "about 0.15 with entropy_controller_knobs='clip'."
         },
     )
     entropy_controller_max_rate: float = field(
-        default=0.1, metadata={"help": "Largest change of the controller output per optimizer step, >= 0."}
+        default=0.25, metadata={"help": "Largest change of the command u (in [-1, 1]) per optimizer step, >= 0."}
+    )
+    entropy_controller_gain: float = field(
+        default=0.02,
+        metadata={
+            "help": "Prior of the measured gain: relative entropy change per step at u = 1, > 0. Only the start: "
+            "the controller re-estimates sign and size every step."
+        },
+    )
+    entropy_controller_forgetting: float = field(
+        default=0.9,
+        metadata={
+            "help": "Forgetting factor of the online gain estimate, in (0, 1]: memory of about 1 / (1 - f) steps."
+        },
+    )
+    entropy_controller_dither: float = field(
+        default=0.1,
+        metadata={"help": "Amplitude of the square-wave probe added to u (period 4 steps), in [0, 1)."},
+    )
+    entropy_controller_saturation_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Steps at a limit, with the error pushing further, after which entropy_control/saturated is 1 "
+            "and a warning names the limit; >= 1."
+        },
     )
     entropy_diagnostics: bool = field(
         default=True,
@@ -514,9 +544,18 @@ class CEGPPOConfig(GRPOConfig):
             _check_finite(f"entropy_controller_{name}", value)
             if value < 0:
                 _fail(f"entropy_controller_{name}", value, "expected a finite number >= 0")
+        if not 0 < self.entropy_controller_gain < float("inf"):
+            _fail("entropy_controller_gain", self.entropy_controller_gain, "expected a finite number > 0")
+        if not 0 < self.entropy_controller_forgetting <= 1:
+            _fail("entropy_controller_forgetting", self.entropy_controller_forgetting, "expected 0 < forgetting <= 1")
+        if not 0 <= self.entropy_controller_dither < 1:
+            _fail("entropy_controller_dither", self.entropy_controller_dither, "expected 0 <= dither < 1")
+        steps = self.entropy_controller_saturation_steps
+        if not isinstance(steps, int) or steps < 1:
+            _fail("entropy_controller_saturation_steps", steps, "expected an integer >= 1")
         knobs = self.entropy_controller_knobs
-        if knobs not in ("betas", "clip"):
-            _fail("entropy_controller_knobs", knobs, "expected 'betas' or 'clip'")
+        if knobs not in ("betas", "clip", "prob_clip", "erc", "entropy"):
+            _fail("entropy_controller_knobs", knobs, "expected 'betas', 'clip', 'prob_clip', 'erc' or 'entropy'")
         if not self.entropy_controller:
             return
         if self.entropy_controller_target is None:
@@ -533,8 +572,25 @@ class CEGPPOConfig(GRPOConfig):
                 _fail(
                     "entropy_controller_knobs", knobs, f"the controller and {scheduled[0]}_schedule both set the betas"
                 )
+        elif knobs == "erc":
+            if not self.erc_enabled:
+                _fail(
+                    "entropy_controller_knobs", knobs, "the ERC band only acts with ERC on: set erc_low and erc_high"
+                )
+        elif knobs == "entropy" and (self.entropy_coef != 0 or self.use_adaptive_entropy):
+            _fail("entropy_controller_knobs", knobs, "the controller's entropy term and TRL's entropy bonus both act")
         elif self.loss_type not in CLIPPED_LOSS_TYPES:
-            _fail("entropy_controller_knobs", knobs, f"clip bounds only act with loss types {CLIPPED_LOSS_TYPES}")
+            _fail("entropy_controller_knobs", knobs, f"needs this library's loss path: one of {CLIPPED_LOSS_TYPES}")
+        elif knobs == "prob_clip" and (
+            self.entropy_schedule != "none" or self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0
+        ):
+            _fail(
+                "entropy_controller_knobs",
+                knobs,
+                "the controller and entropy_schedule / prob_clip_*_weight both set the H(p) / M(p) weights",
+            )
+        elif knobs == "prob_clip" and self.importance_sampling_level != "token":
+            _fail("importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'")
 
     @property
     def uses_own_loss(self) -> bool:

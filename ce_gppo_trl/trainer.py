@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 # Written into each checkpoint folder: the current knob values and every entropy-control callback's state.
 ENTROPY_CONTROL_STATE = "entropy_control_state.json"
 _CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
-_CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high")
+_CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
 
 # Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
 _EXTRA_MODEL_INPUTS = (
@@ -146,6 +146,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self.erc_high = args.erc_high
         self.prob_clip_weight_low = args.prob_clip_low_weight
         self.prob_clip_weight_high = args.prob_clip_high_weight
+        self.entropy_control_coef = 0.0
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
         super().__init__(model, reward_funcs, args=args, **kwargs)
@@ -362,6 +363,9 @@ class CEGPPOTrainer(GRPOTrainer):
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        if self.entropy_control_coef:
+            # The entropy controller's signed entropy term (knobs="entropy"): TRL's bonus form L - coef * mean(H).
+            loss = loss - self.entropy_control_coef * (entropies * mask).sum() / mask.sum().clamp(min=1) / accumulation
 
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
         # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
