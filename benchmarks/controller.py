@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
+    opts.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process is started with
     if opts.steps is None:
         opts.steps = 80 if opts.plant == "toy" else 60
     return opts
@@ -238,7 +239,7 @@ def worker(opts: argparse.Namespace) -> None:
 def run_all(opts: argparse.Namespace, arms: list[str], reference: dict[str, float] | None) -> None:
     """Run the missing (arm, seed) pairs, `--jobs` at a time, each in its own process with one torch thread."""
     todo = [(arm, seed) for arm in arms for seed in range(opts.seeds) if not os.path.exists(run_path(opts, arm, seed))]
-    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    argv = [a for a in opts.argv if a != "--report-only"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     running: list[subprocess.Popen] = []
     while todo or running:

@@ -116,3 +116,15 @@ def test_dynamic_sampling_benchmark_runs_both_arms(tmp_path, capsys):
     assert [len(runs[arm]) for arm in ("false", "true")] == [1, 1] and (tmp_path / "ds.png").is_file()
     assert runs["true"][0]["rollouts"] and not runs["false"][0]["rollouts"]
     assert "| true |" in capsys.readouterr().out
+
+
+def test_controller_benchmark_reports_every_arm(tmp_path, capsys):
+    controller = load("controller")
+    # The plant that needs no SFT build, 4 steps: one uncontrolled reference run, then the controller held above it.
+    argv = ["--plant", "qwen2-format", "--arms", "uncontrolled", "above", "--seeds", "1", "--steps", "4"]
+    assert controller.main([*argv, "--jobs", "1", "--out-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| above |" in table and "| uncontrolled |" in table
+    run = json.loads((tmp_path / "runs" / "qwen2-format-above-0.json").read_text())
+    assert len(run["curves"]["entropy"]) == 4 and len(run["target"]) == 4
+    assert run["fields"]["entropy_controller"] is True
