@@ -57,8 +57,11 @@ RESULTS_END = "<!-- regime:end -->"
 # The full study's settings; --quick replaces them with QUICK (a testbed built in seconds, runs of a few seconds).
 FULL = {
     "seeds": 5,
-    "steps": 200,
-    "micro_batches": 25,
+    "steps": 80,
+    "prompts_per_rollout": 64,
+    "learning_rate": 2e-4,
+    "warmup_steps": 32,
+    "micro_batches": 20,
     "heldout": 256,
     "eval_k": 8,
     "eval_every": 40,
@@ -72,6 +75,9 @@ FULL = {
 QUICK = {
     "seeds": 2,
     "steps": 16,
+    "prompts_per_rollout": 16,
+    "learning_rate": 2e-4,
+    "warmup_steps": 4,
     "micro_batches": 2,
     "heldout": 32,
     "eval_k": 2,
@@ -93,10 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD", help="default: all 11")
     parser.add_argument("--seeds", type=int, help=f"seeds per method (default {FULL['seeds']})")
     parser.add_argument("--steps", type=int, help=f"optimizer steps per run (default {FULL['steps']})")
-    parser.add_argument("--prompts-per-rollout", type=int, default=16)
+    parser.add_argument("--prompts-per-rollout", type=int, help="default 64")
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--steps-per-generation", type=int, default=8, help="optimizer updates per rollout batch")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, help="Adam, default 2e-4")
+    parser.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up, then constant (default 32)")
     parser.add_argument("--max-completion-length", type=int, default=48)
     parser.add_argument("--heldout", type=int, help=f"held-out problems (default {FULL['heldout']})")
     parser.add_argument("--eval-k", type=int, help=f"samples per held-out problem (default {FULL['eval_k']})")
@@ -123,12 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(opts, name, value)
     if opts.methods is None:
         opts.methods = QUICK_METHODS if opts.quick else list(METHODS)
-    rollouts = opts.steps // opts.steps_per_generation
-    if opts.steps % opts.steps_per_generation or opts.micro_batches > rollouts:
-        parser.error(
-            f"--steps {opts.steps} must be a multiple of --steps-per-generation {opts.steps_per_generation} and hold "
-            f"--micro-batches {opts.micro_batches} rollout batches (it holds {rollouts})"
-        )
+    if opts.steps % opts.steps_per_generation:
+        parser.error(f"--steps {opts.steps} must be a multiple of --steps-per-generation {opts.steps_per_generation}")
     opts.eval_temperature = 1.0  # the curve (read by ed.plot)
     return opts
 
@@ -198,7 +201,8 @@ def trainer_args(opts: argparse.Namespace, kind: str, fields: dict[str, Any], se
         max_completion_length=opts.max_completion_length,
         temperature=1.0,
         learning_rate=opts.learning_rate,
-        lr_scheduler_type="constant",
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=opts.warmup_steps,
         max_steps=opts.steps,
         beta=0.0,
         gradient_checkpointing=False,
@@ -395,6 +399,7 @@ def run_micro(opts: argparse.Namespace) -> dict[str, Any]:
         "entropy_diagnostics": True,
     }
     args = trainer_args(opts, "ours", fields, 0, "micro-dapo")
+    args.max_steps = opts.micro_batches * opts.steps_per_generation  # the micro run is as long as its batches need
     tokenizer = AutoTokenizer.from_pretrained(opts.model_dir)
     train, held_out = task_data(opts, 0)
     probe_prompts = list(held_out["prompt"][: opts.probe_prompts])
@@ -569,6 +574,11 @@ def run_jobs(opts: argparse.Namespace, jobs: list[str]) -> None:
         path = run_path(opts, job)
         if os.path.exists(path):
             continue
+        # Every worker gets the whole queue and claims jobs as it reaches them, so the workers finish together.
+        try:
+            os.close(os.open(path + ".claim", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
         method, seed = job.rsplit("|", 1)
         result = run_micro(opts) if job == MICRO_JOB else run_one(opts, method, int(seed))
         with open(path + ".tmp", "w") as f:
@@ -588,6 +598,9 @@ def run_study(opts: argparse.Namespace, argv: list[str]) -> tuple[dict, list[dic
     # The micro run is the longest: it goes first so that the two workers finish together.
     jobs = [MICRO_JOB] * (opts.micro_batches > 0) + [f"{m}|{s}" for s in range(opts.seeds) for m in opts.methods]
     jobs = [] if opts.report_only else [job for job in jobs if not os.path.exists(run_path(opts, job))]
+    for name in os.listdir(os.path.join(opts.out_dir, "runs")):
+        if name.endswith(".claim"):  # left by an interrupted study
+            os.remove(os.path.join(opts.out_dir, "runs", name))
     if opts.jobs <= 1:
         threads = __import__("torch").get_num_threads()
         try:
@@ -598,10 +611,8 @@ def run_study(opts: argparse.Namespace, argv: list[str]) -> tuple[dict, list[dic
     forwarded = [token for token in argv if token != "--worker"]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     procs = [
-        subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *forwarded, "--worker", *jobs[rank :: opts.jobs]], env=env
-        )
-        for rank in range(min(opts.jobs, len(jobs)))
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), *forwarded, "--worker", *jobs], env=env)
+        for _ in range(min(opts.jobs, len(jobs)))
     ]
     if any(proc.wait() != 0 for proc in procs):
         raise RuntimeError("a worker failed; see its output above")
