@@ -720,16 +720,16 @@ def format_tables(summary: dict[str, Any], opts: argparse.Namespace) -> str:
     k = opts.eval_k
     head = (
         f"| method | entropy start | min | end | end / start | held-out avg@{k} T=1 | pass@{k} T=1 | avg@{k} T=0.6 "
-        f"| pass@{k} T=0.6 | reward start -> end | clipped | ERC-masked | s / run (CPU s) |"
+        f"| pass@{k} T=0.6 | reward start -> end | clipped | ERC-masked | seeds | s / run (CPU s) |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for method, s in summary.items():
         lines.append(
             f"| {method} | {cell(s['entropy_start'])} | {cell(s['entropy_min'])} | {cell(s['entropy_end'])} "
             f"| {cell(s['entropy_end_ratio'], 2)} | {cell(s['avg_t1_end'])} | {cell(s['pass_t1_end'])} "
             f"| {cell(s['avg_t06_end'])} | {cell(s['pass_t06_end'])} "
             f"| {s['reward_start'][0]:.2f} -> {cell(s['reward_end'], 2)} | {cell(s['clip'])} "
-            f"| {cell(s['erc_masked'])} | {s['seconds'][0]:.0f} ({s['cpu_seconds'][0]:.0f}) |"
+            f"| {cell(s['erc_masked'])} | {s['seeds'][0]:.0f} | {s['seconds'][0]:.0f} ({s['cpu_seconds'][0]:.0f}) |"
         )
     first = next(iter(summary.values()))
     lines.append(
@@ -831,7 +831,7 @@ def plot_micro(micro: dict[str, Any], summary_micro: dict[str, Any], diag: dict[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_1, ax_2, ax_d) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, (ax_1, ax_2, ax_d, ax_p) = plt.subplots(1, 4, figsize=(21, 4.8))
     for ax, name, other in ((ax_1, "beta1", "beta2 = 1"), (ax_2, "beta2", "beta1 = 0.5")):
         points = summary_micro.get(name, {})
         xs = [float(k) for k in points]
@@ -859,6 +859,21 @@ def plot_micro(micro: dict[str, Any], summary_micro: dict[str, Any], diag: dict[
         title=f"Diagnostics: r = {diag['pearson_r']:.2f}, slope = {diag['slope']:.3g} ({diag['updates']} updates)",
     )
     ax_d.grid(alpha=0.3)
+    # The same realised changes against the first-order change of the real update in parameter space.
+    pairs = [(p["predicted_param_space"], p["realised_delta"]) for p in points if "predicted_param_space" in p]
+    if pairs:
+        ax_p.scatter([a for a, _ in pairs], [b for _, b in pairs], s=8, alpha=0.6, color="tab:green")
+        lo, hi = min(min(a, b) for a, b in pairs), max(max(a, b) for a, b in pairs)
+        ax_p.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+        ax_p.legend(fontsize=8)
+    alt = diag.get("predicted_param_space", {})
+    ax_p.set(
+        xlabel="grad_theta H . delta_theta (first order, real update)",
+        ylabel="realised change of the micro-batch's mean entropy",
+        title=f"Parameter-space first order: r = {alt.get('pearson_r', float('nan')):.2f}, "
+        f"slope = {alt.get('slope', float('nan')):.2f}",
+    )
+    ax_p.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
