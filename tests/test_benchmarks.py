@@ -1,4 +1,4 @@
-"""Both benchmark scripts, run for real at a toy size: they must produce their figures, table and plot."""
+"""The benchmark scripts, run for real at a toy size: they must produce their figures, tables, plots and JSON."""
 
 import importlib.util
 import json
