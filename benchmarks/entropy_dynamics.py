@@ -541,13 +541,13 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str, opts: arg
     plt.close(fig)
 
 
-def write_results(path: str, block: str) -> None:
-    """Replace the entropy-dynamics block of `path` (between the markers), or append it."""
+def write_results(path: str, block: str, start: str = RESULTS_START, end: str = RESULTS_END) -> None:
+    """Replace the block of `path` between the markers `start` and `end` (this script's by default), or append it."""
     text = open(path).read() if os.path.exists(path) else ""
-    block = f"{RESULTS_START}\n{block}\n{RESULTS_END}"
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        text = head + block + rest.split(RESULTS_END, 1)[1]
+    block = f"{start}\n{block}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
     with open(path, "w") as f:

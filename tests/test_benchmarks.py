@@ -1,8 +1,9 @@
-"""The benchmark scripts, run for real at a toy size: they must produce their figures, table and plot (gpu_check: its
-CPU smoke run)."""
+"""The benchmark scripts, run for real at a toy size: they must produce their figures, tables, plots and JSON
+(gpu_check: its CPU smoke run)."""
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,50 @@ def test_controller_benchmark_reports_every_arm(tmp_path, capsys):
     run = json.loads((tmp_path / "runs" / "qwen2-format-above-0.json").read_text())
     assert len(run["curves"]["entropy"]) == 4 and len(run["target"]) == 4
     assert run["fields"]["entropy_controller"] is True
+
+
+def test_regime_quick_writes_json_plots_and_results(tmp_path):
+    regime = load("regime")
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Results\n\nkept\n")
+    # --quick: a 1-layer, 32-wide testbed warm-started for 60 SFT steps, 3 methods x 2 seeds of 16 steps (2 rollout
+    # batches of 8 updates), the micro-experiments on both rollout batches of a DAPO run; in this process.
+    argv = ["--quick", "--jobs", "1", "--model-dir", str(tmp_path / "tb"), "--out-dir", str(tmp_path / "out")]
+    argv += ["--json", str(tmp_path / "regime.json"), "--plot-prefix", str(tmp_path / "regime")]
+    report = regime.main([*argv, "--results-md", str(results_md)])
+
+    data = json.loads((tmp_path / "regime.json").read_text())
+    assert set(data) >= {"testbed", "methods", "micro", "diagnostics"}
+    assert data["testbed"]["updates_per_rollout_batch"] == 8 and data["testbed"]["quick"] is True
+    assert set(data["methods"]) == {"DAPO", "CE-GPPO (0.5, 1)", "DAPO + ERC"}
+    for method in data["methods"].values():
+        assert len(method["seeds"]) == 2
+        for seed in method["seeds"]:
+            assert {"entropy_start", "entropy_end", "heldout_t1_start", "heldout_t1_end"} <= set(seed)
+            assert seed["entropy_start"] > 0 and 0 <= seed["heldout_t1_end"] <= 1
+    # every method of a seed starts from the same SFT model and the same held-out evaluation stream
+    starts = {m["seeds"][0]["heldout_t1_start"] for m in data["methods"].values()}
+    assert len(starts) == 1
+    micro = data["micro"]
+    assert list(micro["beta1"]) == ["0.0", "0.25", "0.5", "0.75", "1.0"] and list(micro["beta2"]) == [
+        "0.5",
+        "1.0",
+        "1.5",
+    ]
+    assert micro["batches"] == 2
+    for mean, se in [*micro["beta1"].values(), *micro["beta2"].values()]:
+        assert math.isfinite(mean) and se >= 0
+    # (0.5, 1) is in both sweeps: one setting, measured once
+    assert micro["beta1"]["0.5"] == micro["beta2"]["1.0"]
+    diagnostics = data["diagnostics"]
+    assert diagnostics["updates"] == 16 and -1 <= diagnostics["pearson_r"] <= 1 and math.isfinite(diagnostics["slope"])
+
+    for name in ("regime.png", "regime_micro.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    text = results_md.read_text()
+    assert text.startswith("# Results\n\nkept\n") and "| DAPO + ERC |" in text and "Command: `python" in text
+    verdicts = {verdict for _, verdict, _ in report["claims"]}
+    assert verdicts <= {regime.ed.HOLDS, regime.ed.FAILS, regime.ed.UNRESOLVED}
+    # a second call reuses every saved run and rewrites its block in place
+    regime.main([*argv, "--results-md", str(results_md)])
+    assert results_md.read_text().count("| DAPO + ERC |") == 1
