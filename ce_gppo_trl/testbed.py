@@ -22,21 +22,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from .toy import BOXED, build_tokenizer
+from . import toy
+from .toy import BOXED, build_tokenizer, reuse_build, save_build, sft_batch, tiny_llama, train_sft
 
 logger = logging.getLogger(__name__)
 
@@ -98,24 +94,6 @@ def train_problems(num_examples: int, seed: int, *, exclude: set[str] | None = N
     return Dataset.from_list(rows)
 
 
-def _sft_batch(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Right-padded `input_ids`/`attention_mask` with `labels` on the completion and EOS only."""
-    rows, labels = [], []
-    for prompt in prompts:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        completion_ids = tokenizer(scratchpad(prompt), add_special_tokens=False)["input_ids"]
-        completion_ids.append(tokenizer.eos_token_id)
-        rows.append(prompt_ids + completion_ids)
-        labels.append([-100] * len(prompt_ids) + completion_ids)
-    width = max(len(row) for row in rows)
-    pad = tokenizer.pad_token_id
-    return {
-        "input_ids": torch.tensor([row + [pad] * (width - len(row)) for row in rows]),
-        "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows]),
-        "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
-    }
-
-
 def boxed_answer(completion: str) -> str | None:
     """The content of the last `\\boxed{...}` of a completion, or None.
 
@@ -172,46 +150,6 @@ def sample_correct(
     return torch.tensor(correct).view(len(dataset), k)
 
 
-def _train_sft(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
-    *,
-    seed: int,
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    label_smoothing: float,
-    num_terms: int,
-    exclude: set[str],
-) -> list[float]:
-    """Supervised warm start on fresh training problems each step (never a held-out one); loss per step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps))),
-    )
-    model.train()
-    losses = []
-    for step in range(steps):
-        data = train_problems(batch_size, seed=seed * 1_000_003 + step, exclude=exclude, num_terms=num_terms)
-        batch = _sft_batch(tokenizer, data["prompt"])
-        labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, label_smoothing=label_smoothing
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            logger.info("testbed SFT step %d/%d: loss %.3f", step + 1, steps, loss.item())
-    return losses
-
-
 def build_testbed_model(
     output_dir: str,
     *,
@@ -248,35 +186,26 @@ def build_testbed_model(
         "heldout": heldout,
     }
     if read_build_record(output_dir) is not None:
-        return _reuse(output_dir, build_args)
+        return reuse_build(output_dir, build_args, BUILD_MARKER, "testbed model")
     start = time.perf_counter()
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=96,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = AutoModelForCausalLM.from_config(config)
+    model = tiny_llama(tokenizer, hidden_size=hidden_size, num_layers=num_layers, max_position_embeddings=96)
     held_out = heldout_problems(heldout, num_terms)
-    losses = _train_sft(
+    exclude = set(held_out["prompt"])
+
+    def batch_at(step: int) -> dict[str, torch.Tensor]:
+        prompts = train_problems(sft_batch_size, seed=seed * 1_000_003 + step, exclude=exclude, num_terms=num_terms)
+        return sft_batch(tokenizer, prompts["prompt"], [scratchpad(p) for p in prompts["prompt"]])
+
+    losses = train_sft(
         model,
-        tokenizer,
-        seed=seed,
+        batch_at,
         steps=sft_steps,
-        batch_size=sft_batch_size,
         learning_rate=learning_rate,
         label_smoothing=label_smoothing,
-        num_terms=num_terms,
-        exclude=set(held_out["prompt"]),
+        log_every=100,
+        name="testbed",
     )
     torch.manual_seed(seed)
     greedy = sample_correct(model, tokenizer, held_out, k=1, temperature=0.0).float().mean().item()
@@ -284,47 +213,17 @@ def build_testbed_model(
     seconds = time.perf_counter() - start
     logger.info("testbed model built in %.0fs: held-out greedy %.2f, sampled (T=1) %.2f", seconds, greedy, sampled)
 
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".testbed-build-", dir=parent)
-    try:
-        model.save_pretrained(tmp_dir)
-        tokenizer.save_pretrained(tmp_dir)
-        record = {
-            **build_args,
-            "sft_loss": losses,
-            "accuracy_greedy": greedy,
-            "accuracy_sampled": sampled,
-            "build_seconds": seconds,
-        }
-        with open(os.path.join(tmp_dir, BUILD_MARKER), "w") as f:
-            json.dump(record, f)
-        if os.path.isdir(output_dir) and not os.listdir(output_dir):
-            os.rmdir(output_dir)
-        os.rename(tmp_dir, output_dir)
-    except OSError:
-        if read_build_record(output_dir) is None:  # another process may have finished the same build first
-            raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return _reuse(output_dir, build_args)
+    record = {
+        **build_args,
+        "sft_loss": losses,
+        "accuracy_greedy": greedy,
+        "accuracy_sampled": sampled,
+        "build_seconds": seconds,
+    }
+    save_build(output_dir, model, tokenizer, record, BUILD_MARKER)
+    return reuse_build(output_dir, build_args, BUILD_MARKER, "testbed model")
 
 
 def read_build_record(output_dir: str) -> dict[str, Any] | None:
     """The record of a finished testbed build in `output_dir`, or None if there is none."""
-    try:
-        with open(os.path.join(output_dir, BUILD_MARKER)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
-def _reuse(output_dir: str, build_args: dict[str, Any]) -> str:
-    recorded = read_build_record(output_dir) or {}
-    mismatched = {k: (recorded.get(k), v) for k, v in build_args.items() if recorded.get(k) != v}
-    if mismatched:
-        raise ValueError(
-            f"{output_dir} holds a testbed model built with other arguments (recorded, requested): {mismatched}; "
-            "delete it or pass another output_dir"
-        )
-    return output_dir
+    return toy.read_build_record(output_dir, BUILD_MARKER)

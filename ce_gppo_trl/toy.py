@@ -23,6 +23,8 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -96,14 +98,14 @@ def format_completion(solution: str) -> str:
     return f"{BOXED}{solution}}}"
 
 
-def _sft_batch(
-    tokenizer: PreTrainedTokenizerFast, prompts: list[str], solutions: list[str]
+def sft_batch(
+    tokenizer: PreTrainedTokenizerFast, prompts: list[str], completions: list[str]
 ) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`/`attention_mask` with `labels` on the completion and EOS only."""
     rows, labels = [], []
-    for prompt, solution in zip(prompts, solutions, strict=True):
+    for prompt, completion in zip(prompts, completions, strict=True):
         prompt_ids = tokenizer(prompt)["input_ids"]
-        completion_ids = tokenizer(format_completion(solution), add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         completion_ids.append(tokenizer.eos_token_id)
         rows.append(prompt_ids + completion_ids)
         labels.append([-100] * len(prompt_ids) + completion_ids)
@@ -156,22 +158,40 @@ def evaluate_arithmetic(
     return correct / len(dataset)
 
 
-def _train_sft(
+def tiny_llama(
+    tokenizer: PreTrainedTokenizerFast, *, hidden_size: int, num_layers: int, max_position_embeddings: int
+) -> PreTrainedModel:
+    """A random-init Llama for `tokenizer` (4 heads, tied embeddings): the toy's and the testbed's model."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def train_sft(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
+    batch_at: Callable[[int], dict[str, torch.Tensor]],
     *,
-    seed: int,
     steps: int,
-    batch_size: int,
     learning_rate: float,
-    max_operand: int,
-    operations: str,
     label_smoothing: float,
+    log_every: int,
+    name: str,
 ) -> list[float]:
-    """Supervised warm start on fresh random problems each step; returns the loss per step.
+    """Supervised warm start on `batch_at(step)` (an `sft_batch`) each step; returns the loss per step.
 
     Label smoothing keeps every next-token distribution broad: the mode is usually right while sampling at
-    temperature 1 often is not, which is the slack RL sharpens in the quickstart.
+    temperature 1 often is not, which is the slack RL sharpens.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, steps // 10)
@@ -183,10 +203,7 @@ def _train_sft(
     model.train()
     losses = []
     for step in range(steps):
-        data = make_arithmetic_dataset(
-            batch_size, seed=seed * 1_000_003 + step, max_operand=max_operand, operations=operations
-        )
-        batch = _sft_batch(tokenizer, data["prompt"], data["solution"])
+        batch = batch_at(step)
         labels = batch.pop("labels")
         logits = model(**batch).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(
@@ -198,8 +215,8 @@ def _train_sft(
         schedule.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            logger.info("toy SFT step %d/%d: loss %.3f", step + 1, steps, loss.item())
+        if step % log_every == 0 or step == steps - 1:
+            logger.info("%s SFT step %d/%d: loss %.3f", name, step + 1, steps, loss.item())
     return losses
 
 
@@ -237,36 +254,28 @@ def build_toy_model(
         "operations": operations,
         "label_smoothing": label_smoothing,
     }
-    if _finished_build_args(output_dir) is not None:
-        return _reuse(output_dir, build_args)
+    if read_build_record(output_dir, BUILD_MARKER) is not None:
+        return reuse_build(output_dir, build_args, BUILD_MARKER, "toy model")
 
     start = time.perf_counter()
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = AutoModelForCausalLM.from_config(config)
-    losses = _train_sft(
+    model = tiny_llama(tokenizer, hidden_size=hidden_size, num_layers=num_layers, max_position_embeddings=32)
+
+    def batch_at(step: int) -> dict[str, torch.Tensor]:
+        data = make_arithmetic_dataset(
+            sft_batch_size, seed=seed * 1_000_003 + step, max_operand=max_operand, operations=operations
+        )
+        return sft_batch(tokenizer, data["prompt"], [format_completion(s) for s in data["solution"]])
+
+    losses = train_sft(
         model,
-        tokenizer,
-        seed=seed,
+        batch_at,
         steps=sft_steps,
-        batch_size=sft_batch_size,
         learning_rate=learning_rate,
-        max_operand=max_operand,
-        operations=operations,
         label_smoothing=label_smoothing,
+        log_every=50,
+        name="toy",
     )
     held_out = make_arithmetic_dataset(
         eval_examples, seed=seed + 10_000, max_operand=max_operand, operations=operations
@@ -282,44 +291,55 @@ def build_toy_model(
         sampled,
     )
 
+    record = {**build_args, "sft_loss": losses, "accuracy_greedy": greedy, "accuracy_sampled": sampled}
+    save_build(output_dir, model, tokenizer, record, BUILD_MARKER)
+    return reuse_build(output_dir, build_args, BUILD_MARKER, "toy model")
+
+
+def save_build(
+    output_dir: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, record: dict[str, Any], marker: str
+) -> None:
+    """Save a built model, its tokenizer and its build record (`marker`, written last) to `output_dir` atomically.
+
+    Everything goes to a sibling temporary directory renamed into place at the end, so an interrupted build never
+    leaves a partial model behind.
+    """
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".toy-build-", dir=parent)
+    tmp_dir = tempfile.mkdtemp(prefix=".build-", dir=parent)
     try:
         model.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
-        record = {**build_args, "sft_loss": losses, "accuracy_greedy": greedy, "accuracy_sampled": sampled}
-        with open(os.path.join(tmp_dir, BUILD_MARKER), "w") as f:
+        with open(os.path.join(tmp_dir, marker), "w") as f:
             json.dump(record, f)
         if os.path.isdir(output_dir) and not os.listdir(output_dir):
             os.rmdir(output_dir)
         os.rename(tmp_dir, output_dir)
     except OSError:
         # Another process may have finished the same build first; its directory is as good as ours.
-        if _finished_build_args(output_dir) is None:
+        if read_build_record(output_dir, marker) is None:
             raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return _reuse(output_dir, build_args)
 
 
-def _finished_build_args(output_dir: str) -> dict | None:
-    """The build arguments recorded in a finished toy-model directory, or None if there is none."""
+def read_build_record(output_dir: str, marker: str = BUILD_MARKER) -> dict[str, Any] | None:
+    """The record (`marker` file) of a finished build in `output_dir`, or None if there is none."""
     try:
-        with open(os.path.join(output_dir, BUILD_MARKER)) as f:
+        with open(os.path.join(output_dir, marker)) as f:
             return json.load(f)
     except FileNotFoundError:
         return None
 
 
-def _reuse(output_dir: str, build_args: dict) -> str:
+def reuse_build(output_dir: str, build_args: dict[str, Any], marker: str, what: str) -> str:
     """Return `output_dir` if it was built with `build_args`; refuse to silently hand back a different model."""
-    recorded = _finished_build_args(output_dir)
+    recorded = read_build_record(output_dir, marker) or {}
     mismatched = {k: (recorded.get(k), v) for k, v in build_args.items() if recorded.get(k) != v}
     if mismatched:
         raise ValueError(
-            f"{output_dir} holds a toy model built with other arguments (recorded, requested): {mismatched}; "
+            f"{output_dir} holds a {what} built with other arguments (recorded, requested): {mismatched}; "
             "delete it or pass another output_dir"
         )
-    logger.info("toy model ready in %s", output_dir)
+    logger.info("%s ready in %s", what, output_dir)
     return output_dir
