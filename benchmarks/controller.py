@@ -75,16 +75,14 @@ def format_reward(completions: list[str], **kwargs: Any) -> list[float]:
 
 
 def build_qwen2(path: str, seed: int = 0) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from ce_gppo_trl.toy import build_tokenizer
+    from ce_gppo_trl.toy import save_random_model
 
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    return save_random_model(
+        path,
+        "qwen2",
+        seed=seed,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -92,14 +90,7 @@ def build_qwen2(path: str, seed: int = 0) -> str:
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def plant_setup(opts: argparse.Namespace, seed: int) -> dict[str, Any]:

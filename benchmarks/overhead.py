@@ -88,29 +88,12 @@ class RunResult:
 
 def build_model_dir(model_config: str, path: str, seed: int = 0) -> str:
     """Save a random-init model of `MODEL_CONFIGS[model_config]` with the toy tokenizer to `path`."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from ce_gppo_trl.toy import save_random_model
 
-    from ce_gppo_trl.toy import build_tokenizer
-
-    tokenizer = build_tokenizer()
     spec = dict(MODEL_CONFIGS[model_config])
-    vocab_size = spec.pop("vocab_size", len(tokenizer))
-    if vocab_size > len(tokenizer):
-        tokenizer.add_tokens([f"<t{i}>" for i in range(vocab_size - len(tokenizer))])
     spec.setdefault("num_attention_heads", 4)
     spec.setdefault("num_key_value_heads", spec["num_attention_heads"])
-    config = AutoConfig.for_model(
-        vocab_size=vocab_size,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **spec,
-    )
-    torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_random_model(path, spec.pop("model_type"), seed=seed, max_position_embeddings=4096, **spec)
     return path
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,35 @@ def tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
     )
     return AutoModelForCausalLM.from_config(config)
+
+
+def save_random_model(
+    path: str | os.PathLike, model_type: str = "llama", *, seed: int = 0, vocab_size: int | None = None, **fields: Any
+) -> str:
+    """Save a random-init causal LM (`model_type` with config `fields`) and the toy tokenizer to `path`; return it.
+
+    `vocab_size` larger than the toy tokenizer's adds placeholder tokens to the tokenizer, so that a real
+    architecture's embedding size can be timed with it.
+
+    Example:
+        >>> save_random_model("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=1)  # doctest: +SKIP
+    """
+    tokenizer = build_tokenizer()
+    vocab_size = vocab_size or len(tokenizer)
+    if vocab_size > len(tokenizer):
+        tokenizer.add_tokens([f"<t{i}>" for i in range(vocab_size - len(tokenizer))])
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **fields,
+    )
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 def train_sft(

@@ -1,31 +1,22 @@
 """Shared offline fixtures: a tiny random Llama and the toy tokenizer, saved as a real model directory."""
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ce_gppo_trl.toy import build_tokenizer, make_arithmetic_dataset
+from ce_gppo_trl.toy import make_arithmetic_dataset, save_random_model
 
 
 def save_tiny_model(path, seed: int = 0) -> str:
     """Save a 1-layer random Llama with the toy tokenizer to `path` and return it as a string."""
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return save_random_model(
+        path,
+        seed=seed,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="session")
