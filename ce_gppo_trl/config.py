@@ -443,9 +443,10 @@ class CEGPPOConfig(GRPOConfig):
             _fail(
                 "entropy_coef/use_adaptive_entropy",
                 (self.entropy_coef, self.use_adaptive_entropy),
-                f"TRL's entropy bonus is not combined with loss_type={self.loss_type!r}, clip_ratio_c or ERC "
-                "(CE-GPPO steers entropy through ce_gppo_beta1/ce_gppo_beta2; the paper finds a static bonus "
-                "unstable); set entropy_coef=0.0 and use_adaptive_entropy=False",
+                f"TRL's entropy bonus is not combined with this library's loss path, which "
+                f"{' and '.join(self.own_loss_features)} need(s) (CE-GPPO steers entropy through ce_gppo_beta1/"
+                "ce_gppo_beta2, the entropy controller through its knobs; the paper finds a static bonus unstable); "
+                "set entropy_coef=0.0 and use_adaptive_entropy=False",
             )
         if self.loss_type == "ce_gppo":
             if self.importance_sampling_level != "token":
@@ -593,10 +594,21 @@ class CEGPPOConfig(GRPOConfig):
             _fail("importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'")
 
     @property
+    def own_loss_features(self) -> list[str]:
+        """The settings that need this library's loss path rather than TRL's `_compute_loss`, by field name."""
+        features = {
+            f"loss_type={self.loss_type!r}": self.loss_type == "ce_gppo",
+            "clip_ratio_c": self.clip_ratio_c is not None,
+            "ERC (erc_low/erc_high)": self.erc_enabled,
+            "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)": self.prob_clip_enabled,
+            "positive_nll_coef": self.positive_nll_coef > 0,
+        }
+        return [name for name, on in features.items() if on]
+
+    @property
     def uses_own_loss(self) -> bool:
         """Whether the loss needs this library's path rather than TRL's `_compute_loss`."""
-        own = self.loss_type == "ce_gppo" or self.clip_ratio_c is not None or self.erc_enabled
-        return own or self.prob_clip_enabled or self.positive_nll_coef > 0
+        return bool(self.own_loss_features)
 
     @property
     def updates_per_rollout(self) -> float:

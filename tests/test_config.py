@@ -39,6 +39,10 @@ def test_defaults_are_the_paper_setting():
         ({"erc_low": 0.95, "erc_high": 1.0}, "erc_high=1.0 is not allowed: expected erc_high > 1"),
         ({"erc_low": math.nan, "erc_high": 1.05}, "erc_low=nan is not allowed: expected a finite number"),
         ({"entropy_coef": 0.01}, r"entropy_coef/use_adaptive_entropy=\(0.01, False\) is not allowed"),
+        (
+            {"loss_type": "dapo", "positive_nll_coef": 0.1, "use_adaptive_entropy": True},
+            r"use_adaptive_entropy=\(0.0, True\) is not allowed: .* loss path, which positive_nll_coef need",
+        ),
         ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence' is not allowed"),
         ({"delta": 4.0}, "delta=4.0 is not allowed"),
         (
