@@ -539,12 +539,22 @@ def summarize(
     lines += [
         f"  {kind}:{' ' * (14 - len(kind))}{out}",
         f"  metrics (log):  {os.path.join(out, 'trainer_state.json')} (log_history)",
-        f"  checkpoints:    {out}/checkpoint-*",
+        f"  checkpoints:    {_checkpoints_line(out, args)}",
         f"  plot:           {commands['plot']}",
         f"  evaluate:       {commands['evaluate']}",
         "=" * 72,
     ]
     return "\n".join(lines)
+
+
+def _checkpoints_line(output_dir: str, args: CEGPPOConfig) -> str:
+    """Where the run's checkpoints are, or that none was saved (and why), for the summary."""
+    saved = [name for name in os.listdir(output_dir) if name.startswith("checkpoint-")]
+    if saved:
+        return f"{output_dir}/checkpoint-* ({len(saved)} saved)"
+    strategy = getattr(args.save_strategy, "value", args.save_strategy)
+    every = f", save_steps={args.save_steps}" if strategy == "steps" else ""
+    return f"none saved (save_strategy={strategy!r}{every})"
 
 
 USAGE = """usage: ce-gppo {train,eval,plot} [args ...]

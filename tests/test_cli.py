@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ce_gppo_trl import cli
+from ce_gppo_trl import CEGPPOConfig, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +136,7 @@ def test_train_on_a_local_model_directory_end_to_end(tiny_model_dir, tmp_path, c
     summary = capsys.readouterr().out
     assert "training finished" in summary and "(2 steps, 1 process)" in summary
     assert f"model:         {tmp_path / 'run'}" in summary and "trainer_state.json" in summary
+    assert "checkpoints:    none saved (save_strategy='no')" in summary
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "trainer_state.json").is_file()
 
 
@@ -157,3 +158,11 @@ def test_unknown_command_and_help():
 def test_console_script_is_declared():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'ce-gppo = "ce_gppo_trl.cli:main"' in pyproject
+
+
+def test_summary_counts_the_checkpoints_it_points_at(tmp_path):
+    args = CEGPPOConfig(str(tmp_path), use_cpu=True, save_strategy="steps", save_steps=40, steps_per_generation=8)
+    assert cli._checkpoints_line(str(tmp_path), args) == "none saved (save_strategy='steps', save_steps=40)"
+    (tmp_path / "checkpoint-40").mkdir()
+    (tmp_path / "checkpoint-80").mkdir()
+    assert cli._checkpoints_line(str(tmp_path), args) == f"{tmp_path}/checkpoint-* (2 saved)"

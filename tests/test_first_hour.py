@@ -73,6 +73,7 @@ def test_quickstart_trains_with_the_real_toy_model(quickstart):
     tmp, result = quickstart
     assert "training finished" in result.stdout and "(2 steps, 1 process)" in result.stdout
     assert "reward:" in result.stdout
+    assert f"checkpoints:    {tmp / 'run'}/checkpoint-* (1 saved)" in result.stdout  # the last step is saved
     (model_dir,) = (tmp / "cache").iterdir()
     build = json.loads((model_dir / "toy_build.json").read_text())
     # The warm start leaves the slack RL removes: the mode is right far more often than a temperature-1 sample
