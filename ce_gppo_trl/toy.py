@@ -8,7 +8,8 @@ time. That is the slack RL removes in the quickstart: the reward rises from ~0.4
 
 Example:
     >>> from ce_gppo_trl.toy import build_toy_model, make_arithmetic_dataset
-    >>> model_dir = build_toy_model("toy-model")  # doctest: +SKIP (about a minute on 2 CPU cores, then cached)
+    >>> # the build takes about a minute on 2 CPU cores, then the directory is reused
+    >>> model_dir = build_toy_model("toy-model")  # doctest: +SKIP
     >>> make_arithmetic_dataset(2, seed=0)[0]  # doctest: +SKIP
     {'prompt': '6+6=', 'solution': '12'}
 """
