@@ -44,8 +44,10 @@ CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
 
 
 def _cell(text: Any) -> str:
-    """Markdown table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Markdown table cell: one line, pipes escaped outside code spans (Python-Markdown's tables keep a pipe inside
+    backticks, and would show the backslash of an escaped one)."""
+    parts = " ".join(str(text).split()).split("`")
+    return "`".join(part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts))
 
 
 def _default(item: dataclasses.Field) -> str:
