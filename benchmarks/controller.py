@@ -33,6 +33,9 @@ import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _study import cpu_config  # noqa: E402 - the sibling helper: the config every CPU study trains with
+
 ARMS = ("uncontrolled", "above", "below", "falling", "trl_bonus_above")
 CE_GPPO = {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "epsilon": 0.2, "epsilon_high": 0.2}
 
@@ -171,29 +174,20 @@ def target_curve(opts: argparse.Namespace, arm: str, fields: dict[str, Any], ste
 
 def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, float] | None) -> dict[str, Any]:
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+    from ce_gppo_trl import CEGPPOTrainer
 
     setup = plant_setup(opts, seed)
     kind, fields = arm_fields(opts, arm, reference)
     fields = {**fields, **json.loads(opts.extra)}
-    args_class = GRPOConfig if kind == "trl" else CEGPPOConfig
-    args = args_class(
-        output_dir=os.path.join(opts.out_dir, "trainer", f"{opts.plant}-{arm}{opts.tag}-{seed}"),
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
+    args = cpu_config(
+        kind,
+        os.path.join(opts.out_dir, "trainer", f"{opts.plant}-{arm}{opts.tag}-{seed}"),
         seed=seed,
-        data_seed=seed,
-        gradient_accumulation_steps=1,
         steps_per_generation=4,
-        temperature=1.0,
         lr_scheduler_type="constant",
         max_steps=opts.steps,
-        beta=0.0,
-        gradient_checkpointing=False,
         **{**setup["fields"], **fields},
     )
     tokenizer = AutoTokenizer.from_pretrained(setup["model"])

@@ -32,6 +32,9 @@ import sys
 import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _study import cpu_config  # noqa: E402 - the sibling helper: the config every CPU study trains with
+
 # Method name -> (trainer, config fields). "trl" runs trl.GRPOTrainer with a plain GRPOConfig, i.e. TRL's own loss.
 # CE-GPPO settings follow the paper: eps 0.2 / 0.2 and the authors' dual clip 10; DAPO's clip-higher is 0.2 / 0.28.
 CE_GPPO = {"loss_type": "ce_gppo", "epsilon": 0.2, "epsilon_high": 0.2, "clip_ratio_c": 10.0}
@@ -155,35 +158,26 @@ def avg_at_k(model: Any, tokenizer: Any, dataset: Any, k: int, temperature: floa
 def run_one(opts: argparse.Namespace, method: str, seed: int, start_entropy: float | None) -> dict[str, Any]:
     """Train `method` with `seed` and return its curves and final numbers."""
     from transformers import AutoTokenizer, TrainerCallback, set_seed
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+    from ce_gppo_trl import CEGPPOTrainer
     from ce_gppo_trl.rewards import math_accuracy_reward
 
     trainer_kind, fields = METHODS[method]
     if fields.get("entropy_controller"):
         fields = {**fields, **controller_fields(opts, start_entropy)}
     batch = opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation
-    args_class = GRPOConfig if trainer_kind == "trl" else CEGPPOConfig
-    args = args_class(
-        output_dir=os.path.join(opts.out_dir, "trainer", f"{slug(method)}-{seed}"),
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
+    args = cpu_config(
+        trainer_kind,
+        os.path.join(opts.out_dir, "trainer", f"{slug(method)}-{seed}"),
         seed=seed,
-        data_seed=seed,
         per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
         steps_per_generation=opts.steps_per_generation,
         num_generations=opts.num_generations,
         max_completion_length=opts.max_completion_length,
-        temperature=1.0,
         learning_rate=opts.learning_rate,
         lr_scheduler_type="constant",
         max_steps=opts.steps,
-        beta=0.0,
-        gradient_checkpointing=False,  # TRL's default recomputes activations: pure cost for a 4 x 128 model
         **fields,
     )
     tokenizer = AutoTokenizer.from_pretrained(opts.toy_dir)

@@ -39,6 +39,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import entropy_dynamics as ed  # noqa: E402 - the sibling script: methods, end values, claims, curve plot
+from _study import cpu_config  # noqa: E402 - the config every CPU study trains with
 
 CE_GPPO_05 = {**ed.METHODS["CE-GPPO (0.5, 1)"][1]}
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -179,33 +180,18 @@ def evaluate(model: Any, tokenizer: Any, held_out: Any, opts: argparse.Namespace
 
 
 def trainer_args(opts: argparse.Namespace, kind: str, fields: dict[str, Any], seed: int, name: str) -> Any:
-    from trl import GRPOConfig
-
-    from ce_gppo_trl import CEGPPOConfig
-
-    # steps_per_generation micro-batches of one rollout batch, gradient_accumulation_steps = 1: each micro-batch is
-    # one optimizer update, so a rollout batch feeds steps_per_generation (8) updates, as in the papers.
-    args_class = GRPOConfig if kind == "trl" else CEGPPOConfig
-    return args_class(
-        output_dir=os.path.join(opts.out_dir, "trainer", f"{name}-{seed}"),
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
+    return cpu_config(
+        kind,
+        os.path.join(opts.out_dir, "trainer", f"{name}-{seed}"),
         seed=seed,
-        data_seed=seed,
         per_device_train_batch_size=opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation,
-        gradient_accumulation_steps=1,
         steps_per_generation=opts.steps_per_generation,
         num_generations=opts.num_generations,
         max_completion_length=opts.max_completion_length,
-        temperature=1.0,
         learning_rate=opts.learning_rate,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=opts.warmup_steps,
         max_steps=opts.steps,
-        beta=0.0,
-        gradient_checkpointing=False,
         disable_tqdm=True,
         **fields,
     )

@@ -82,7 +82,7 @@ class CEGPPOConfig(GRPOConfig):
             Entropy Ratio Clipping band (arXiv 2512.05591): tokens whose entropy ratio `H_theta / H_old` lies outside
             `(erc_low, erc_high)` keep their loss value but get no gradient. Published band 0.95 / 1.05.
 
-    Entropy control (arXiv 2602.09782 and beyond; see "Entropy control" in README.md): `entropy_schedule` (ID, DID, OD)
+    Entropy control (arXiv 2602.09782 and beyond; see docs/entropy-control.md): `entropy_schedule` (ID, DID, OD)
     with the probability-dependent bounds `prob_clip_*`, `beta1_schedule` / `beta2_schedule`, the closed-loop
     `entropy_controller`, and the `entropy_diagnostics` metrics. Setting them attaches the matching callbacks of
     `ce_gppo_trl.callbacks`.
@@ -312,7 +312,7 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
-    # The authors' training scripts (Kwai-Klear/CE-GPPO and Kwai-Klear/ERC, recipe/dapo/*.sh): see README.md,
+    # The authors' training scripts (Kwai-Klear/CE-GPPO and Kwai-Klear/ERC, recipe/dapo/*.sh): see docs/recipes.md,
     # "The authors' scripts, line by line".
     positive_nll_coef: float = field(
         default=0.0,

@@ -191,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer_column", default=None, help="Answer column for other layouts.")
     parser.add_argument("--num_examples", type=int, default=None, help="Evaluate only the first N problems.")
     parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call (transformers).")
-    parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "vllm", "transformers"],
+        default="auto",
+        help="Generation backend (auto: vLLM when installed, else transformers generate).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Sampling seed (default 0).")
     parser.add_argument("--save_completions", action="store_true", help="Also write every completion and score.")
     return parser
 

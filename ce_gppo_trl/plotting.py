@@ -114,13 +114,18 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None)
     return drawn
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `ce-gppo plot RUN_DIR [RUN_DIR ...] -o out.png`; returns the exit code (1 on a bad run)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `ce-gppo plot` command line (the docs' flag table is generated from it)."""
     parser = argparse.ArgumentParser(prog="ce-gppo plot", description="Overlay training curves of runs.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Trainer output directories.")
     parser.add_argument("-o", "--output", default="training_curves.png", help="Image file to write.")
     parser.add_argument("--labels", nargs="+", default=None, help="Legend label per run (default: the paths).")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ce-gppo plot RUN_DIR [RUN_DIR ...] -o out.png`; returns the exit code (1 on a bad run)."""
+    args = build_parser().parse_args(argv)
     try:
         drawn = plot_runs(args.run_dirs, args.output, args.labels)
     except ValueError as error:

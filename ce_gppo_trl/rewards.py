@@ -649,9 +649,9 @@ def math_accuracy_reward(
     state one answer. The text after the last `</think>` is scored: its last `\\boxed{}` (with the boxes just before
     it when the gold has several parts), else its last `Answer: ...` line (DAPO; parsed for an anchored answer when it
     holds prose), else a `####` line, else an anchored answer ("the answer is", "Final Answer:"). Unboxed,
-    unanchored answers score 0.0; see the README's scoring table. Malformed, hostile or overlong input scores 0.0
-    within `DEFAULT_TIMEOUT_SECONDS` per completion, from any thread. For the +1/-1 scale of the papers use
-    `MathAccuracyReward(incorrect=-1.0)` or `get_reward_funcs(["math_accuracy"], scale="signed")`.
+    unanchored answers score 0.0; see the scoring table in docs/data-rewards-evaluation.md. Malformed, hostile or
+    overlong input scores 0.0 within `DEFAULT_TIMEOUT_SECONDS` per completion, from any thread. For the +1/-1 scale
+    of the papers use `MathAccuracyReward(incorrect=-1.0)` or `get_reward_funcs(["math_accuracy"], scale="signed")`.
 
     Raises:
         ValueError: neither `solution` nor `answer` is given, or their length differs from `completions`'.
