@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--max-steps", type=int, default=80)
     parser.add_argument("--logging-steps", type=int, default=4)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "cov_losses")
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "cov_losses.png")
+    parser.add_argument(
+        "--plot", type=lambda text: Path(text) if text else None, default=ROOT / "benchmarks" / "cov_losses.png"
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
