@@ -9,6 +9,7 @@ and reused, so an interrupted study resumes where it stopped. The script prints 
     python benchmarks/cov_losses.py                                  # 3 seeds x {ce_gppo, clip_cov, kl_cov}
     python benchmarks/cov_losses.py --seeds 1 --max-steps 8          # a quick look
     python benchmarks/cov_losses.py --report-only                    # the table and plot from saved runs
+    python benchmarks/cov_losses.py --arms ce_gppo clip_cov kl_cov dapo kl_cov_no_penalty   # with the controls
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("ce_gppo", "clip_cov", "kl_cov")
+# arm -> loss_type and overrides. The two controls remove what each method adds: `dapo` is Clip-Cov's PPO surrogate
+# without the detached tokens, `kl_cov_no_penalty` is KL-Cov's unclipped surrogate without the |log r| penalty.
+ARM_FIELDS = {
+    "ce_gppo": ("--loss_type", "ce_gppo"),
+    "clip_cov": ("--loss_type", "clip_cov"),
+    "kl_cov": ("--loss_type", "kl_cov"),
+    "dapo": ("--loss_type", "dapo"),
+    "kl_cov_no_penalty": ("--loss_type", "kl_cov", "--ppo_kl_coef", "0.0"),
+}
+ARMS = tuple(ARM_FIELDS)
 METRICS = ("reward", "entropy", "clip_ratio/region_mean", "clip_cov/selected_mean", "kl_cov/selected_mean")
 
 
@@ -36,7 +46,7 @@ def run(arm: str, seed: int, out_dir: Path, max_steps: int, logging_steps: int) 
     output = out_dir / f"{arm}_seed{seed}"
     command = [sys.executable, "-m", "ce_gppo_trl.cli", "train", "--config", str(ROOT / "configs" / "quickstart.yaml")]
     command += ["--output_dir", str(output), "--seed", str(seed), "--logging_steps", str(logging_steps)]
-    command += ["--save_strategy", "no", "--max_steps", str(max_steps), "--loss_type", arm]
+    command += ["--save_strategy", "no", "--max_steps", str(max_steps), *ARM_FIELDS[arm]]
     start = time.perf_counter()
     with open(f"{output}.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -78,7 +88,7 @@ def report(runs: dict[str, list[dict]]) -> str:
         lines.append(
             f"| {arm} | {len(arm_runs)} | {per_seed('reward', early)} | {per_seed('reward', late)} | "
             f"{per_seed('entropy', early)} | {per_seed('entropy', late)} | {per_seed('entropy', slice(-1, None))} | "
-            f"{per_seed('clip_ratio/region_mean')} | {per_seed(f'{arm}/selected_mean')} | "
+            f"{per_seed('clip_ratio/region_mean')} | {per_seed(f'{ARM_FIELDS[arm][1]}/selected_mean')} | "
             f"{statistics.median(r['wall_s'] for r in arm_runs):.1f} |"
         )
     return "\n".join(lines)
@@ -91,7 +101,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=True))
     for ax, name in zip(axes, ("reward", "entropy"), strict=True):
         for arm, arm_runs in runs.items():
             if not arm_runs:
@@ -110,7 +120,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS[:3]))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=80)
     parser.add_argument("--logging-steps", type=int, default=4)
