@@ -113,7 +113,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel({"reward": "training reward (T = 1)", "entropy": "entropy (nats)"}[name])
         ax.legend()
-    fig.suptitle("Quickstart: CE-GPPO vs Clip-Cov vs KL-Cov")
+    fig.suptitle("Quickstart: " + ", ".join(arm for arm, arm_runs in runs.items() if arm_runs))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
