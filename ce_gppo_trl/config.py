@@ -9,7 +9,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from .losses import CLIPPED_LOSS_TYPES, POLICY_LOSSES
+from .losses import CLIPPED_LOSS_TYPES, COVARIANCE_SELECTIONS, LIBRARY_LOSS_TYPES, POLICY_LOSSES
 from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
 
 # Loss types the dual clip can act on: the PPO-style clipped surrogates.
@@ -39,6 +39,7 @@ def on_policy_message(config: CEGPPOConfig) -> str | None:
     """
     features = [
         ("loss_type='ce_gppo'", config.loss_type == "ce_gppo"),
+        ("loss_type='kl_cov' (its |log r| penalty)", config.loss_type == "kl_cov"),
         ("ERC (erc_low/erc_high)", config.erc_enabled),
         ("clip_ratio_c", config.clip_ratio_c is not None),
         ("probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)", config.prob_clip_enabled),
@@ -81,6 +82,15 @@ class CEGPPOConfig(GRPOConfig):
         erc_low, erc_high (`float` or `None`, default `None`):
             Entropy Ratio Clipping band (arXiv 2512.05591): tokens whose entropy ratio `H_theta / H_old` lies outside
             `(erc_low, erc_high)` keep their loss value but get no gradient. Published band 0.95 / 1.05.
+        clip_cov_ratio, clip_cov_lb, clip_cov_ub (`float`, defaults `2e-4`, `1.0`, `5.0`):
+            `loss_type="clip_cov"` (arXiv 2505.22617, verl's defaults and the paper's scripts): of the tokens not
+            clipped by PPO with `clip_cov_lb < cov < clip_cov_ub`, `max(int(clip_cov_ratio * N), 1)` drawn at random
+            lose their gradient, where `cov = (A - mean A) * (log pi - mean log pi)` over the `N` loss tokens of a
+            micro-batch on one process.
+        kl_cov_ratio, ppo_kl_coef (`float`, defaults `2e-4`, `1.0`):
+            `loss_type="kl_cov"`: the unclipped surrogate plus `ppo_kl_coef * |log r|` on the top
+            `max(1, int(kl_cov_ratio * N))` tokens by `cov`. verl's defaults; the paper's scripts use 2e-3 (7B) and
+            2e-4 (32B).
 
     Entropy control (arXiv 2602.09782 and beyond; see docs/entropy-control.md): `entropy_schedule` (ID, DID, OD)
     with the probability-dependent bounds `prob_clip_*`, `beta1_schedule` / `beta2_schedule`, the closed-loop
@@ -100,7 +110,9 @@ class CEGPPOConfig(GRPOConfig):
             "help": "Policy loss. 'ce_gppo' (default) is CE-GPPO (arXiv 2509.20712): tokens outside the clip band "
             "keep a bounded gradient scaled by ce_gppo_beta1 (r < 1 - epsilon, A < 0) and ce_gppo_beta2 "
             "(r > 1 + epsilon_high, A > 0), with a token-level mean over the batch. Every TRL loss type "
-            f"({', '.join(name for name in POLICY_LOSSES if name != 'ce_gppo')}) keeps its TRL meaning."
+            f"({', '.join(name for name in POLICY_LOSSES if name not in LIBRARY_LOSS_TYPES)}) keeps its TRL meaning. "
+            "'clip_cov' and 'kl_cov' are Clip-Cov and KL-Cov (arXiv 2505.22617) as in verl (see clip_cov_ratio, "
+            "kl_cov_ratio)."
         },
     )
     ce_gppo_beta1: float = field(
@@ -136,6 +148,42 @@ class CEGPPOConfig(GRPOConfig):
         metadata={
             "help": "Entropy Ratio Clipping upper bound: tokens with H_theta / H_old >= erc_high get no gradient. "
             "Set with erc_low; published 1.05."
+        },
+    )
+
+    # Clip-Cov and KL-Cov (arXiv 2505.22617), with verl's names and defaults (policy_loss.clip_cov_ratio, ...).
+    clip_cov_ratio: float = field(
+        default=2e-4,
+        metadata={
+            "help": "loss_type='clip_cov': share of a micro-batch's loss tokens whose gradient Clip-Cov removes, "
+            "max(int(clip_cov_ratio * N), 1) drawn at random among the candidates (tokens not clipped by PPO with "
+            "clip_cov_lb < cov < clip_cov_ub). In (0, 1]; verl's default and the paper's scripts: 2e-4."
+        },
+    )
+    clip_cov_lb: float = field(
+        default=1.0,
+        metadata={
+            "help": "loss_type='clip_cov': lower bound of the covariance band of the candidates, "
+            "cov = (A - mean A) * (log pi - mean log pi) over a micro-batch's loss tokens. < clip_cov_ub; default 1.0."
+        },
+    )
+    clip_cov_ub: float = field(
+        default=5.0,
+        metadata={"help": "loss_type='clip_cov': upper bound of the covariance band. > clip_cov_lb; default 5.0."},
+    )
+    kl_cov_ratio: float = field(
+        default=2e-4,
+        metadata={
+            "help": "loss_type='kl_cov': share of a micro-batch's loss tokens with the largest covariance that get "
+            "the |log r| penalty, max(1, int(kl_cov_ratio * N)). In (0, 1]; verl's default 2e-4; the paper's scripts "
+            "2e-3 (Qwen2.5-7B) and 2e-4 (32B)."
+        },
+    )
+    ppo_kl_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "loss_type='kl_cov': weight of the |log r| penalty on the selected tokens, >= 0; verl's default "
+            "and the paper's scripts: 1.0."
         },
     )
 
@@ -410,6 +458,7 @@ class CEGPPOConfig(GRPOConfig):
                     f"not loss_type={self.loss_type!r}; leave it None",
                 )
         self._validate_erc()
+        self._validate_covariance()
         self._validate_composition()
 
     def _validate_erc(self) -> None:
@@ -427,6 +476,29 @@ class CEGPPOConfig(GRPOConfig):
             _fail("erc_low", self.erc_low, "expected 0 <= erc_low < 1")
         if not self.erc_high > 1:
             _fail("erc_high", self.erc_high, "expected erc_high > 1")
+
+    def _validate_covariance(self) -> None:
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            _check_finite(name, getattr(self, name))
+            if not 0 < getattr(self, name) <= 1:
+                _fail(name, getattr(self, name), "expected a share of the loss tokens, 0 < ratio <= 1")
+        _check_finite("clip_cov_lb", self.clip_cov_lb)
+        _check_finite("clip_cov_ub", self.clip_cov_ub)
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            _fail("clip_cov_lb", self.clip_cov_lb, f"expected clip_cov_lb < clip_cov_ub = {self.clip_cov_ub}")
+        _check_finite("ppo_kl_coef", self.ppo_kl_coef)
+        if self.ppo_kl_coef < 0:
+            _fail("ppo_kl_coef", self.ppo_kl_coef, "expected a finite number >= 0")
+        if self.loss_type not in COVARIANCE_SELECTIONS:
+            return
+        if self.importance_sampling_level != "token":
+            _fail(
+                "importance_sampling_level",
+                self.importance_sampling_level,
+                f"loss_type={self.loss_type!r} selects tokens by their covariance; use 'token'",
+            )
+        if self.delta is not None:
+            _fail("delta", self.delta, f"the two-sided clip is TRL's, for its grpo family, not {self.loss_type!r}")
 
     def _validate_composition(self) -> None:
         if self.use_liger_kernel and (self.liger_kernel_config or {}).get("fused_linear_cross_entropy"):
@@ -597,7 +669,7 @@ class CEGPPOConfig(GRPOConfig):
     def own_loss_features(self) -> list[str]:
         """The settings that need this library's loss path rather than TRL's `_compute_loss`, by field name."""
         features = {
-            f"loss_type={self.loss_type!r}": self.loss_type == "ce_gppo",
+            f"loss_type={self.loss_type!r}": self.loss_type in LIBRARY_LOSS_TYPES,
             "clip_ratio_c": self.clip_ratio_c is not None,
             "ERC (erc_low/erc_high)": self.erc_enabled,
             "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)": self.prob_clip_enabled,

@@ -173,6 +173,173 @@ def vespo_policy_loss(
     return -phi_seq * advantages * per_token_logps
 
 
+# Clip-Cov and KL-Cov (Cui et al., "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617), as verl's
+# `compute_policy_loss_clip_cov` / `compute_policy_loss_kl_cov`: both act on the tokens whose centred covariance
+# between advantage and log-probability is large, the tokens that drive entropy down. As in verl, the covariance is
+# centred and the selection counted over the tokens of one call: one micro-batch on one process.
+
+
+def token_covariance(advantages: torch.Tensor, per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token centred covariance `(A - mean(A)) * (log pi - mean(log pi))`, means over the `mask` tokens, detached.
+
+    verl's `cov_all` / `cov_lst_all`: advantages broadcast over the tokens, so a sequence's advantage is weighted by
+    its length in the mean. Tokens outside `mask` get `-inf`, so that they are never selected.
+
+    Example:
+        >>> import torch
+        >>> token_covariance(torch.tensor([[1.0], [-1.0]]), torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0]])),
+        ...                  torch.tensor([[1, 1], [1, 0]]))
+        tensor([[0.1540, 0.1540],
+                [0.6161,   -inf]])
+    """
+    valid = mask.bool()
+    advantages = advantages.detach().expand_as(per_token_logps)
+    logps = per_token_logps.detach()
+    count = valid.sum().clamp(min=1)
+    centred_adv = advantages - (advantages * valid).sum() / count
+    centred_logps = logps - (logps * valid).sum() / count
+    return torch.where(valid, centred_adv * centred_logps, torch.full_like(logps, -torch.inf))
+
+
+def clip_cov_selection(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    mask: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    epsilon_low: Bound,
+    epsilon_high: Bound,
+    clip_cov_ratio: float,
+    clip_cov_lb: float,
+    clip_cov_ub: float,
+    generator: torch.Generator | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """The tokens Clip-Cov detaches: `max(int(clip_cov_ratio * N), 1)` drawn at random (`N` = tokens in `mask`)
+    among the candidates, the tokens in `mask` not clipped by PPO with `clip_cov_lb < cov < clip_cov_ub`.
+
+    As verl: candidates in row-major order, `torch.randperm` on the CPU (the global generator unless `generator`),
+    the first ones of the permutation kept; fewer candidates than the count means all of them.
+    """
+    is_low, is_high = clip_regions(safe_ratio(log_ratio.detach()), advantages, epsilon_low, epsilon_high)
+    cov = token_covariance(advantages, per_token_logps, mask)
+    candidates = (cov > clip_cov_lb) & (cov < clip_cov_ub) & ~(is_low | is_high) & mask.bool()
+    positions = candidates.nonzero()
+    count = max(int(clip_cov_ratio * mask.sum().item()), 1)
+    chosen = positions[torch.randperm(len(positions), generator=generator)[:count].to(positions.device)]
+    selected = torch.zeros_like(candidates)
+    selected[tuple(chosen.T)] = True
+    return selected
+
+
+def kl_cov_selection(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    mask: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    kl_cov_ratio: float,
+    **_: object,
+) -> torch.Tensor:
+    """The tokens KL-Cov penalises: the top `max(1, int(N * kl_cov_ratio))` tokens in `mask` by `cov` (none when
+    `N = 0`), as verl's `torch.topk` over the valid tokens in row-major order."""
+    cov = token_covariance(advantages, per_token_logps, mask)
+    valid = mask.bool() & torch.ones_like(cov, dtype=torch.bool)
+    selected = torch.zeros_like(valid)
+    num_valid = int(valid.sum())
+    if num_valid:
+        top = torch.topk(cov[valid], max(1, int(num_valid * kl_cov_ratio))).indices
+        selected[tuple(valid.nonzero()[top].T)] = True
+    return selected
+
+
+def clip_cov_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    mask: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    epsilon_low: Bound,
+    epsilon_high: Bound,
+    clip_cov_ratio: float,
+    clip_cov_lb: float,
+    clip_cov_ub: float,
+    clip_ratio_c: float | None = None,
+    selected: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """Clip-Cov (arXiv 2505.22617; verl's `clip_cov`): PPO's clipped surrogate, with the loss and gradient of the
+    `clip_cov_selection` tokens set to 0.
+
+    `-min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A) * (1 - selected)`. verl applies no dual clip here (its
+    recipes' `clip_ratio_c` is unused by `clip_cov`); `clip_ratio_c` adds one, off by default. `selected` (bool, the
+    shape of the loss) skips the draw when the caller already made it.
+
+    Example:
+        >>> import torch
+        >>> log_ratio, advantages = torch.zeros(1, 4), torch.tensor([[1.0]])
+        >>> logps, mask = torch.log(torch.tensor([[0.1, 0.2, 0.4, 0.8]])), torch.ones(1, 4)
+        >>> clip_cov_policy_loss(log_ratio, advantages, mask=mask, per_token_logps=logps, epsilon_low=0.2,
+        ...                      epsilon_high=0.2, clip_cov_ratio=0.25, clip_cov_lb=-1.0, clip_cov_ub=1.0,
+        ...                      selected=torch.tensor([[False, False, False, True]]))
+        tensor([[-1., -1., -1., -0.]])
+    """
+    if selected is None:
+        selected = clip_cov_selection(
+            log_ratio,
+            advantages,
+            mask=mask,
+            per_token_logps=per_token_logps,
+            epsilon_low=epsilon_low,
+            epsilon_high=epsilon_high,
+            clip_cov_ratio=clip_cov_ratio,
+            clip_cov_lb=clip_cov_lb,
+            clip_cov_ub=clip_cov_ub,
+            generator=generator,
+        )
+    surrogate = ppo_clip_policy_loss(
+        log_ratio, advantages, epsilon_low=epsilon_low, epsilon_high=epsilon_high, clip_ratio_c=clip_ratio_c
+    )
+    return surrogate * (~selected).to(surrogate.dtype)
+
+
+def kl_cov_policy_loss(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    mask: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    kl_cov_ratio: float,
+    ppo_kl_coef: float,
+    selected: torch.Tensor | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """KL-Cov (arXiv 2505.22617; verl's `kl_cov`): the unclipped surrogate `-r * A`, plus `ppo_kl_coef * |log r|` on
+    the `kl_cov_selection` tokens. No ratio clipping, as in verl.
+
+    Example:
+        >>> import torch
+        >>> log_ratio, advantages = torch.log(torch.tensor([[0.5, 2.0]])), torch.tensor([[1.0]])
+        >>> kl_cov_policy_loss(log_ratio, advantages, mask=torch.ones(1, 2), per_token_logps=log_ratio,
+        ...                    kl_cov_ratio=0.5, ppo_kl_coef=1.0, selected=torch.tensor([[False, True]]))
+        tensor([[-0.5000, -1.3069]])
+    """
+    if selected is None:
+        selected = kl_cov_selection(
+            log_ratio, advantages, mask=mask, per_token_logps=per_token_logps, kl_cov_ratio=kl_cov_ratio
+        )
+    surrogate = -safe_ratio(log_ratio) * advantages
+    return surrogate + ppo_kl_coef * log_ratio.abs() * selected.to(surrogate.dtype)
+
+
+# loss_type -> the token selection its loss makes from the same knobs; the trainer draws it once and logs its share.
+COVARIANCE_SELECTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "clip_cov": clip_cov_selection,
+    "kl_cov": kl_cov_selection,
+}
+
+
 def _ce_gppo(log_ratio: torch.Tensor, advantages: torch.Tensor, **kwargs: object) -> torch.Tensor:
     names = ("epsilon_low", "epsilon_high", "beta1", "beta2", "clip_ratio_c")
     return gppo_policy_loss(log_ratio, advantages, **{name: kwargs[name] for name in names})
@@ -192,10 +359,15 @@ POLICY_LOSSES: dict[str, PolicyLossFn] = {
     "cispo": cispo_policy_loss,
     "sapo": sapo_policy_loss,
     "vespo": vespo_policy_loss,
+    "clip_cov": clip_cov_policy_loss,
+    "kl_cov": kl_cov_policy_loss,
 }
 
+# Loss types this library adds (TRL lacks them): they always run on this library's loss path.
+LIBRARY_LOSS_TYPES = ("ce_gppo", "clip_cov", "kl_cov")
+
 # Loss types whose gradient is removed by ratio clipping in the NA&LP / PA&LP regions, so clip metrics apply.
-CLIPPED_LOSS_TYPES = ("ce_gppo", "grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+CLIPPED_LOSS_TYPES = ("ce_gppo", "grpo", "bnpo", "dr_grpo", "dapo", "luspo", "clip_cov")
 
 # loss_type -> aggregation, as TRL 1.16 normalises each loss type.
 AGGREGATION: dict[str, str] = {
@@ -208,6 +380,8 @@ AGGREGATION: dict[str, str] = {
     "vespo": "token-mean",
     "ce_gppo": "token-mean",
     "luspo": "seq-mean-token-sum",
+    "clip_cov": "token-mean",  # verl's recipes for both: loss_agg_mode="token-mean"
+    "kl_cov": "token-mean",
 }
 
 

@@ -82,6 +82,16 @@ METRICS: tuple[Metric, ...] = (
         when="`loss_type: vespo` on this library's loss path",
     ),
     Metric(
+        "clip_cov/selected_mean",
+        "Share of loss tokens Clip-Cov detaches (verl logs it as `pg_clipfrac`).",
+        when="`loss_type: clip_cov`",
+    ),
+    Metric(
+        "kl_cov/selected_mean",
+        "Share of loss tokens KL-Cov gives the `ppo_kl_coef x abs(log r)` penalty.",
+        when="`loss_type: kl_cov`",
+    ),
+    Metric(
         "entropy_ratio/mean",
         "Mean of ERC's `rho = (H_theta + 1e-8) / (H_old + 1e-8)` over the completion tokens of all processes.",
         when="ERC on (`erc_low`, `erc_high`)",

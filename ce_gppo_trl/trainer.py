@@ -50,6 +50,7 @@ from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
 from .losses import (
     AGGREGATION,
     CLIPPED_LOSS_TYPES,
+    COVARIANCE_SELECTIONS,
     POLICY_LOSSES,
     aggregate_loss,
     clip_regions,
@@ -268,6 +269,20 @@ class CEGPPOTrainer(GRPOTrainer):
             "sapo_temperature_neg": args.sapo_temperature_neg,
         }
 
+    def _covariance_knobs(
+        self, log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, knobs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Clip-Cov / KL-Cov knobs, with their token selection drawn once, for the loss and its metric.
+
+        As in verl, whose loss function sees one micro-batch on one process, the covariance is centred and the count
+        taken over this micro-batch's loss tokens on this process (not the whole update over all processes).
+        """
+        args = self.args
+        names = ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef")
+        extra = {"mask": mask, **{name: getattr(args, name) for name in names}}
+        extra["selected"] = COVARIANCE_SELECTIONS[self.loss_type](log_ratio, advantages, **knobs, **extra)
+        return extra
+
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         if not self._uses_own_loss:
             return super()._compute_loss(model, inputs)
@@ -315,6 +330,8 @@ class CEGPPOTrainer(GRPOTrainer):
                 k_neg=args.vespo_k_neg,
                 lambda_neg=args.vespo_lambda_neg,
             )
+        if self.loss_type in COVARIANCE_SELECTIONS:
+            knobs.update(self._covariance_knobs(log_ratio, advantages, mask, knobs))
         per_token_loss = POLICY_LOSSES[self.loss_type](log_ratio, advantages, **knobs)
 
         if self.off_policy_mask_threshold is not None:
@@ -400,6 +417,9 @@ class CEGPPOTrainer(GRPOTrainer):
         clipped: tuple[torch.Tensor | None, torch.Tensor | None],
     ) -> None:
         metrics = self._metrics[mode]
+        if "selected" in knobs:  # Clip-Cov: tokens detached; KL-Cov: tokens given the |log r| penalty
+            selected = knobs["selected"].float()
+            metrics[f"{self.loss_type}/selected_mean"].append(self._global_masked_mean(selected, mask))
         if self.loss_type == "cispo":
             is_capped = (ratio > knobs["epsilon_high"]) & (advantages > 0)
             metrics["cispo_clip_ratio"].append(self._global_masked_mean(is_capped.float(), mask))

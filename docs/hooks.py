@@ -27,6 +27,7 @@ CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
         "Loss: CE-GPPO, dual clip, ERC",
         lambda n: n in {"loss_type", "clip_ratio_c"} or n.startswith(("ce_gppo_", "erc_")),
     ),
+    ("Clip-Cov and KL-Cov", lambda n: n.startswith(("clip_cov_", "kl_cov_")) or n == "ppo_kl_coef"),
     ("Probability-dependent clip bounds", lambda n: n.startswith("prob_clip")),
     ("Clip-bound schedules: ID, DID, OD", lambda n: n.startswith(("entropy_schedule", "od_"))),
     ("Beta schedules", lambda n: n.startswith(("beta1_", "beta2_"))),

@@ -119,6 +119,57 @@ def test_dynamic_sampling_benchmark_runs_both_arms(tmp_path, capsys):
     assert "| true |" in capsys.readouterr().out
 
 
+def test_cov_losses_report_means_and_standard_errors_by_hand():
+    cov_losses = load("cov_losses")
+    steps = [4, 8, 12, 16]
+
+    def fake(arm, reward, entropy):
+        return {
+            "arm": arm,
+            "wall_s": 10.0,
+            "steps": steps,
+            "reward": reward,
+            "entropy": entropy,
+            f"{arm}/selected_mean": [0.01] * 4,
+        }
+
+    runs = {
+        "clip_cov": [
+            fake("clip_cov", [0.1, 0.2, 0.3, 0.4], [1.0] * 4),
+            fake("clip_cov", [0.3, 0.2, 0.3, 0.6], [2.0] * 4),
+        ],
+        "kl_cov": [fake("kl_cov", [0.5] * 4, [1.5] * 4)],
+    }
+    table = cov_losses.report(runs)
+    assert "| reward, steps 4-4 | reward, steps 16-16 |" in table
+    # first-quarter reward per seed 0.1, 0.3: mean 0.2, se = sd / sqrt(2) = 0.1414 / 1.414 = 0.1
+    assert "| clip_cov | 2 | 0.200 +- 0.100 | 0.500 +- 0.100 | 1.500 +- 0.500 | 1.500 +- 0.500 |" in table
+    assert "| kl_cov | 1 | 0.500 | 0.500 | 1.500 | 1.500 | 1.500 | - | 0.010 | 10.0 |" in table
+
+
+@pytest.mark.slow
+def test_cov_losses_benchmark_runs_every_arm(tmp_path, capsys):
+    runs = load("cov_losses").main(
+        [
+            "--seeds",
+            "1",
+            "--max-steps",
+            "4",
+            "--logging-steps",
+            "2",
+            "--out-dir",
+            str(tmp_path),
+            "--plot",
+            str(tmp_path / "cov.png"),
+        ]
+    )
+    assert [len(runs[arm]) for arm in ("ce_gppo", "clip_cov", "kl_cov")] == [1, 1, 1] and (
+        tmp_path / "cov.png"
+    ).is_file()
+    assert runs["clip_cov"][0]["clip_cov/selected_mean"][0] > 0 and "kl_cov/selected_mean" in runs["kl_cov"][0]
+    assert "| kl_cov | 1 |" in capsys.readouterr().out
+
+
 def test_controller_benchmark_reports_every_arm(tmp_path, capsys):
     controller = load("controller")
     # The plant that needs no SFT build, 4 steps: one uncontrolled reference run, then the controller held above it.

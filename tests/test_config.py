@@ -45,6 +45,21 @@ def test_defaults_are_the_paper_setting():
         ),
         ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence' is not allowed"),
         ({"delta": 4.0}, "delta=4.0 is not allowed"),
+        ({"clip_cov_ratio": 0.0}, "clip_cov_ratio=0.0 is not allowed: expected a share of the loss tokens"),
+        ({"kl_cov_ratio": 1.5}, "kl_cov_ratio=1.5 is not allowed: expected a share of the loss tokens"),
+        ({"kl_cov_ratio": math.nan}, "kl_cov_ratio=nan is not allowed: expected a finite number"),
+        ({"clip_cov_lb": 5.0}, "clip_cov_lb=5.0 is not allowed: expected clip_cov_lb < clip_cov_ub = 5.0"),
+        ({"ppo_kl_coef": -1.0}, "ppo_kl_coef=-1.0 is not allowed: expected a finite number >= 0"),
+        (
+            {"loss_type": "kl_cov", "importance_sampling_level": "sequence"},
+            "importance_sampling_level='sequence' is not allowed: loss_type='kl_cov' selects tokens",
+        ),
+        ({"loss_type": "clip_cov", "delta": 4.0}, "delta=4.0 is not allowed: the two-sided clip is TRL's"),
+        ({"loss_type": "kl_cov", "clip_ratio_c": 10.0}, "clip_ratio_c=10.0 is not allowed: the dual clip applies"),
+        (
+            {"loss_type": "clip_cov", "entropy_coef": 0.01},
+            r"entropy_coef/use_adaptive_entropy=\(0.01, False\) is not allowed: .* loss_type='clip_cov' need",
+        ),
         (
             {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": True}},
             r"liger_kernel_config=\{'fused_linear_cross_entropy': True\} is not allowed: GRPO computes log-probs",
@@ -54,6 +69,16 @@ def test_defaults_are_the_paper_setting():
 def test_bad_values_raise_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(**kwargs)
+
+
+def test_clip_cov_and_kl_cov_take_verls_defaults_on_this_librarys_loss_path():
+    for loss_type in ("clip_cov", "kl_cov"):
+        config = make(loss_type=loss_type, steps_per_generation=4)
+        assert config.uses_own_loss
+        assert (config.clip_cov_ratio, config.clip_cov_lb, config.clip_cov_ub) == (2e-4, 1.0, 5.0)
+        assert (config.kl_cov_ratio, config.ppo_kl_coef) == (2e-4, 1.0)
+    with pytest.warns(UserWarning, match=r"loss_type='kl_cov' \(its \|log r\| penalty\) cannot act"):
+        make(loss_type="kl_cov")
 
 
 def test_trl_loss_types_keep_their_meaning():

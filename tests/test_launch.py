@@ -239,3 +239,35 @@ def test_dynamic_sampling_and_nll_on_two_processes(tiny_model_dir, tmp_path):
     updates = [entry for entry in history if "loss" in entry]
     assert all("positive_nll" in entry for entry in updates)
     assert [entry["learning_rate"] for entry in updates] == [0.0] * 4 + [2e-4] * 4
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "extra"),
+    [
+        # Every token in the band and a share of 1: all tokens the PPO clip leaves are detached, so nothing moves.
+        ("clip_cov", ("--clip_cov_ratio", "1.0", "--clip_cov_lb", "-1000000.0", "--clip_cov_ub", "1000000.0")),
+        ("kl_cov", ("--kl_cov_ratio", "0.5", "--ppo_kl_coef", "1.0")),
+    ],
+)
+def test_clip_cov_and_kl_cov_train_on_two_processes(tiny_model_dir, tmp_path, loss_type, extra):
+    # 3 updates of one rollout batch per process (steps_per_generation 4): the 2nd and 3rd are off-policy.
+    out = tmp_path / loss_type
+    launch(
+        *tiny_overrides(tiny_model_dir, out, "--max_steps", "3", "--learning_rate", "1e-3"),
+        *("--loss_type", loss_type, *extra),
+        num_processes=2,
+    )
+    updates = [entry for entry in log_history(out) if "loss" in entry]
+    assert [entry["step"] for entry in updates] == [1, 2, 3]
+    initial = load_file(Path(tiny_model_dir) / "model.safetensors")
+    final = load_file(out / "model.safetensors")
+    moved = max((final[k] - initial[k]).abs().max().item() for k in initial)
+    shares = [entry[f"{loss_type}/selected_mean"] for entry in updates]
+    if loss_type == "clip_cov":
+        # The weights never move, so every update is on-policy in effect: no PPO clipping and every token selected.
+        assert moved == 0.0
+        assert shares == [1.0] * 3 and all(entry["clip_ratio/region_mean"] == 0.0 for entry in updates)
+    else:
+        # Each process penalises int(0.5 * N_p) of its N_p >= 64 loss tokens (floors lose < 1 token per process).
+        assert all(0.5 - 2 / 128 < share <= 0.5 for share in shares), shares
+        assert moved > 1e-3

@@ -7,10 +7,15 @@ import torch
 
 from ce_gppo_trl.losses import (
     aggregate_loss,
+    clip_cov_policy_loss,
+    clip_cov_selection,
     dual_clip_mask,
     entropy_ratio_mask,
     gppo_policy_loss,
+    kl_cov_policy_loss,
+    kl_cov_selection,
     ppo_clip_policy_loss,
+    token_covariance,
 )
 
 # 0.25 keeps the band edges 0.75 / 1.25 exact in binary floating point.
@@ -168,3 +173,214 @@ def test_entropy_ratio_mask_band():
     keep = entropy_ratio_mask(new, old, 0.95, 1.05)
     # Open band: the edges themselves are masked; zero entropy on both sides gives ratio 1; 0 -> 0.1 explodes
     assert keep.tolist() == [True, False, False, True, True, True, False, False]
+
+
+# Clip-Cov and KL-Cov (arXiv 2505.22617, PAPERS.md section 4), against the equations and against verl.
+
+
+def cov_batch():
+    """Two sequences of 4 tokens, the last one padded; A = +1 / -1.
+
+    mean A over the 7 loss tokens = (4 - 3) / 7; log p chosen so that mean log p = -1: cov by hand below.
+    """
+    logps = torch.tensor([[-0.2, -1.0, -2.6, -0.2], [-0.5, -1.5, -1.0, -9.0]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    return logps, advantages, mask
+
+
+def test_token_covariance_is_centred_over_the_loss_tokens():
+    logps, advantages, mask = cov_batch()
+    cov = token_covariance(advantages, logps, mask)
+    mean_a = 1 / 7
+    expected = [
+        [(1 - mean_a) * 0.8, 0.0, (1 - mean_a) * -1.6, (1 - mean_a) * 0.8],
+        [(-1 - mean_a) * 0.5, (-1 - mean_a) * -0.5, 0.0, -math.inf],
+    ]
+    torch.testing.assert_close(cov, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_clip_cov_selects_random_candidates_inside_the_band_not_clipped_by_ppo():
+    logps, advantages, mask = cov_batch()
+    # cov = [0.686, 0, -1.371, 0.686 | -0.571, 0.571, 0, pad]; band (0.5, 1) holds tokens (0,0), (0,3), (1,1).
+    # Token (0,3) has r = 1.5 > 1 + eps with A > 0: clipped by PPO, so not a candidate.
+    log_ratio = torch.log(torch.tensor([[1.0, 1.0, 1.0, 1.5], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64))
+    knobs = {"mask": mask, "per_token_logps": logps, "epsilon_low": EPS, "epsilon_high": EPS}
+    band = {"clip_cov_lb": 0.5, "clip_cov_ub": 1.0}
+    candidates = {(0, 0), (1, 1)}
+    seen = set()
+    for seed in range(20):
+        # 7 tokens x 0.2 = 1.4 -> one token, a different one for different draws
+        generator = torch.Generator().manual_seed(seed)
+        selected = clip_cov_selection(log_ratio, advantages, **knobs, **band, clip_cov_ratio=0.2, generator=generator)
+        chosen = {tuple(index) for index in selected.nonzero().tolist()}
+        assert len(chosen) == 1 and chosen <= candidates
+        seen |= chosen
+    assert seen == candidates
+    # The count floors at 1 (verl's max(int(ratio * N), 1)), and is capped by the candidates: 7 x 0.5 = 3 > 2
+    assert clip_cov_selection(log_ratio, advantages, **knobs, **band, clip_cov_ratio=2e-4).sum() == 1
+    many = clip_cov_selection(log_ratio, advantages, **knobs, **band, clip_cov_ratio=0.5)
+    assert {tuple(index) for index in many.nonzero().tolist()} == candidates
+    # An empty band selects nothing
+    assert (
+        clip_cov_selection(log_ratio, advantages, **knobs, clip_cov_lb=1.0, clip_cov_ub=5.0, clip_cov_ratio=0.5).sum()
+        == 0
+    )
+
+
+def test_clip_cov_values_and_gradients_are_ppo_but_zero_on_selected_tokens():
+    logps, advantages, mask = cov_batch()
+    ratios = torch.tensor([[1.1, 0.9, 1.5, 0.5], [0.9, 1.2, 0.5, 1.0]], dtype=torch.float64)
+    log_ratio = torch.log(ratios).requires_grad_(True)
+    selected = torch.tensor([[True, False, False, False], [False, True, False, False]])
+    loss = clip_cov_policy_loss(
+        log_ratio,
+        advantages,
+        mask=mask,
+        per_token_logps=logps,
+        epsilon_low=EPS,
+        epsilon_high=EPS,
+        clip_cov_ratio=0.2,
+        clip_cov_lb=1.0,
+        clip_cov_ub=5.0,
+        selected=selected,
+    )
+    (grad,) = torch.autograd.grad(loss.sum(), log_ratio)
+    # PPO: A > 0: -min(r, clip(r)) A; A < 0: max(r, clip(r)) |A|; gradient -A r where the value is r * A, else 0
+    expected_loss = [[0.0, -0.9, -1.25, -0.5], [0.9, 0.0, 0.75, 1.0]]
+    expected_grad = [[0.0, -0.9, 0.0, -0.5], [0.9, 0.0, 0.0, 1.0]]
+    torch.testing.assert_close(loss.detach(), torch.tensor(expected_loss, dtype=torch.float64))
+    torch.testing.assert_close(grad, torch.tensor(expected_grad, dtype=torch.float64))
+
+
+def test_kl_cov_values_gradients_and_top_k_selection():
+    logps, advantages, mask = cov_batch()
+    # cov = [0.686, 0, -1.371, 0.686 | -0.571, 0.571, 0, pad]: 7 x 0.3 = 2.1 -> the top 2 are (0,0) and (0,3)
+    knobs = {"mask": mask, "per_token_logps": logps}
+    selected = kl_cov_selection(torch.zeros(2, 4), advantages, **knobs, kl_cov_ratio=0.3)
+    assert selected.nonzero().tolist() == [[0, 0], [0, 3]]
+    assert kl_cov_selection(torch.zeros(2, 4), advantages, **knobs, kl_cov_ratio=2e-4).nonzero().tolist() == [[0, 0]]
+    assert kl_cov_selection(torch.zeros(2, 4), advantages, **knobs, kl_cov_ratio=0.5).sum() == 3
+
+    ratios = torch.tensor([[0.5, 2.0, 3.0, 2.0], [1.5, 0.8, 1.0, 1.0]], dtype=torch.float64)
+    log_ratio = torch.log(ratios).requires_grad_(True)
+    loss = kl_cov_policy_loss(log_ratio, advantages, **knobs, kl_cov_ratio=0.3, ppo_kl_coef=0.5)
+    (grad,) = torch.autograd.grad(loss.sum(), log_ratio)
+    # -r A everywhere (no clipping), + 0.5 |log r| on the two selected tokens; gradient -r A + 0.5 sign(log r)
+    surrogate = -ratios * advantages
+    penalty = torch.zeros_like(ratios)
+    penalty[0, 0], penalty[0, 3] = 0.5 * math.log(2.0), 0.5 * math.log(2.0)
+    torch.testing.assert_close(loss.detach(), surrogate + penalty)
+    sign = torch.zeros_like(ratios)
+    sign[0, 0], sign[0, 3] = -0.5, 0.5
+    torch.testing.assert_close(grad, surrogate + sign)
+
+
+def test_cov_losses_select_nothing_without_loss_tokens():
+    logps, advantages, _ = cov_batch()
+    mask = torch.zeros(2, 4, dtype=torch.long)
+    knobs = {"mask": mask, "per_token_logps": logps}
+    assert kl_cov_selection(torch.zeros(2, 4), advantages, **knobs, kl_cov_ratio=0.5).sum() == 0
+    clip = clip_cov_selection(
+        torch.zeros(2, 4),
+        advantages,
+        **knobs,
+        epsilon_low=EPS,
+        epsilon_high=EPS,
+        clip_cov_ratio=0.5,
+        clip_cov_lb=-10.0,
+        clip_cov_ub=10.0,
+    )
+    assert clip.sum() == 0
+
+
+def verl_clip_cov(old_log_prob, log_prob, advantages, response_mask, cliprange, ratio, lb, ub):
+    """verl's compute_policy_loss_clip_cov (core_algos.py at b178a3c), per-token part, with config lookups inlined."""
+
+    def masked_mean(x, m):
+        return (x * m).sum() / m.sum()
+
+    negative_approx_kl = log_prob - old_log_prob
+    ratio_t = torch.exp(negative_approx_kl)
+    pg_losses1 = -advantages * ratio_t
+    corr = torch.ones_like(advantages)
+    pg_losses2 = -advantages * torch.clamp(ratio_t, 1 - cliprange, 1 + cliprange)
+    clip_by_origin = (pg_losses2 > pg_losses1) & (response_mask > 0)
+    cov_all = (advantages - masked_mean(advantages, response_mask)) * (
+        log_prob - masked_mean(log_prob.detach(), response_mask)
+    )
+    cov_all[response_mask == 0] = -torch.inf
+    cov_all[clip_by_origin] = -torch.inf
+    clip_num = max(int(ratio * response_mask.sum().item()), 1)
+    top_k_idx = torch.nonzero((cov_all < ub) & (cov_all > lb) & (response_mask > 0))
+    if len(top_k_idx) > 0:
+        perm = torch.randperm(len(top_k_idx))
+        top_k_idx = top_k_idx[perm[: min(clip_num, len(top_k_idx))]]
+    corr[top_k_idx[:, 0], top_k_idx[:, 1]] = 0
+    return torch.maximum(pg_losses1, pg_losses2) * corr
+
+
+def verl_kl_cov(old_log_prob, log_prob, advantages, response_mask, kl_cov_ratio, ppo_kl_coef):
+    """verl's compute_policy_loss_kl_cov (core_algos.py at b178a3c), per-token part."""
+    negative_approx_kl = log_prob - old_log_prob
+    abs_kl = negative_approx_kl.abs()
+    ratio = torch.exp(negative_approx_kl)
+    pg_losses = -advantages * ratio
+    pg_losses_kl = -advantages * ratio + ppo_kl_coef * abs_kl
+    all_valid = response_mask > 0
+    all_valid_idx = torch.nonzero(all_valid.reshape(-1), as_tuple=True)[0]
+    all_valid_adv = advantages[all_valid].detach().reshape(-1).cpu()
+    all_valid_logp = log_prob[all_valid].detach().reshape(-1).cpu()
+    cov_lst_all = (all_valid_adv - all_valid_adv.mean()) * (all_valid_logp - all_valid_logp.mean())
+    k_percent_nums = max(1, int(len(cov_lst_all) * kl_cov_ratio))
+    large_cov_idxs = all_valid_idx[torch.topk(cov_lst_all, k_percent_nums, largest=True).indices]
+    rows, cols = large_cov_idxs // advantages.shape[1], large_cov_idxs % advantages.shape[1]
+    pg_losses[rows, cols] = pg_losses_kl[rows, cols]
+    return pg_losses
+
+
+def random_rollout(seed, batch=16, length=24):
+    """Per-token log-probs of a random policy, a drifted old policy, group-normalised advantages, ragged masks."""
+    generator = torch.Generator().manual_seed(seed)
+    log_prob = torch.log_softmax(torch.randn(batch, length, 8, generator=generator, dtype=torch.float64), -1)[..., 0]
+    old_log_prob = log_prob + 0.3 * torch.randn(batch, length, generator=generator, dtype=torch.float64)
+    rewards = torch.randint(0, 2, (batch,), generator=generator).double()
+    advantages = ((rewards - rewards.mean()) / rewards.std().clamp(min=1e-4)).unsqueeze(1)
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    mask = (torch.arange(length) < lengths.unsqueeze(1)).long()
+    return old_log_prob, log_prob, advantages, mask
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_cov_and_kl_cov_match_verl(seed):
+    old_log_prob, log_prob, advantages, mask = random_rollout(seed)
+    log_prob = log_prob.requires_grad_(True)
+    per_token_advantages = advantages.expand_as(log_prob).clone()  # verl's advantages are per token
+    # A ratio of 0.05 selects several tokens; the band (0.2, 3) holds a good share of them at this spread.
+    torch.manual_seed(seed)
+    expected = verl_clip_cov(old_log_prob, log_prob, per_token_advantages, mask, 0.2, 0.05, 0.2, 3.0)
+    torch.manual_seed(seed)
+    knobs = {"mask": mask, "per_token_logps": log_prob}
+    clip_cov = clip_cov_policy_loss(
+        log_prob - old_log_prob,
+        advantages,
+        **knobs,
+        epsilon_low=0.2,
+        epsilon_high=0.2,
+        clip_cov_ratio=0.05,
+        clip_cov_lb=0.2,
+        clip_cov_ub=3.0,
+    )
+    # About 11 of about 66 candidates are detached: only the same random draw as verl's gives the same loss.
+    assert (clip_cov.detach()[mask.bool()] == 0).sum() == max(int(0.05 * mask.sum()), 1) >= 10
+    torch.testing.assert_close(clip_cov * mask, expected * mask)
+    grads = [torch.autograd.grad((x * mask).sum(), log_prob)[0] for x in (clip_cov, expected)]
+    torch.testing.assert_close(grads[0], grads[1])
+
+    expected = verl_kl_cov(old_log_prob, log_prob, per_token_advantages, mask, 0.02, 1.0)
+    kl_cov = kl_cov_policy_loss(log_prob - old_log_prob, advantages, **knobs, kl_cov_ratio=0.02, ppo_kl_coef=1.0)
+    torch.testing.assert_close(kl_cov * mask, expected * mask)
+    grads = [torch.autograd.grad((x * mask).sum(), log_prob)[0] for x in (kl_cov, expected)]
+    torch.testing.assert_close(grads[0], grads[1])
+    selected = kl_cov_selection(log_prob - old_log_prob, advantages, **knobs, kl_cov_ratio=0.02)
+    assert selected.sum() == max(1, int(mask.sum() * 0.02))
