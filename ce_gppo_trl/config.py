@@ -482,7 +482,10 @@ class CEGPPOConfig(GRPOConfig):
                 )
             if self.importance_sampling_level != "token":
                 _fail(
-                    "importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'"
+                    "importance_sampling_level",
+                    self.importance_sampling_level,
+                    "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight) are per token and "
+                    "need 'token'",
                 )
         for beta in ("beta1", "beta2"):
             self._validate_beta_schedule(beta)
