@@ -162,6 +162,14 @@ class CEGPPOTrainer(GRPOTrainer):
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
         for callback in self._control_callbacks:
             callback.bind(self)
+        if self._entropy_bonus_enabled and any(
+            getattr(cb, "knobs", None) == "entropy" for cb in self._control_callbacks
+        ):
+            raise ValueError(
+                "entropy_controller_knobs='entropy' (an entropy controller callback) and TRL's entropy bonus "
+                f"(entropy_coef={self.entropy_coef!r}, use_adaptive_entropy={self.use_adaptive_entropy!r}) would "
+                "both put an entropy term in the loss; use one of them."
+            )
         # A callback passed from Python may need per-token bounds with a config that would otherwise use TRL's loss.
         self._uses_own_loss = self.args.uses_own_loss or any(
             getattr(cb, "needs_own_loss", False) for cb in self._control_callbacks

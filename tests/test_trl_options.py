@@ -6,9 +6,11 @@ micro-batch of a tiny random model whose old log-probs are perturbed away from p
 
 import pytest
 import torch
-from test_trainer import loss_and_grads, score, scoring_trainer  # noqa: F401 (scoring_trainer is a fixture)
+from test_trainer import digit_reward, loss_and_grads, score, scoring_trainer, tiny_args  # noqa: F401 (fixture)
 from trl import GRPOTrainer
 
+from ce_gppo_trl import CEGPPOTrainer
+from ce_gppo_trl.callbacks import EntropyControllerCallback
 from ce_gppo_trl.losses import entropy_ratio_mask, sequence_log_ratio
 
 ACCUMULATION = 2  # the bonus and the policy term are divided by it: a wrong normaliser shows
@@ -194,3 +196,15 @@ def test_delta_with_ce_gppo_and_zero_betas_has_trl_dapo_delta_gradients(scoring_
     monkeypatch.setattr(trainer.args, "delta", None)
     _, uncapped = loss_and_grads(trainer, trainer._compute_policy_loss, inputs)
     assert not torch.allclose(torch.cat([g.flatten() for g in uncapped]), torch.cat([g.flatten() for g in own_grads]))
+
+
+def test_python_entropy_controller_with_trl_bonus_is_refused_naming_both(tiny_model_dir, arithmetic_dataset, tmp_path):
+    args = tiny_args(tmp_path, entropy_coef=0.01)
+    with pytest.raises(ValueError, match=r"entropy_controller_knobs='entropy' .* \(entropy_coef=0.01, use_adaptive"):
+        CEGPPOTrainer(
+            model=tiny_model_dir,
+            reward_funcs=digit_reward,
+            args=args,
+            train_dataset=arithmetic_dataset,
+            callbacks=[EntropyControllerCallback(0.5, knobs="entropy")],
+        )
