@@ -414,8 +414,8 @@ class CEGPPOTrainer(GRPOTrainer):
         on the same state (`entropy_coef`, `_last_world_entropy`, `_entropy_window_stats`, which TRL's
         `_save_checkpoint` / `_load_optimizer_and_scheduler` save and restore): the mean entropy of the tokens the
         policy term acts on, divided by the accumulation steps for every loss type; the coefficient and gate of the
-        previous optimizer step; at each step boundary the coefficient moves by `entropy_coef_delta` toward raising
-        the window-global entropy when it is at or below `entropy_target`.
+        previous optimizer step; at each step boundary the coefficient steps up by `entropy_coef_delta` when the
+        window-global entropy is at or below `entropy_target` and down otherwise, within `entropy_coef_min/max`.
         """
         args, metrics = self.args, self._metrics[mode]
         effective_mask = mask if entropy_mask is None else mask * entropy_mask
