@@ -68,7 +68,7 @@ MODELS = {
     "tiny-Glm4MoeForCausalLM": ("glm4_moe", "causal"),
 }
 
-CONFTEST = '''
+CONFTEST = """
 import ast
 import importlib
 import os
@@ -122,7 +122,7 @@ def load_dataset(path, name=None, split=None, streaming=False, **kwargs):
 
 
 datasets.load_dataset = load_dataset
-'''
+"""
 
 
 def build_tokenizer():
