@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 # Zen of Python lines as prompts: TRL's `zen` dataset is built from them.
 ZEN = [
@@ -207,7 +208,7 @@ def run(run_dir: Path, swap: bool, select: str | None, timeout: int) -> dict[str
     report = run_dir / f"report-{'swap' if swap else 'trl'}.json"
     command = [sys.executable, "-m", "pytest", "tests/test_grpo_trainer.py", "-q", "-p", "no:cacheprovider"]
     command += ["-o", "addopts=", "-m", "not slow", "--deselect", "tests/test_grpo_trainer.py::TestGRPOTrainerVLM"]
-    command += ["-rA", f"--junitxml={report.with_suffix('.xml')}"]
+    command += [f"--junitxml={report.with_suffix('.xml')}"]
     if select:
         command += ["-k", select]
     env = {**os.environ, "SWAP": "1" if swap else "0", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -215,11 +216,9 @@ def run(run_dir: Path, swap: bool, select: str | None, timeout: int) -> dict[str
     result = subprocess.run(command, cwd=run_dir, env=env, capture_output=True, text=True, timeout=timeout)
     (run_dir / f"pytest-{'swap' if swap else 'trl'}.log").write_text(result.stdout + result.stderr)
     outcomes = {}
-    for line in result.stdout.splitlines():
-        for status in ("PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL", "XPASS"):
-            if line.startswith(status + " "):
-                test = line[len(status) + 1 :].split(" - ")[0].strip()
-                outcomes[test] = status
+    for case in ElementTree.parse(report.with_suffix(".xml")).iter("testcase"):
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcomes[f"{case.get('classname')}::{case.get('name')}"] = kinds[0].upper() if kinds else "PASSED"
     report.write_text(json.dumps(outcomes, indent=1))
     return outcomes
 
