@@ -49,6 +49,9 @@ def run_with_bonus_state(trainer, monkeypatch, compute, inputs, coef=0.05):
         ("bnpo", {"use_adaptive_entropy": True, "top_entropy_quantile": 0.5}),
         ("luspo", {"entropy_coef": 0.05, "importance_sampling_level": "sequence"}),
         ("cispo", {"use_adaptive_entropy": True, "epsilon_high": 1.2}),
+        ("dr_grpo", {"entropy_coef": 0.05, "beta": 0.04}),
+        ("sapo", {"use_adaptive_entropy": True}),
+        ("vespo", {"entropy_coef": 0.05}),
     ],
 )
 def test_entropy_bonus_on_own_path_is_trls(scoring_trainer, monkeypatch, loss_type, options):  # noqa: F811
