@@ -509,31 +509,11 @@ class CEGPPOConfig(GRPOConfig):
                 "GRPO computes log-probs and entropies with TRL's fused LM head, which Liger's fused linear "
                 "cross-entropy would replace; leave fused_linear_cross_entropy unset (TRL sets it to False)",
             )
-        if not self.uses_own_loss:
-            return
-        if self.entropy_coef != 0.0 or self.use_adaptive_entropy:
-            _fail(
-                "entropy_coef/use_adaptive_entropy",
-                (self.entropy_coef, self.use_adaptive_entropy),
-                f"TRL's entropy bonus is not combined with this library's loss path, which "
-                f"{' and '.join(self.own_loss_features)} need(s) (CE-GPPO steers entropy through ce_gppo_beta1/"
-                "ce_gppo_beta2, the entropy controller through its knobs; the paper finds a static bonus unstable); "
-                "set entropy_coef=0.0 and use_adaptive_entropy=False",
-            )
-        if self.loss_type == "ce_gppo":
-            if self.importance_sampling_level != "token":
-                _fail(
-                    "importance_sampling_level",
-                    self.importance_sampling_level,
-                    "CE-GPPO's clip regions are per token (Eq. 8); use 'token' with loss_type='ce_gppo'",
-                )
-            if self.delta is not None:
-                _fail(
-                    "delta",
-                    self.delta,
-                    "the two-sided clip belongs to TRL's grpo-family losses; with loss_type='ce_gppo' bound "
-                    "negative-advantage ratios with clip_ratio_c instead",
-                )
+        if self.loss_type == "ce_gppo" and self.delta is not None:
+            # TRL leaves delta unchecked; on CE-GPPO a cap at or below 1 would remove the in-band gradient.
+            _check_finite("delta", self.delta)
+            if self.delta <= 1:
+                _fail("delta", self.delta, "with loss_type='ce_gppo' the ratio cap must be > 1 (TRL: > 1 + epsilon)")
 
     @property
     def prob_clip_enabled(self) -> bool:
@@ -574,7 +554,10 @@ class CEGPPOConfig(GRPOConfig):
                 )
             if self.importance_sampling_level != "token":
                 _fail(
-                    "importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'"
+                    "importance_sampling_level",
+                    self.importance_sampling_level,
+                    "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight) are per token and "
+                    "need 'token'",
                 )
         for beta in ("beta1", "beta2"):
             self._validate_beta_schedule(beta)
@@ -651,7 +634,13 @@ class CEGPPOConfig(GRPOConfig):
                     "entropy_controller_knobs", knobs, "the ERC band only acts with ERC on: set erc_low and erc_high"
                 )
         elif knobs == "entropy" and (self.entropy_coef != 0 or self.use_adaptive_entropy):
-            _fail("entropy_controller_knobs", knobs, "the controller's entropy term and TRL's entropy bonus both act")
+            _fail(
+                "entropy_controller_knobs",
+                knobs,
+                f"the controller's entropy term and TRL's entropy bonus (entropy_coef={self.entropy_coef!r}, "
+                f"use_adaptive_entropy={self.use_adaptive_entropy!r}) would both act on the entropy; use one: "
+                "entropy_controller_knobs='entropy' or TRL's entropy_coef / use_adaptive_entropy",
+            )
         elif self.loss_type not in CLIPPED_LOSS_TYPES:
             _fail("entropy_controller_knobs", knobs, f"needs this library's loss path: one of {CLIPPED_LOSS_TYPES}")
         elif knobs == "prob_clip" and (

@@ -39,6 +39,42 @@ def safe_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio.clamp(max=MAX_LOG_RATIO))
 
 
+def sequence_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's sequence log-ratio `log s_i = (1 / |y_i|) sum_t log r_{i,t}` over the completion tokens, `(B, 1)`.
+
+    This is TRL's `importance_sampling_level="sequence"` weight (its `log_importance_weights`).
+    """
+    return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+
+
+def gspo_token_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Sequence-level CE-GPPO: `sg(log s_i) + log r_{i,t} - sg(log r_{i,t})` per token, `(B, T)` (GSPO-token form).
+
+    Each token's value is its sequence's log-ratio `log s_i` (`sequence_log_ratio`), its gradient that of the
+    token's own `log pi_theta(y_t)`: GSPO-token's `s_{i,t} = sg(s_i) * pi(y_t) / sg(pi(y_t))` (arXiv 2507.18071).
+
+    Derivation (Eq. 8 with `s_i` for `r`). With the sequence ratio, Eq. 8 reads per sequence `i` of advantage `A_i`:
+    NA&LP when `s_i < 1 - eps_low, A_i < 0`: `J_i = beta1 (1 - eps_low) / sg(s_i) * s_i * A_i`; PA&LP when
+    `s_i > 1 + eps_high, A_i > 0`: `J_i = beta2 (1 + eps_high) / sg(s_i) * s_i * A_i`; otherwise `J_i = s_i * A_i`.
+    Since `grad s_i = s_i * grad log s_i` and `grad log s_i = (1 / |y_i|) sum_t grad log pi(y_t)`,
+    `grad J_i = F_i * A_i * (1 / |y_i|) sum_t grad log pi(y_t)` with `F_i = beta1 (1 - eps_low)`,
+    `beta2 (1 + eps_high)` or `s_i`: the token-level factors of Eq. 8 with `s_i` for `r`, shared by every token of
+    the sequence. Under CE-GPPO's token mean, sequence `i` weighs `|y_i| / N` (`N` tokens in the batch), so the loss
+    gradient is `-(1 / N) sum_i F_i A_i sum_t grad log pi(y_t)`. The per-token form here gives `gppo_policy_loss`
+    the value `J_i` at every token and the gradient `F_i A_i grad log pi(y_t)` at token `t`: summed over the
+    sequence's tokens and divided by `N` it is the same value and the same gradient. Unlike a `(B, 1)` loss
+    broadcast over the tokens, a per-token mask (ERC, `top_entropy_quantile`) then removes that token's own term
+    `F_i A_i grad log pi(y_t)` and nothing else.
+
+    Example:
+        >>> import torch
+        >>> log_ratio = torch.tensor([[0.1, 0.3, 9.0]], requires_grad=True)
+        >>> gspo_token_log_ratio(log_ratio, torch.tensor([[1.0, 1.0, 0.0]])).detach()
+        tensor([[0.2000, 0.2000, 0.2000]])
+    """
+    return sequence_log_ratio(log_ratio, mask).detach() + log_ratio - log_ratio.detach()
+
+
 def clip_regions(
     ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: Bound, epsilon_high: Bound
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +112,7 @@ def gppo_policy_loss(
     beta1: float,
     beta2: float,
     clip_ratio_c: float | None = None,
+    delta: float | None = None,
 ) -> torch.Tensor:
     """CE-GPPO per-token loss (arXiv 2509.20712, Eq. 8), negated for minimisation.
 
@@ -87,6 +124,14 @@ def gppo_policy_loss(
 
     `beta1 = beta2 = 1` is GPPO (Klear-Reasoner); `beta1 = beta2 = 0` gives the gradients of PPO/DAPO clipping. The
     forward value in the two clipped regions is `beta * (1 -/+ eps) * A`. `clip_ratio_c` adds the dual clip.
+    `delta` is TRL's two-sided clip (INTELLECT-2) with its TRL meaning: outside NA&LP / PA&LP, where `r * A` is
+    PPO's `min(r A, clip(r) A)`, the term is TRL's `min(min(r, delta) A, clip(r) A)`; NA&LP / PA&LP keep Eq. 8.
+    With `delta > 1 + eps_high` (TRL's recommendation) it acts only on `A < 0`, `r > delta`: the dual clip at
+    `delta` (value `delta * A`, no gradient); with `beta1 = beta2 = 0` the gradients are TRL's dapo + delta.
+
+    Sequence level (GSPO, `importance_sampling_level="sequence"`): pass `gspo_token_log_ratio(log_ratio, mask)`,
+    whose every token carries its sequence's log-ratio `log s_i`, so the regions and factors above hold with `s_i`
+    in place of `r` (derivation in `gspo_token_log_ratio`).
 
     Args:
         log_ratio: `log pi_theta - log pi_old` per token, `(B, T)` (or `(B, 1)`).
@@ -95,6 +140,7 @@ def gppo_policy_loss(
         beta1: gradient scale of the NA&LP region (larger pushes entropy down).
         beta2: gradient scale of the PA&LP region (larger pushes entropy up).
         clip_ratio_c: dual-clip ratio (> 1) for negative advantages, or `None`.
+        delta: TRL's cap on the unclipped ratio (> 1), or `None`.
 
     Returns:
         The per-token loss, same shape as `log_ratio` broadcast with `advantages`.
@@ -105,10 +151,16 @@ def gppo_policy_loss(
     is_low, is_high = clip_regions(ratio, advantages, epsilon_low, epsilon_high)
     low_scale = beta1 * (1 - _as_like(epsilon_low, log_ratio))
     high_scale = beta2 * (1 + _as_like(epsilon_high, log_ratio))
+    unclipped = ratio * advantages
+    if delta is not None:
+        # Outside NA&LP / PA&LP, r * A is PPO's min(r A, clip(r) A); with delta it is TRL's min(min(r, delta) A, ...).
+        unclipped = -ppo_clip_policy_loss(
+            log_ratio, advantages, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta
+        )
     objective = torch.where(
         is_low,
         low_scale * unit_ratio * advantages,
-        torch.where(is_high, high_scale * unit_ratio * advantages, ratio * advantages),
+        torch.where(is_high, high_scale * unit_ratio * advantages, unclipped),
     )
     return dual_clip(-objective, advantages, clip_ratio_c)
 
@@ -341,7 +393,7 @@ COVARIANCE_SELECTIONS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def _ce_gppo(log_ratio: torch.Tensor, advantages: torch.Tensor, **kwargs: object) -> torch.Tensor:
-    names = ("epsilon_low", "epsilon_high", "beta1", "beta2", "clip_ratio_c")
+    names = ("epsilon_low", "epsilon_high", "beta1", "beta2", "clip_ratio_c", "delta")
     return gppo_policy_loss(log_ratio, advantages, **{name: kwargs[name] for name in names})
 
 

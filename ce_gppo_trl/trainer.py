@@ -57,8 +57,10 @@ from .losses import (
     dual_clip_mask,
     entropy_ratio,
     entropy_ratio_mask,
+    gspo_token_log_ratio,
     positive_nll_loss,
     safe_ratio,
+    sequence_log_ratio,
 )
 from .sampling import concat_rollouts, group_has_signal, select_rows, total_rewards, truncate_left
 from .schedules import mix_bound, prob_clip_lower, prob_clip_upper, rollout_warmup_factor
@@ -161,15 +163,23 @@ class CEGPPOTrainer(GRPOTrainer):
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
         for callback in self._control_callbacks:
             callback.bind(self)
+        if self._entropy_bonus_enabled and any(
+            getattr(cb, "knobs", None) == "entropy" for cb in self._control_callbacks
+        ):
+            raise ValueError(
+                "entropy_controller_knobs='entropy' (an entropy controller callback) and TRL's entropy bonus "
+                f"(entropy_coef={self.entropy_coef!r}, use_adaptive_entropy={self.use_adaptive_entropy!r}) would "
+                "both put an entropy term in the loss; use one of them."
+            )
         # A callback passed from Python may need per-token bounds with a config that would otherwise use TRL's loss.
         self._uses_own_loss = self.args.uses_own_loss or any(
             getattr(cb, "needs_own_loss", False) for cb in self._control_callbacks
         )
         if self._uses_own_loss and not self.args.uses_own_loss:
-            if self.loss_type not in CLIPPED_LOSS_TYPES or self.entropy_coef != 0.0 or self.use_adaptive_entropy:
+            if self.loss_type not in CLIPPED_LOSS_TYPES:
                 raise ValueError(
-                    f"loss_type={self.loss_type!r}, entropy_coef={self.entropy_coef!r}: per-token clip bounds need "
-                    f"a clipped loss type {CLIPPED_LOSS_TYPES} and no TRL entropy bonus."
+                    f"loss_type={self.loss_type!r}: per-token clip bounds need a clipped loss type "
+                    f"{CLIPPED_LOSS_TYPES}."
                 )
 
     def _warn_if_on_policy(self) -> None:
@@ -291,7 +301,7 @@ class CEGPPOTrainer(GRPOTrainer):
     def _compute_policy_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """This library's loss path, for every loss type in `POLICY_LOSSES`."""
         # Same inputs, masks, knobs and normalisers as TRL 1.16's GRPOTrainer._compute_loss; only the per-token loss
-        # (registry), ERC and the metrics differ. TRL's entropy bonus is refused by CEGPPOConfig on this path.
+        # (registry), ERC and the metrics differ. TRL's entropy bonus is TRL's own (_trl_entropy_bonus).
         args = self.args
         mode = "train" if self.model.training else "eval"
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -315,8 +325,13 @@ class CEGPPOTrainer(GRPOTrainer):
             old_per_token_logps = per_token_logps.detach()
 
         log_ratio = per_token_logps - old_per_token_logps
+        loss_log_ratio = log_ratio
         if self.importance_sampling_level == "sequence":
-            log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+            log_ratio = loss_log_ratio = sequence_log_ratio(log_ratio, mask)  # GSPO's (B, 1) ratio, as TRL
+            if self.loss_type == "ce_gppo":
+                # Same value and gradient as the (B, 1) form under the token mean; per-token masks (ERC,
+                # top_entropy_quantile) then act on each token's own gradient (losses.gspo_token_log_ratio).
+                loss_log_ratio = gspo_token_log_ratio(per_token_logps - old_per_token_logps, mask)
 
         knobs = self._policy_loss_knobs(inputs, per_token_logps)
         if self.loss_type == "vespo":
@@ -330,9 +345,9 @@ class CEGPPOTrainer(GRPOTrainer):
                 k_neg=args.vespo_k_neg,
                 lambda_neg=args.vespo_lambda_neg,
             )
-        if self.loss_type in COVARIANCE_SELECTIONS:
+        if self.loss_type in COVARIANCE_SELECTIONS:  # token level only (config): log_ratio is loss_log_ratio
             knobs.update(self._covariance_knobs(log_ratio, advantages, mask, knobs))
-        per_token_loss = POLICY_LOSSES[self.loss_type](log_ratio, advantages, **knobs)
+        per_token_loss = POLICY_LOSSES[self.loss_type](loss_log_ratio, advantages, **knobs)
 
         if self.off_policy_mask_threshold is not None:
             per_token_loss = per_token_loss * self.get_off_policy_mask(
@@ -372,9 +387,13 @@ class CEGPPOTrainer(GRPOTrainer):
             if mode == "train":
                 num_items = num_items * accumulation / args.steps_per_generation
             loss = aggregate_loss(per_token_loss, mask, aggregation, num_items=num_items)
+            policy_loss = loss.detach()
         else:
             loss = aggregate_loss(per_token_loss, mask, aggregation, max_completion_length=self.max_completion_length)
+            policy_loss = loss.detach()
             loss = loss / accumulation
+        if self._entropy_bonus_enabled:
+            loss = loss - self._trl_entropy_bonus(entropies, mask, entropy_mask, mode, accumulation, policy_loss)
         if args.positive_nll_coef > 0:
             loss = loss + self._positive_nll_term(per_token_logps, mask, inputs, mode, accumulation)
         if self.aux_loss_enabled:
@@ -387,7 +406,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
         # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
         ratio = safe_ratio(log_ratio.detach())
-        if args.delta is not None and self.loss_type in CLIPPED_LOSS_TYPES:
+        if args.delta is not None and self.loss_type in CLIPPED_LOSS_TYPES and self.loss_type != "ce_gppo":
             ratio = ratio.clamp(max=args.delta)  # TRL's two-sided clip; TRL's clip metrics read the capped ratio
         clipped = (None, None)
         if self.loss_type in CLIPPED_LOSS_TYPES:
@@ -396,6 +415,48 @@ class CEGPPOTrainer(GRPOTrainer):
         if mode == "train":
             self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, knobs, clipped)
         return loss
+
+    def _trl_entropy_bonus(
+        self,
+        entropies: torch.Tensor,
+        mask: torch.Tensor,
+        entropy_mask: torch.Tensor | None,
+        mode: str,
+        accumulation: float,
+        policy_loss: torch.Tensor,
+    ) -> torch.Tensor:
+        """`coef x` TRL 1.16's entropy-bonus term, to subtract from the loss, with its adaptive (Skywork-OR1) update.
+
+        TRL writes this inline in `GRPOTrainer._compute_loss`, so it cannot be called; this is the same computation
+        on the same state (`entropy_coef`, `_last_world_entropy`, `_entropy_window_stats`, which TRL's
+        `_save_checkpoint` / `_load_optimizer_and_scheduler` save and restore): the mean entropy of the tokens the
+        policy term acts on, divided by the accumulation steps for every loss type; the coefficient and gate of the
+        previous optimizer step; at each step boundary the coefficient steps up by `entropy_coef_delta` when the
+        window-global entropy is at or below `entropy_target` and down otherwise, within `entropy_coef_min/max`.
+        """
+        args, metrics = self.args, self._metrics[mode]
+        effective_mask = mask if entropy_mask is None else mask * entropy_mask
+        entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation
+        coef = self.entropy_coef
+        if self.use_adaptive_entropy and self._last_world_entropy > args.entropy_target:
+            coef = 0.0
+        metrics["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+        if self.use_adaptive_entropy and mode == "train":
+            stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
+            window = self._entropy_window_stats
+            self._entropy_window_stats = stats if window is None else window + stats
+            if self.accelerator.sync_gradients:
+                totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
+                if world_entropy <= args.entropy_target:
+                    self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
+                else:
+                    self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
+                self._last_world_entropy = world_entropy
+                self._entropy_window_stats = None
+        if mode == "train" and self.accelerator.sync_gradients:
+            metrics["entropy_coef"].append(self.entropy_coef)
+        return coef * entropy_loss
 
     # Metrics, reduced over processes like TRL's.
 

@@ -38,13 +38,13 @@ def test_defaults_are_the_paper_setting():
         ({"erc_low": 1.0, "erc_high": 1.05}, "erc_low=1.0 is not allowed: expected 0 <= erc_low < 1"),
         ({"erc_low": 0.95, "erc_high": 1.0}, "erc_high=1.0 is not allowed: expected erc_high > 1"),
         ({"erc_low": math.nan, "erc_high": 1.05}, "erc_low=nan is not allowed: expected a finite number"),
-        ({"entropy_coef": 0.01}, r"entropy_coef/use_adaptive_entropy=\(0.01, False\) is not allowed"),
+        ({"delta": 1.0}, r"delta=1.0 is not allowed: with loss_type='ce_gppo' the ratio cap must be > 1"),
+        ({"delta": math.inf}, "delta=inf is not allowed: expected a finite number"),
         (
-            {"loss_type": "dapo", "positive_nll_coef": 0.1, "use_adaptive_entropy": True},
-            r"use_adaptive_entropy=\(0.0, True\) is not allowed: .* loss path, which positive_nll_coef need",
+            {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_controller_knobs": "entropy"}
+            | {"use_adaptive_entropy": True},
+            r"entropy_controller_knobs='entropy' is not allowed: .* \(entropy_coef=0.0, use_adaptive_entropy=True\)",
         ),
-        ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence' is not allowed"),
-        ({"delta": 4.0}, "delta=4.0 is not allowed"),
         ({"clip_cov_ratio": 0.0}, "clip_cov_ratio=0.0 is not allowed: expected a share of the loss tokens"),
         ({"kl_cov_ratio": 1.5}, "kl_cov_ratio=1.5 is not allowed: expected a share of the loss tokens"),
         ({"kl_cov_ratio": math.nan}, "kl_cov_ratio=nan is not allowed: expected a finite number"),
@@ -56,10 +56,6 @@ def test_defaults_are_the_paper_setting():
         ),
         ({"loss_type": "clip_cov", "delta": 4.0}, "delta=4.0 is not allowed: the two-sided clip is TRL's"),
         ({"loss_type": "kl_cov", "clip_ratio_c": 10.0}, "clip_ratio_c=10.0 is not allowed: the dual clip applies"),
-        (
-            {"loss_type": "clip_cov", "entropy_coef": 0.01},
-            r"entropy_coef/use_adaptive_entropy=\(0.01, False\) is not allowed: .* loss_type='clip_cov' need",
-        ),
         (
             {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": True}},
             r"liger_kernel_config=\{'fused_linear_cross_entropy': True\} is not allowed: GRPO computes log-probs",
@@ -89,6 +85,22 @@ def test_trl_loss_types_keep_their_meaning():
     assert make(loss_type="cispo", epsilon_high=5.0).epsilon_high == 5.0
     # ERC switches any loss type onto this library's path
     assert make(loss_type="sapo", erc_low=0.95, erc_high=1.05).uses_own_loss
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"entropy_coef": 0.01},
+        {"use_adaptive_entropy": True, "gradient_accumulation_steps": 2},
+        {"loss_type": "dapo", "positive_nll_coef": 0.1, "use_adaptive_entropy": True},
+        {"importance_sampling_level": "sequence", "erc_low": 0.95, "erc_high": 1.05, "clip_ratio_c": 10.0},
+        {"delta": 4.0, "clip_ratio_c": 3.0},
+        {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_coef": 0.01},  # knobs="betas"
+    ],
+)
+def test_trl_options_compose_with_this_librarys_loss_path(kwargs):
+    """Issue 25: TRL's entropy bonus, GSPO's sequence level and delta are accepted with loss_type='ce_gppo'."""
+    assert make(**kwargs).uses_own_loss
 
 
 @pytest.mark.parametrize(

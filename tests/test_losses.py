@@ -12,9 +12,11 @@ from ce_gppo_trl.losses import (
     dual_clip_mask,
     entropy_ratio_mask,
     gppo_policy_loss,
+    gspo_token_log_ratio,
     kl_cov_policy_loss,
     kl_cov_selection,
     ppo_clip_policy_loss,
+    sequence_log_ratio,
     token_covariance,
 )
 
@@ -384,3 +386,84 @@ def test_clip_cov_and_kl_cov_match_verl(seed):
     torch.testing.assert_close(grads[0], grads[1])
     selected = kl_cov_selection(log_prob - old_log_prob, advantages, **knobs, kl_cov_ratio=0.02)
     assert selected.sum() == max(1, int(mask.sum() * 0.02))
+
+
+# Sequence level (GSPO): three sequences, lengths 2, 3 and 1 (padding after), chosen so that the sequence ratio
+# s_i = exp(mean_t log r_{i,t}) is 0.5 (NA&LP with A < 0), 1.5 (PA&LP with A > 0) and 1.1 (inside the band).
+SEQ_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+SEQ_ADV = torch.tensor([[-2.0], [2.0], [1.0]], dtype=torch.float64)
+SEQ_RATIO = torch.tensor([0.5, 1.5, 1.1], dtype=torch.float64)
+
+
+def sequence_log_ratios():
+    # Per-token log-ratios that average to log s_i over each sequence's tokens (and junk on the padding).
+    spread = torch.tensor([[0.3, -0.3, 7.0], [0.2, 0.1, -0.3], [0.0, -5.0, 3.0]], dtype=torch.float64)
+    return (torch.log(SEQ_RATIO).unsqueeze(1) + spread).requires_grad_(True)
+
+
+def test_sequence_level_ce_gppo_matches_eq8_with_the_sequence_ratio():
+    log_ratio = sequence_log_ratios()
+    torch.testing.assert_close(sequence_log_ratio(log_ratio, SEQ_MASK).exp().squeeze(1), SEQ_RATIO)
+    per_token = gppo_policy_loss(gspo_token_log_ratio(log_ratio, SEQ_MASK), SEQ_ADV, **gppo())
+    n_tokens = SEQ_MASK.sum()
+    loss = aggregate_loss(per_token, SEQ_MASK, "token-mean", num_items=n_tokens)
+    (grad,) = torch.autograd.grad(loss, log_ratio)
+    # Eq. 8 with s for r: values J = beta1 (1 - eps) A, beta2 (1 + eps) A, s A; factors F = 0.375, 1.25, 1.1
+    value = torch.tensor([0.5 * 0.75 * -2.0, 1.0 * 1.25 * 2.0, 1.1 * 1.0], dtype=torch.float64)
+    factor = torch.tensor([0.5 * 0.75, 1.0 * 1.25, 1.1], dtype=torch.float64)
+    lengths = SEQ_MASK.sum(-1)
+    torch.testing.assert_close(loss, -(lengths * value).sum() / n_tokens)
+    # d loss / d log pi_{i,t} = -F_i A_i / N on every token of sequence i, 0 on padding
+    expected_grad = -(factor.unsqueeze(1) * SEQ_ADV) / n_tokens * SEQ_MASK
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_gspo_token_form_equals_the_sequence_form_in_value_and_gradient():
+    """TRL's (B, 1) GSPO form, broadcast over tokens, and the per-token form give the same loss and gradient."""
+    results = []
+    for form in (sequence_log_ratio, gspo_token_log_ratio):
+        log_ratio = sequence_log_ratios()
+        per_token = gppo_policy_loss(form(log_ratio, SEQ_MASK), SEQ_ADV, **gppo(), clip_ratio_c=3.0, delta=2.0)
+        loss = aggregate_loss(per_token, SEQ_MASK, "token-mean", num_items=SEQ_MASK.sum())
+        results.append((loss, *torch.autograd.grad(loss, log_ratio)))
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_token_mask_on_the_gspo_token_form_removes_only_that_tokens_term():
+    """What ERC does at sequence level: a detached token keeps its value but loses exactly -F_i A_i / N."""
+    log_ratio = sequence_log_ratios()
+    per_token = gppo_policy_loss(gspo_token_log_ratio(log_ratio, SEQ_MASK), SEQ_ADV, **gppo())
+    keep = torch.tensor([[True, False, True], [True, True, False], [False, True, True]])
+    masked = torch.where(keep, per_token, per_token.detach())
+    loss = aggregate_loss(masked, SEQ_MASK, "token-mean", num_items=SEQ_MASK.sum())
+    (grad,) = torch.autograd.grad(loss, log_ratio)
+    factor = torch.tensor([[0.5 * 0.75], [1.25], [1.1]], dtype=torch.float64)
+    torch.testing.assert_close(grad, -(factor * SEQ_ADV) / SEQ_MASK.sum() * SEQ_MASK * keep)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "advantage", "delta", "expected_loss", "expected_grad"),
+    [
+        (3.0, -1.0, 2.0, 2.0, 0.0),  # A < 0 beyond delta: capped at delta * A, no gradient (the dual clip at delta)
+        (1.5, -1.0, 2.0, 1.5, 1.5),  # A < 0 below delta: r * A as without delta
+        (1.5, 2.0, 1.2, -1.25 * 2.0, -1.25 * 2.0),  # PA&LP keeps Eq. 8 (delta only caps the r * A term)
+        (1.2, 1.0, 1.1, -1.1, 0.0),  # in band above delta (delta < 1 + eps): TRL's min(delta, r) * A
+        (1.15, -1.0, 1.1, 1.15, 1.15),  # A < 0 in band: TRL's min(min(r, delta) A, clip(r) A) = r A
+        (0.5, -2.0, 1.1, 0.5 * 0.75 * 2.0, 0.5 * 0.75 * 2.0),  # NA&LP unchanged
+    ],
+)
+def test_delta_caps_the_unclipped_ratio_as_trl(ratio, advantage, delta, expected_loss, expected_grad):
+    loss, grad = loss_and_grad([ratio], [advantage], **gppo(), delta=delta)
+    assert loss.item() == pytest.approx(expected_loss)
+    assert grad.item() == pytest.approx(expected_grad)
+
+
+def test_delta_with_zero_betas_has_trl_dapo_delta_gradients():
+    ratios = torch.tensor([0.3, 0.7, 0.9, 1.05, 1.15, 1.3, 1.8, 3.0], dtype=torch.float64).repeat(2)
+    advantages = torch.tensor([1.0] * 8 + [-1.0] * 8, dtype=torch.float64)
+    grads = []
+    for fn, kwargs in ((gppo_policy_loss, gppo(beta1=0.0, beta2=0.0)), (ppo_clip_policy_loss, gppo())):
+        log_ratio = ratios.log().requires_grad_(True)
+        grads.append(torch.autograd.grad(fn(log_ratio, advantages, **kwargs, delta=1.1).sum(), log_ratio)[0])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert (grads[1] == 0).sum() >= 8  # the cap and the clip both act somewhere
