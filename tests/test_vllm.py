@@ -14,6 +14,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (README, 'vLLM on CPU'
 
 import torch  # noqa: E402
 from conftest import save_vllm_model  # noqa: E402
+from test_gpu_path import lora  # noqa: E402
 from test_trainer import digit_reward, logged  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
@@ -163,9 +164,14 @@ def train(trainer):
 
 
 @pytest.fixture(scope="module")
-def off_policy_run(vllm_cpu_sync, tmp_path_factory, arithmetic_dataset):
+def vllm_model_dir(tmp_path_factory):
+    return save_vllm_model(tmp_path_factory.mktemp("vllm-llama"))
+
+
+@pytest.fixture(scope="module")
+def off_policy_run(vllm_cpu_sync, vllm_model_dir, tmp_path_factory, arithmetic_dataset):
     """CE-GPPO with ERC and token-level IS correction, 2 updates per rollout batch, 4 steps."""
-    model_dir = save_vllm_model(tmp_path_factory.mktemp("vllm-llama"))
+    model_dir = vllm_model_dir
     args = vllm_args(
         tmp_path_factory.mktemp("off-policy"),
         erc_low=0.95,
@@ -256,3 +262,85 @@ def test_vllm_importance_sampling_is_trls_capped_ratio_applied_once(off_policy_r
     assert loss(0.5 * ones) == pytest.approx(0.5 * unweighted, rel=1e-5)  # once: 0.25 if applied twice
     assert loss(0.5 * ones, correction=False) == pytest.approx(unweighted, rel=1e-6)  # off: not applied
     assert loss(inputs["importance_sampling_ratio"]) != unweighted
+
+
+def low_operand_reward(completions, prompts, **kwargs):
+    """The digit share for prompts whose first operand is 0-4, else 0: about half the groups carry no signal."""
+    return [digit_reward([c])[0] if p[0] in "01234" else 0.0 for c, p in zip(completions, prompts, strict=True)]
+
+
+def test_vllm_defaults_are_on_policy_and_dynamic_sampling_generates_several_rounds(
+    vllm_cpu_sync, vllm_model_dir, tmp_path, arithmetic_dataset
+):
+    # TRL's defaults: steps_per_generation = gradient_accumulation_steps = 1, the IS correction on
+    overrides = {"steps_per_generation": None, "max_steps": 3, "dynamic_sampling": True}
+    with pytest.warns(UserWarning, match="cannot act in this run: every update is on-policy"):
+        args = vllm_args(tmp_path, **overrides, dynamic_sampling_max_rounds=2)
+    trainer = build(CEGPPOTrainer, vllm_model_dir, arithmetic_dataset, args, reward_funcs=low_operand_reward)
+    assert [m for m in trainer.init_warnings if "cannot act in this run" in m]
+    generate, calls = trainer.vllm_generation.generate, []
+
+    def counted(**kwargs):
+        calls.append(len(kwargs["prompts"]))
+        return generate(**kwargs)
+
+    trainer.vllm_generation.generate = counted
+    warnings = train(trainer)
+    rounds = logged(trainer, "dynamic_sampling/rounds")
+    # round 0 fills both groups with P = 1/4 per step: some step refills, with P = 1 - (1/4)^3
+    assert len(rounds) == 3 and max(rounds) >= 1
+    assert len(calls) == sum(rounds) + 3 and set(calls) == {8}  # every round: 8 prompt rows (2 prompts x 4) to vLLM
+    assert sum(logged(trainer, "dynamic_sampling/groups_dropped")) > 0
+    assert set(logged(trainer, "clip_ratio/region_mean")) == {0.0}  # on-policy: ratio 1, nothing to clip
+    assert max(logged(trainer, "sampling/sampling_logp_difference/mean")) < 0.01  # every round: synced weights
+    assert 0.95 < min(logged(trainer, "sampling/importance_sampling_ratio/mean")) <= 1.05
+    assert not any("vllm_logp_difference_bound" in message for message in warnings)
+
+
+def test_lora_adapters_are_merged_for_the_sync_and_unmerged_after(
+    vllm_cpu_sync, vllm_model_dir, tmp_path, arithmetic_dataset
+):
+    args = vllm_args(tmp_path, max_steps=2)
+    trainer = build(CEGPPOTrainer, vllm_model_dir, arithmetic_dataset, args, peft_config=lora())
+    initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    train(trainer)
+    trained = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.vllm_generation.sync_weights()
+    engine = engine_weights(trainer)
+    after_sync = dict(trainer.model.named_parameters())
+    for name, value in trained.items():
+        if "lora_" in name:  # the adapters trained, and the sync left them as they were
+            assert not torch.equal(value, initial[name]), name
+            assert torch.equal(after_sync[name].detach(), value), name
+        else:  # the base stays frozen; merge then unmerge returns it up to float rounding
+            torch.testing.assert_close(after_sync[name].detach(), initial[name], rtol=0, atol=1e-6)
+    base = trainer.model.get_base_model()
+    for i, layer in enumerate(base.model.layers):
+        for name in ("q_proj", "v_proj"):
+            module = getattr(layer.self_attn, name)
+            merged = (module.base_layer.weight + module.get_delta_weight("default")).detach().float()
+            got = engine[f"model.layers.{i}.self_attn.{name}.weight"]
+            assert bool(((got - merged).abs() <= BF16_RELATIVE * merged.abs() + 1e-6).all()), (i, name)
+            assert (got - module.base_layer.weight.float()).abs().max() > 1e-2  # the engine holds base + B A
+    assert max(logged(trainer, "sampling/sampling_logp_difference/mean")) < 0.01
+
+
+def test_stale_engine_weights_warn(vllm_cpu_sync, vllm_model_dir, tmp_path, arithmetic_dataset):
+    # IS correction off: TRL logs no logp difference; this library measures it on the off-policy rollouts
+    args = vllm_args(tmp_path, vllm_importance_sampling_correction=False, vllm_logp_difference_bound=0.02)
+    trainer = build(CEGPPOTrainer, vllm_model_dir, arithmetic_dataset, args)
+    assert not [m for m in trainer.init_warnings if "vllm_logp_difference_bound" in m]
+    sync, synced = trainer.vllm_generation.sync_weights, []
+
+    def first_sync_only():  # the engine keeps the weights of step 0, as a sync that stopped working would
+        if not synced:
+            sync()
+        synced.append(True)
+
+    trainer.vllm_generation.sync_weights = first_sync_only
+    warnings = train(trainer)
+    assert len(synced) == 2  # before the rollout batches of steps 0 and 2
+    first, second = logged(trainer, "sampling/sampling_logp_difference/mean")  # logged at generation steps
+    assert first < 0.01 and second > 0.05  # two updates at lr 2e-2 apart
+    (warning,) = [message for message in warnings if "vllm_logp_difference_bound=0.02" in message]
+    assert "at step 2" in warning and "weights other than the trainer's" in warning
