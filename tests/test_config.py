@@ -44,6 +44,8 @@ def test_defaults_are_the_paper_setting():
             r"use_adaptive_entropy=\(0.0, True\) is not allowed: .* loss path, which positive_nll_coef need",
         ),
         ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence' is not allowed"),
+        ({"vllm_logp_difference_bound": 0.0}, "vllm_logp_difference_bound=0.0 is not allowed: expected a number > 0"),
+        ({"vllm_logp_difference_bound": math.inf}, "vllm_logp_difference_bound=inf is not allowed: expected a finite"),
         ({"delta": 4.0}, "delta=4.0 is not allowed"),
         (
             {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": True}},
