@@ -8,7 +8,8 @@ these methods:
   `_compute_loss` runs untouched, so every TRL loss type behaves exactly as in TRL.
 - `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
   that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
-  forward pass is made.
+  forward pass is made. With vLLM, the same rollout gives the trainer-vs-vLLM log-prob gap right after TRL's weight
+  sync, which warns above `vllm_logp_difference_bound` (stale engine weights).
 - `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
   training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
   completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
