@@ -94,7 +94,8 @@ class CEGPPOScriptArguments(ScriptArguments):
             Dotted import path of a TRL `rollout_func(prompts, trainer)` that replaces generation (experimental in
             TRL).
         toy_model_dir (`str` or `None`):
-            Where `builtin:toy` is built and cached; None: `$CE_GPPO_CACHE` or `~/.cache/ce_gppo_trl`.
+            Where the `builtin:` models (`builtin:toy`, `builtin:smollm2-135m-instruct`) are built and cached; None:
+            `$CE_GPPO_CACHE` or `~/.cache/ce_gppo_trl`.
         eval_dataset_name (`str` or `None`):
             Dataset of training-time evaluation (`eval_strategy` "steps" or "epoch"), e.g. `AIME24`, `MATH-500` or a
             local file; None: the training dataset's `dataset_test_split`.
@@ -139,7 +140,10 @@ class CEGPPOScriptArguments(ScriptArguments):
     )
     toy_model_dir: str | None = field(
         default=None,
-        metadata={"help": "Cache directory for the builtin:toy model; None: $CE_GPPO_CACHE or ~/.cache/ce_gppo_trl."},
+        metadata={
+            "help": "Cache directory of the builtin: models (toy, smollm2-135m-instruct); None: $CE_GPPO_CACHE or "
+            "~/.cache/ce_gppo_trl."
+        },
     )
     eval_dataset_name: str | None = field(
         default=None,
@@ -208,29 +212,50 @@ def toy_model_path(cache_dir: str | None = None) -> str:
     return os.path.join(cache_dir or default_cache_dir(), f"toy-model-{digest}")
 
 
-def resolve_model(model_name_or_path: str | None, training_args: CEGPPOConfig, toy_model_dir: str | None) -> str:
-    """The name or directory the trainer loads: `builtin:toy` is built (once, on the main process) and cached.
+def builtin_models() -> dict[str, tuple[Callable[[str | None], str], Callable[[str], str], str]]:
+    """The `builtin:` models: name -> (cache path from a cache directory, builder of that path, what building costs)."""
+    from .smollm2 import SMOLLM2_MODEL, build_smollm2, smollm2_model_path
+    from .toy import build_toy_model
 
-    Hub ids and local directories pass through unchanged, so they take TRL's own `from_pretrained` path.
+    return {
+        TOY_MODEL: (toy_model_path, build_toy_model, "build the toy model (once; 1-2 minutes on 2 CPU cores)"),
+        SMOLLM2_MODEL: (smollm2_model_path, build_smollm2, "convert SmolLM2-135M-Instruct from GGUF (once; ~1 minute)"),
+    }
+
+
+def resolve_model(
+    model_name_or_path: str | None, training_args: CEGPPOConfig | None, cache_dir: str | None = None
+) -> str:
+    """The name or directory the trainer loads: a `builtin:` model is built (once, on the main process) and cached.
+
+    `builtin:toy` is the quickstart's toy model, `builtin:smollm2-135m-instruct` the real SmolLM2-135M-Instruct
+    (`ce_gppo_trl.smollm2`). Hub ids and local directories pass through unchanged, so they take TRL's own
+    `from_pretrained` path. `training_args` orders the processes of a distributed run (None: a single process).
+
+    Raises:
+        MissingDependencyError: the builtin needs a package that is not installed (the message gives the command).
     """
+    builtins = builtin_models()
     if not model_name_or_path:
         raise ValueError(
             f"model_name_or_path={model_name_or_path!r} is not allowed: expected a Hub model id, a local model "
-            f"directory, or {TOY_MODEL!r} for the offline toy model."
+            f"directory, or one of the offline models {', '.join(map(repr, builtins))}."
         )
-    if model_name_or_path.startswith("builtin:"):
-        if model_name_or_path != TOY_MODEL:
-            raise ValueError(
-                f"model_name_or_path={model_name_or_path!r} is not allowed: the only built-in model is {TOY_MODEL!r}."
-            )
-        from .toy import build_toy_model
-
-        path = toy_model_path(toy_model_dir)
-        with training_args.main_process_first(desc="build the toy model"):
-            if training_args.process_index == 0 and not os.path.isdir(path):
-                logger.info("building the toy model in %s (once; 1-2 minutes on 2 CPU cores)", path)
-            return build_toy_model(path)
-    return model_name_or_path
+    if not model_name_or_path.startswith("builtin:"):
+        return model_name_or_path
+    if model_name_or_path not in builtins:
+        raise ValueError(
+            f"model_name_or_path={model_name_or_path!r} is not allowed: the built-in models are "
+            f"{', '.join(map(repr, builtins))}."
+        )
+    cache_path, build, what = builtins[model_name_or_path]
+    path = cache_path(cache_dir)
+    if training_args is None:
+        return build(path)
+    with training_args.main_process_first(desc=what):
+        if training_args.process_index == 0 and not os.path.isdir(path):
+            logger.info("%s: %s", what, path)
+        return build(path)
 
 
 def check_vllm(training_args: CEGPPOConfig) -> None:

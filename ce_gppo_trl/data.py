@@ -1,7 +1,8 @@
 r"""Math datasets as `prompt` / `solution` rows for `GRPOTrainer` and `ce-gppo eval`.
 
 `load_math_dataset` loads a hub id, a benchmark name (`AIME24`, `MATH-500`, ...), a local JSONL / JSON / Parquet /
-CSV file or `builtin:arithmetic`, then an adapter picks the question and the gold answer out of the dataset's own
+CSV file, `builtin:arithmetic` (the toy's task) or `builtin:word-problems` (the real model's task,
+`ce_gppo_trl.word_problems`), then an adapter picks the question and the gold answer out of the dataset's own
 layout (verl rows, MATH, GSM8K, competition sets) and reduces the gold to the bare answer (`#### 72` -> `72`, a
 worked solution -> its last `\boxed{}`, or all the boxes of an answer in several parts: `\(\boxed{1}\) and
 \(\boxed{-2}\)` -> `1, -2`; see `ce_gppo_trl.rewards.extract_gold_answer`). The prompt is the question plus an
@@ -18,10 +19,12 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 from .rewards import extract_gold_answer
+from .word_problems import BUILTIN_WORD_PROBLEMS, make_word_problems
 
 __all__ = [
     "ADAPTERS",
     "BUILTIN_ARITHMETIC",
+    "BUILTIN_WORD_PROBLEMS",
     "DAPO_TEMPLATE",
     "DATASETS",
     "DEFAULT_INSTRUCTION",
@@ -191,7 +194,9 @@ def load_math_dataset(
     Args:
         name_or_path: a name from `DATASETS` (`"AIME24"`, `"MATH-500"`, `"DAPO-Math-17k"`, ...), any hub id, a
             local `.jsonl` / `.json` / `.parquet` / `.csv` file, or `"builtin:arithmetic"` (the offline toy task of
-            `ce_gppo_trl.toy`, returned as is: plain prompts like `"49+97="`).
+            `ce_gppo_trl.toy`, returned as is: plain prompts like `"49+97="`), or `"builtin:word-problems"`
+            (`ce_gppo_trl.word_problems`: split "train" or "test", chats with a worked example; the instruction and
+            adapter fields do not apply to either builtin).
         split: dataset split; defaults to the known dataset's split, else `"train"` (local files have only that).
         config_name: hub config (e.g. `"main"` for GSM8K); overrides a known dataset's configs.
         adapter: a name from `ADAPTERS` ("verl", "math", "gsm8k", "competition", "prompt_solution"); detected from
@@ -221,6 +226,8 @@ def load_math_dataset(
         from .toy import make_arithmetic_dataset  # the toy module pulls in torch and transformers
 
         return make_arithmetic_dataset(num_examples or 1000, seed)
+    if name_or_path == BUILTIN_WORD_PROBLEMS:
+        return make_word_problems(split or "train", num_examples)
     if adapter is not None and adapter not in ADAPTERS:
         raise ValueError(f"adapter {adapter!r} is unknown; allowed adapters are {sorted(ADAPTERS)}")
     if (question_column is None) != (answer_column is None):

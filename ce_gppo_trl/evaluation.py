@@ -160,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ce-gppo eval",
         description="Sample K answers per problem and report avg@K / pass@K per benchmark.",
     )
-    parser.add_argument("--model", required=True, help="Model directory, hub id, or LoRA adapter directory.")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Model directory, hub id, LoRA adapter directory, or a builtin model (builtin:toy, "
+        "builtin:smollm2-135m-instruct; built once into $CE_GPPO_CACHE).",
+    )
     parser.add_argument(
         "--dataset",
         required=True,
@@ -204,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    from .cli import resolve_model
+
+    args.model = resolve_model(args.model, None)
     tokenizer = _load_tokenizer(args.model)
     conversational = tokenizer.chat_template is not None
     report: dict[str, Any] = {
