@@ -213,13 +213,17 @@ def toy_model_path(cache_dir: str | None = None) -> str:
 
 
 def builtin_models() -> dict[str, tuple[Callable[[str | None], str], Callable[[str], str], str]]:
-    """The `builtin:` models: name -> (cache path from a cache directory, builder of that path, what building costs)."""
+    """The `builtin:` models: name -> (its cache path from a cache directory, its builder, what building costs)."""
     from .smollm2 import SMOLLM2_MODEL, build_smollm2, smollm2_model_path
     from .toy import build_toy_model
 
     return {
         TOY_MODEL: (toy_model_path, build_toy_model, "build the toy model (once; 1-2 minutes on 2 CPU cores)"),
-        SMOLLM2_MODEL: (smollm2_model_path, build_smollm2, "convert SmolLM2-135M-Instruct from GGUF (once; ~1 minute)"),
+        SMOLLM2_MODEL: (
+            smollm2_model_path,
+            build_smollm2,
+            "convert SmolLM2-135M-Instruct from GGUF (once; ~1 minute)",
+        ),
     }
 
 

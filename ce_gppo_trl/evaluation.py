@@ -132,8 +132,11 @@ def _generate_transformers(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     network.to(device).eval()
     torch.manual_seed(seed)
+    # top_k=0: no top-k cut, as in TRL's generation (GRPOConfig.top_k) and vLLM; transformers would default to 50.
     sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False}
     )
     completions: list[list[str]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="Generating", disable=not progress):

@@ -1,11 +1,12 @@
 """One-step arithmetic word problems: the offline task on which SmolLM2-135M-Instruct has room to learn.
 
-`make_word_problems` enumerates every problem of a small grammar (a name, an item, an action that adds or takes away,
-two numbers from 2 to 20), splits it once, with a fixed seed, by its arithmetic: half of the 532 expressions ("13 + 16") are
-held out with all their wordings, and the `test` split is `HELDOUT_SIZE` problems, one for each of 256 of them, so
-that neither a test question nor its sum is ever trained on; `train` holds the 34,048 problems of the other half. Each prompt is a chat with
-one worked example before the question, so that an instruct model answers in the form the reward reads anchored,
-"... The answer is 12." (`ce_gppo_trl.rewards.math_accuracy_reward`: math-verify's "answer is" anchor).
+`make_word_problems` enumerates every problem of a small grammar (a name, an item, an action that adds or takes
+away, two numbers from 2 to 20) and splits it once, with a fixed seed, by its arithmetic: half of the 532 expressions
+("13 + 16") are held out with all their wordings, and the `test` split is `HELDOUT_SIZE` problems, one for each of 256
+of them, so that neither a test question nor its sum is ever trained on; `train` holds the 34,048 problems of the
+other half. Each prompt is a chat with one worked example before the question, so that an instruct model answers in
+the form the reward reads anchored, "... The answer is 12." (`ce_gppo_trl.rewards.math_accuracy_reward`:
+math-verify's "answer is" anchor).
 
 Why this task (measured on the converted model, temperature 1, 32 problems each, `benchmarks/RESULTS.md`): bare
 sums with a `\\boxed{}` instruction were solved 0-6% of the time (the model rarely writes a box); with the worked
