@@ -403,6 +403,20 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    # vLLM: stale engine weights are silent, since vLLM still generates fluent samples of the policy it holds.
+    vllm_logp_difference_bound: float | None = field(
+        default=0.1,
+        metadata={
+            "help": "With use_vllm, warn (once per run) when a rollout batch's sampling/sampling_logp_difference/"
+            "mean, the mean |log p_trainer - log p_vLLM| of the sampled tokens measured right after the weight sync "
+            "that precedes each generation, exceeds this bound: the engine then generates with weights other than "
+            "the trainer's (a sync that missed layers). bf16 rounding alone gives about 1e-3 to 4e-2; top_p / top_k "
+            "truncation adds about -log(kept probability mass). Measured whenever TRL scores old_per_token_logps "
+            "(vllm_importance_sampling_correction or off-policy updates; logged under TRL's name when TRL does not "
+            "log it). > 0; None = off."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True  # TRL's default, under transformers 5.23's non-deprecated name
@@ -410,6 +424,11 @@ class CEGPPOConfig(GRPOConfig):
         self._validate_loss_fields()
         self._validate_entropy_control()
         self._validate_recipe_fields()
+        bound = self.vllm_logp_difference_bound
+        if bound is not None:
+            _check_finite("vllm_logp_difference_bound", bound)
+            if bound <= 0:
+                _fail("vllm_logp_difference_bound", bound, "expected a number > 0 (mean |log-prob gap|), or None")
         message = on_policy_message(self)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)

@@ -8,7 +8,8 @@ these methods:
   `_compute_loss` runs untouched, so every TRL loss type behaves exactly as in TRL.
 - `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
   that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
-  forward pass is made.
+  forward pass is made. With vLLM, the same rollout gives the trainer-vs-vLLM log-prob gap right after TRL's weight
+  sync, which warns above `vllm_logp_difference_bound` (stale engine weights).
 - `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
   training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
   completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
@@ -152,6 +153,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self.entropy_control_coef = 0.0
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
+        self._warned_vllm_logp_difference = False
         super().__init__(model, reward_funcs, args=args, **kwargs)
         for callback in callbacks_from_config(args):
             self.add_callback(callback)
@@ -186,6 +188,16 @@ class CEGPPOTrainer(GRPOTrainer):
         message = on_policy_message(self.args)
         if message is not None and self.accelerator.is_main_process:
             logger.warning(message)
+        args = self.args
+        if self.use_vllm and args.vllm_logp_difference_bound is not None:
+            if not (self.vllm_importance_sampling_correction or args.off_policy) and self.accelerator.is_main_process:
+                logger.warning(
+                    f"vllm_logp_difference_bound={args.vllm_logp_difference_bound} cannot be checked in this run: "
+                    "with vllm_importance_sampling_correction=False and on-policy updates TRL scores no "
+                    "old_per_token_logps, so the trainer's log-probs of vLLM's samples are never computed. Set "
+                    "vllm_importance_sampling_correction=True to check for stale vLLM weights, or "
+                    "vllm_logp_difference_bound=None."
+                )
 
     def _check_dropout(self) -> None:
         if self.args.disable_dropout:
@@ -212,6 +224,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self._old_entropies = [] if capture else None
         try:
             output = super()._generate_and_score_completions(inputs)
+            if self.use_vllm:
+                self._check_vllm_logp_difference(output)
             if capture:
                 if not isinstance(self._old_entropies, torch.Tensor):
                     raise RuntimeError(
@@ -223,6 +237,39 @@ class CEGPPOTrainer(GRPOTrainer):
         finally:
             self._old_entropies = self._old_entropies_logps = None
         return output
+
+    def _check_vllm_logp_difference(self, output: dict[str, Any]) -> None:
+        """Warn once when vLLM's log-probs of its own samples are far from the trainer's: stale engine weights.
+
+        Every generation follows TRL's weight sync, and `old_per_token_logps` are scored by the weights just synced,
+        so their gap to vLLM's `sampling_per_token_logps` is numerical noise unless the sync missed something. TRL logs
+        that gap (`sampling/sampling_logp_difference/mean`) only with `vllm_importance_sampling_correction`; the
+        same quantity is computed here from the rollout, and logged under TRL's name when TRL does not log it.
+        """
+        old_logps, sampled_logps = output.get("old_per_token_logps"), output.get("sampling_per_token_logps")
+        if old_logps is None or sampled_logps is None:
+            return
+        gap = (old_logps - sampled_logps).abs()
+        mask = output["completion_mask"] * output.get("tool_mask", 1)
+        valid = mask.bool() & ~torch.isnan(gap)  # vLLM could not score some tokens (NaN): left out, as TRL does
+        difference = self._global_masked_mean(torch.nan_to_num(gap), valid.float())
+        mode = "train" if self.model.training else "eval"
+        if not self.vllm_importance_sampling_correction:
+            self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(difference)
+        bound = self.args.vllm_logp_difference_bound
+        if bound is None or difference <= bound or self._warned_vllm_logp_difference:
+            return
+        self._warned_vllm_logp_difference = True
+        if self.accelerator.is_main_process:
+            logger.warning(
+                f"vLLM's log-probs of the tokens it sampled differ from the trainer's by {difference:.3g} on average "
+                f"(sampling/sampling_logp_difference/mean at step {self.state.global_step}), above "
+                f"vllm_logp_difference_bound={bound}, right after a weight sync: the vLLM engine is likely "
+                "generating with weights other than the trainer's (a sync that did not reach every layer), and the "
+                "run then trains on samples of another policy. bf16 rounding alone gives about 1e-3 to 4e-2 and "
+                "top_p / top_k truncation about -log(kept probability mass); if neither explains the gap, check the "
+                "weight sync. Warned once per run; the metric is logged every rollout batch."
+            )
 
     def _check_captured_pass(self, output: dict[str, Any]) -> None:
         # The arming condition copies TRL's for the old-logps pass; if a TRL release changed it, another no-grad pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import types
@@ -93,6 +94,24 @@ def test_vllm_requested_but_missing_names_the_install_line(monkeypatch):
         cli.check_vllm(training_args)
 
 
+def test_vllm_extra_is_the_range_trl_supports():
+    tomllib = pytest.importorskip("tomllib")
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
+    ours = {req.name: req.specifier for req in map(Requirement, extra)}
+    trls = [Requirement(line) for line in requires("trl") if 'extra == "vllm"' in line]
+    (trl_vllm,) = [req for req in trls if req.name == "vllm"]
+    assert ours["vllm"] == trl_vllm.specifier  # >=0.22.0,<=0.31.0 for TRL 1.16
+    assert "vllm" in Requirement(next(line for line in extra if line.startswith("trl"))).extras
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None,
+    reason="TRL 1.16's grpo_trainer imports vllm (trl.generation.vllm_client) whenever it is installed",
+)
 def test_vllm_is_not_imported_unless_asked():
     code = "import sys, ce_gppo_trl.cli; ce_gppo_trl.cli.parse_train_args([]); print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

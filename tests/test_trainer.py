@@ -289,3 +289,58 @@ def test_erc_metrics_are_reduced_over_two_processes(tiny_model_dir, tmp_path):
         # The two processes really hold different tokens
         assert not torch.equal(ranks[0][step], ranks[1][step]) or step == 0
     assert masked_any
+
+
+class VLLMStandIn:
+    """The attributes `_check_vllm_logp_difference` and `_warn_if_on_policy` read, on a scripted stand-in."""
+
+    _check_vllm_logp_difference = CEGPPOTrainer._check_vllm_logp_difference
+    _warn_if_on_policy = CEGPPOTrainer._warn_if_on_policy
+    _global_masked_mean = CEGPPOTrainer._global_masked_mean
+
+    def __init__(self, tmp_path, **overrides):
+        from collections import defaultdict
+        from types import SimpleNamespace
+
+        from accelerate import Accelerator
+
+        self.args = tiny_args(tmp_path, **overrides)
+        self.use_vllm, self.vllm_importance_sampling_correction = True, self.args.vllm_importance_sampling_correction
+        self.accelerator, self.model = Accelerator(cpu=True), SimpleNamespace(training=True)
+        self.state, self._metrics = SimpleNamespace(global_step=6), {"train": defaultdict(list)}
+        self._warned_vllm_logp_difference = False
+
+
+def test_stale_vllm_weights_warn_once_when_the_logp_gap_passes_the_bound(tmp_path, caplog):
+    trainer = VLLMStandIn(tmp_path, vllm_importance_sampling_correction=False, vllm_logp_difference_bound=0.2)
+    old = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-1.0, -1.0, -1.0, -1.0]])
+
+    def rollout(shift):  # vLLM's log-probs of its samples, `shift` away from the trainer's on the scored tokens
+        sampled = old - shift
+        sampled[1, 0] = float("nan")  # a token vLLM could not score: left out, as TRL leaves it out
+        sampled[0, 3] = 0.0  # padding: outside completion_mask
+        mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+        return {"old_per_token_logps": old, "sampling_per_token_logps": sampled, "completion_mask": mask}
+
+    with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
+        for shift in (0.01, 0.5, 0.9):
+            trainer._check_vllm_logp_difference(rollout(shift))
+    # TRL logs no gap with the IS correction off: this library logs it, over the 6 valid tokens
+    assert trainer._metrics["train"]["sampling/sampling_logp_difference/mean"] == pytest.approx([0.01, 0.5, 0.9])
+    (warning,) = [r.getMessage() for r in caplog.records if "vllm_logp_difference_bound" in r.getMessage()]
+    assert "differ from the trainer's by 0.5 on average" in warning and "vllm_logp_difference_bound=0.2" in warning
+
+
+def test_vllm_logp_gap_is_left_to_trl_when_it_logs_it_and_unmeasurable_runs_say_so(tmp_path, caplog):
+    trainer = VLLMStandIn(tmp_path)  # IS correction on (TRL's default): TRL logs the metric itself
+    mask = torch.ones(1, 2)
+    trainer._check_vllm_logp_difference(
+        {"old_per_token_logps": -mask, "sampling_per_token_logps": -mask, "completion_mask": mask}
+    )
+    assert "sampling/sampling_logp_difference/mean" not in trainer._metrics["train"]
+    with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
+        VLLMStandIn(tmp_path, vllm_importance_sampling_correction=False)._warn_if_on_policy()  # off-policy
+        assert not caplog.records
+        on_policy = VLLMStandIn(tmp_path, vllm_importance_sampling_correction=False, steps_per_generation=1)
+        on_policy._warn_if_on_policy()
+    assert any("vllm_logp_difference_bound=0.1 cannot be checked" in r.getMessage() for r in caplog.records)
