@@ -70,10 +70,15 @@ def field_help(item: dataclasses.Field) -> str:
     return str(item.metadata.get("help", "")).strip()
 
 
-def field_table(items: Iterable[dataclasses.Field]) -> str:
+def field_table(items: Iterable[dataclasses.Field], cls: type) -> str:
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for item in items:
-        kind = str(item.type).replace(" | None", " or None")
+        # The annotation as declared (a string: `from __future__ import annotations`), not `item.type`, which
+        # transformers' HfArgumentParser replaces in place (`float | None` -> `float`) once a parser is built.
+        declared = next(
+            k.__dict__["__annotations__"] for k in cls.__mro__ if item.name in k.__dict__.get("__annotations__", {})
+        )
+        kind = str(declared[item.name]).replace(" | None", " or None")
         rows.append(f"| `{item.name}` | `{_cell(kind)}` | {_cell(_default(item))} | {_cell(field_help(item))} |")
     return "\n".join(rows)
 
@@ -88,7 +93,7 @@ def config_reference() -> str:
     for item in fields:
         title = next((title for title, rule in CONFIG_SECTIONS if rule(item.name)), "Other fields")
         sections[title].append(item)
-    parts = [f"### {title}\n\n{field_table(items)}" for title, items in sections.items() if items]
+    parts = [f"### {title}\n\n{field_table(items, CEGPPOConfig)}" for title, items in sections.items() if items]
     return "\n\n".join(parts)
 
 
@@ -96,7 +101,7 @@ def script_arguments_reference() -> str:
     """Table of the data and reward fields of recipes (`CEGPPOScriptArguments`)."""
     from ce_gppo_trl.cli import CEGPPOScriptArguments
 
-    return field_table(own_fields(CEGPPOScriptArguments))
+    return field_table(own_fields(CEGPPOScriptArguments), CEGPPOScriptArguments)
 
 
 def parser_table(parser: argparse.ArgumentParser) -> str:

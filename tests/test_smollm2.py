@@ -95,7 +95,10 @@ def test_one_lora_ce_gppo_step_on_the_real_model(converted, tmp_path):
     from peft import LoraConfig
 
     from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
-    from ce_gppo_trl.rewards import math_accuracy_reward
+    from ce_gppo_trl.rewards import completion_text
+
+    def digit_share(completions, **kwargs):  # dense: every group has reward variance, so the LoRA weights move
+        return [sum(char.isdigit() for char in completion_text(c)) / 4 for c in completions]
 
     args = CEGPPOConfig(
         output_dir=str(tmp_path),
@@ -114,7 +117,7 @@ def test_one_lora_ce_gppo_step_on_the_real_model(converted, tmp_path):
     )
     trainer = CEGPPOTrainer(
         model=converted,
-        reward_funcs=math_accuracy_reward,
+        reward_funcs=digit_share,
         args=args,
         train_dataset=make_word_problems("train", 8),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
