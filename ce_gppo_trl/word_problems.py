@@ -8,9 +8,10 @@ other half. Each prompt is a chat with one worked example before the question, s
 the form the reward reads anchored, "... The answer is 12." (`ce_gppo_trl.rewards.math_accuracy_reward`:
 math-verify's "answer is" anchor).
 
-Why this task (measured on the converted model, temperature 1, 32 problems each, `benchmarks/RESULTS.md`): bare
-sums with a `\\boxed{}` instruction were solved 0-6% of the time (the model rarely writes a box); with the worked
-example, sums of 2..20 gave 16% and these word problems 12% at temperature 1 against 22% greedy: the slack RL removes.
+Why this task (probes on the converted model at temperature 1, 32-64 problems each; RESULTS section 12): bare sums
+asked for a `\\boxed{}` answer were right 0-6% of the time (the model rarely writes a box); with the worked example,
+bare sums of 2..20 gave 16%, additions-only word problems 12% (22% greedy). This grammar's held-out split starts at
+7.8% +- 1.2% (2 samples of each of the 256 problems), with the answer line kept 35% of the time.
 
 Example:
     >>> ds = make_word_problems("test")

@@ -185,3 +185,13 @@ def test_summary_counts_the_checkpoints_it_points_at(tmp_path):
     (tmp_path / "checkpoint-40").mkdir()
     (tmp_path / "checkpoint-80").mkdir()
     assert cli._checkpoints_line(str(tmp_path), args) == f"{tmp_path}/checkpoint-* (2 saved)"
+
+
+def test_summary_evaluates_the_word_problems_on_their_held_out_split(tmp_path):
+    from types import SimpleNamespace
+
+    script_args, training_args, _ = cli.parse_train_args(
+        ["--dataset_name", "builtin:word-problems", "--output_dir", str(tmp_path), "--max_completion_length", "24"]
+    )
+    evaluate = cli.suggested_commands(SimpleNamespace(args=training_args), script_args)["evaluate"]
+    assert "--dataset builtin:word-problems --split test --max_new_tokens 24" in evaluate
