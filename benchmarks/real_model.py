@@ -42,11 +42,12 @@ def evaluate(model: str, num_problems: int | None, samples: int, max_new_tokens:
     from ce_gppo_trl.word_problems import keeps_format, make_word_problems
 
     data = make_word_problems("test", num_problems)
-    tokenizer = AutoTokenizer.from_pretrained(_adapter_base(model) or resolve_model(model, None))
+    model = resolve_model(model, None)
+    tokenizer = AutoTokenizer.from_pretrained(_adapter_base(model) or model)
     prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in data["prompt"]]
     start = time.perf_counter()
     completions = generate_completions(
-        resolve_model(model, None),
+        model,
         prompts,
         n=samples,
         max_new_tokens=max_new_tokens,
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
+    from ce_gppo_trl.word_problems import make_word_problems
+
     recipe = yaml.safe_load((ROOT / opts.recipe).read_text())
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": "smollm2-135m-instruct",
         "task": {
             "dataset": recipe["dataset_name"],
-            "train_problems": 34048,
+            "train_problems": len(make_word_problems("train")),
             "heldout_problems": start["n"],
             "heldout": "256 problems whose sums (a + b, a - b) never occur in training",
             "answer": "'The answer is N', read anchored by math_accuracy (math-verify)",

@@ -41,7 +41,6 @@ import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .config import CEGPPOConfig
-from .word_problems import BUILTIN_WORD_PROBLEMS
 
 TOY_MODEL = "builtin:toy"
 """`model_name_or_path` that selects the offline toy model, built once by `ce_gppo_trl.toy.build_toy_model`."""
@@ -519,8 +518,6 @@ def suggested_commands(trainer: Any, script_args: CEGPPOScriptArguments | None =
     out = os.path.abspath(trainer.args.output_dir)
     dataset = (script_args.eval_dataset_name or script_args.dataset_name) if script_args else None
     evaluate = ["ce-gppo", "eval", "--model", out, "--dataset", dataset or "<benchmark>"]
-    if dataset == BUILTIN_WORD_PROBLEMS:
-        evaluate += ["--split", "test"]  # its held-out problems (the default split is the training one)
     evaluate += ["--max_new_tokens", str(trainer.args.max_completion_length)]
     evaluate += ["--output", os.path.join(out, "eval_results.json")]
     return {

@@ -195,7 +195,8 @@ def load_math_dataset(
         name_or_path: a name from `DATASETS` (`"AIME24"`, `"MATH-500"`, `"DAPO-Math-17k"`, ...), any hub id, a
             local `.jsonl` / `.json` / `.parquet` / `.csv` file, or `"builtin:arithmetic"` (the offline toy task of
             `ce_gppo_trl.toy`, returned as is: plain prompts like `"49+97="`), or `"builtin:word-problems"`
-            (`ce_gppo_trl.word_problems`: split "train" or "test", chats with a worked example; the instruction and
+            (`ce_gppo_trl.word_problems`: split "train" or "test", the default, as a benchmark's own split is its
+            evaluation one; chats with a worked example; the instruction and
             adapter fields do not apply to either builtin).
         split: dataset split; defaults to the known dataset's split, else `"train"` (local files have only that).
         config_name: hub config (e.g. `"main"` for GSM8K); overrides a known dataset's configs.
@@ -227,7 +228,7 @@ def load_math_dataset(
 
         return make_arithmetic_dataset(num_examples or 1000, seed)
     if name_or_path == BUILTIN_WORD_PROBLEMS:
-        return make_word_problems(split or "train", num_examples)
+        return make_word_problems(split or "test", num_examples)  # a benchmark's own split: its held-out one
     if adapter is not None and adapter not in ADAPTERS:
         raise ValueError(f"adapter {adapter!r} is unknown; allowed adapters are {sorted(ADAPTERS)}")
     if (question_column is None) != (answer_column is None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import subprocess
 import sys
 import types
@@ -190,8 +191,15 @@ def test_summary_counts_the_checkpoints_it_points_at(tmp_path):
 def test_summary_evaluates_the_word_problems_on_their_held_out_split(tmp_path):
     from types import SimpleNamespace
 
+    from ce_gppo_trl.data import load_math_dataset
+    from ce_gppo_trl.evaluation import build_parser
+    from ce_gppo_trl.word_problems import make_word_problems
+
     script_args, training_args, _ = cli.parse_train_args(
         ["--dataset_name", "builtin:word-problems", "--output_dir", str(tmp_path), "--max_completion_length", "24"]
     )
     evaluate = cli.suggested_commands(SimpleNamespace(args=training_args), script_args)["evaluate"]
-    assert "--dataset builtin:word-problems --split test --max_new_tokens 24" in evaluate
+    args = build_parser().parse_args(shlex.split(evaluate)[2:])
+    assert (args.dataset, args.max_new_tokens) == (["builtin:word-problems"], 24)
+    evaluated = load_math_dataset(args.dataset[0], split=args.split)["question"]
+    assert evaluated == make_word_problems("test")["question"]  # the held-out problems, not the training ones
