@@ -340,30 +340,69 @@ def probe_batch(trainer: Any, tokenizer: Any, prompts: list[str], opts: argparse
 def ce_gppo_update(trainer: Any, optimizer: Any, batch: dict[str, Any], beta1: float, beta2: float) -> float:
     """One CE-GPPO update (eps 0.2 / 0.2, dual clip 10, DAPO's token-mean) on a buffered micro-batch, as the trainer
     would apply it; returns the clipped-token fraction."""
+    arm = {"beta1": beta1, "beta2": beta2, "epsilon_low": 0.2, "epsilon_high": 0.2, "clip_ratio_c": 10.0}
+    return policy_update(trainer, optimizer, batch, **arm)["clipped"]
+
+
+def policy_update(
+    trainer: Any,
+    optimizer: Any,
+    batch: dict[str, Any],
+    *,
+    beta1: float,
+    beta2: float,
+    epsilon_low: float,
+    epsilon_high: float,
+    clip_ratio_c: float | None,
+    erc: tuple[float, float] | None = None,
+    entropy_bins: int = 5,
+) -> dict[str, Any]:
+    """One update of CE-GPPO's per-token loss (beta1 = beta2 = 0: DAPO's gradient) on a buffered micro-batch, with
+    DAPO's token-mean, gradient clipping and `optimizer`, as the trainer applies it; with `erc = (low, high)`, Entropy
+    Ratio Clipping against `batch["old_entropies"]` (the frozen policy's entropies). Returns the clipped-token
+    fraction and, with ERC, the masked fraction overall and per quantile bin of the old entropy (lowest first)."""
     import torch
 
-    from ce_gppo_trl.losses import aggregate_loss, clip_regions, gppo_policy_loss, safe_ratio
+    from ce_gppo_trl.losses import aggregate_loss, clip_regions, entropy_ratio_mask, gppo_policy_loss, safe_ratio
 
     model = trainer.model
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    logps, _, _ = trainer._get_per_token_logps_and_entropies(
-        model, input_ids, attention_mask, batch["completion_ids"].size(1)
+    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+        model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=erc is not None
     )
     log_ratio = logps - batch["old_per_token_logps"]
     advantages = batch["advantages"].unsqueeze(1)
     per_token = gppo_policy_loss(
-        log_ratio, advantages, epsilon_low=0.2, epsilon_high=0.2, beta1=beta1, beta2=beta2, clip_ratio_c=10.0
+        log_ratio,
+        advantages,
+        epsilon_low=epsilon_low,
+        epsilon_high=epsilon_high,
+        beta1=beta1,
+        beta2=beta2,
+        clip_ratio_c=clip_ratio_c,
     )
     mask = batch["completion_mask"]
+    out: dict[str, Any] = {}
+    if erc is not None:
+        old = batch["old_entropies"]
+        keep = entropy_ratio_mask(entropies.detach(), old, *erc)
+        per_token = torch.where(keep, per_token, per_token.detach())
+        tokens = mask.bool()
+        masked = (~keep)[tokens].float()
+        out["erc_masked"] = float(masked.mean())
+        # Bins of equal token count by the old entropy, over this micro-batch's completion tokens.
+        order = old[tokens].argsort()
+        out["erc_masked_by_entropy_bin"] = [float(chunk.mean()) for chunk in masked[order].chunk(entropy_bins)]
     num_items = batch["num_items_in_batch"] / trainer.args.steps_per_generation
     loss = aggregate_loss(per_token, mask, "token-mean", num_items=num_items)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad()
-    low, high = clip_regions(safe_ratio(log_ratio.detach()), advantages, 0.2, 0.2)
-    return float(((low | high) & mask.bool()).sum() / mask.sum())
+    low, high = clip_regions(safe_ratio(log_ratio.detach()), advantages, epsilon_low, epsilon_high)
+    out["clipped"] = float(((low | high) & mask.bool()).sum() / mask.sum())
+    return out
 
 
 def run_micro(opts: argparse.Namespace) -> dict[str, Any]:

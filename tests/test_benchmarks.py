@@ -227,3 +227,44 @@ def test_regime_quick_writes_json_plots_and_results(tmp_path):
     # a second call reuses every saved run and rewrites its block in place
     regime.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
+
+
+def test_real_model_micro_quick_on_the_toy_writes_the_issue_json_and_resumes(tmp_path):
+    micro = load("real_model_micro")
+    # --quick: the tiny testbed of regime.py, 2 rollout batches of 16 prompts x 8 updates along a DAPO run; lr 3e-3
+    # so that some tokens leave the clip band within one rollout batch and the arms' gradients differ.
+    argv = [
+        "--quick",
+        "--learning-rate",
+        "3e-3",
+        "--model-dir",
+        str(tmp_path / "tb"),
+        "--out-dir",
+        str(tmp_path / "o"),
+    ]
+    argv += ["--json", str(tmp_path / "micro.json"), "--results-md", ""]
+    micro.main(argv)
+    data = json.loads((tmp_path / "micro.json").read_text())
+    assert data["model"] == "toy-testbed" and data["batches"] == 2
+    assert list(data["micro"]["beta1"]) == ["0.0", "0.5", "1.0"] and list(data["micro"]["beta2"]) == [
+        "0.5",
+        "1.0",
+        "1.5",
+    ]
+    assert set(data["micro"]["erc"]) == {"off", "on"}
+    assert data["micro"]["beta1"]["0.5"] == data["micro"]["beta2"]["1.0"]  # one setting, measured once
+    assert list(data["lr"]) == ["0.003", "0.0003"]
+    for pair in [*data["micro"]["beta1"].values(), *(v["beta1_1_minus_0"] for v in data["lr"].values())]:
+        assert math.isfinite(pair[0]) and pair[1] >= 0
+    assert 0 <= data["erc_masked_frac"] <= 1 and len(data["erc_masked_by_entropy_quintile"]) == 5
+    batches = [json.loads(p.read_text()) for p in sorted((tmp_path / "o" / "batches").glob("*.json"))]
+    # Where beta1 = 1 saw clipped tokens, its update differs from beta1 = 0's: the arms really apply their gradients.
+    clipped = [b for b in batches if b["clipped"]["beta1=1"] > 0]
+    assert clipped and all(b["delta"]["beta1=1"] != b["delta"]["beta1=0"] for b in clipped)
+    # grad_theta H . delta_theta on the run's 14 off-policy updates (2 batches x 7)
+    assert data["diagnostics"]["updates"] == 14 and -1 <= data["diagnostics"]["param_space_r"] <= 1
+    # A second call resumes: the saved batches are kept as they are and the run is not repeated.
+    saved = {p.name: p.read_text() for p in (tmp_path / "o" / "batches").glob("*.json")}
+    micro.main(argv)
+    assert {p.name: p.read_text() for p in (tmp_path / "o" / "batches").glob("*.json")} == saved
+    assert len((tmp_path / "o" / "diagnostics.jsonl").read_text().splitlines()) == 14
