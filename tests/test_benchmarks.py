@@ -268,3 +268,21 @@ def test_real_model_micro_quick_on_the_toy_writes_the_issue_json_and_resumes(tmp
     micro.main(argv)
     assert {p.name: p.read_text() for p in (tmp_path / "o" / "batches").glob("*.json")} == saved
     assert len((tmp_path / "o" / "diagnostics.jsonl").read_text().splitlines()) == 14
+
+
+def test_real_model_sweep_builds_recipe_commands_the_cli_accepts():
+    from ce_gppo_trl.cli import parse_train_args
+
+    sweep = load("real_model_sweep")
+    opts = sweep.parse_args(["--seeds", "3", "--max-steps", "8"])
+    expected = {"DAPO": (0.0, None), "CE-GPPO (0.5, 1)": (0.5, None), "GPPO": (1.0, None), "DAPO + ERC": (0.0, 0.95)}
+    for method, (beta1, erc_low) in expected.items():
+        command = sweep.train_command(opts, method, 2, Path("/tmp/sweep-run"))
+        assert command[:4] == ["ce-gppo", "train", "--config", "configs/SmolLM2-135M-Instruct/ce_gppo_cpu.yaml"]
+        _, args, model_args = parse_train_args(command[2:])
+        assert (args.ce_gppo_beta1, args.erc_low, args.seed, args.max_steps) == (beta1, erc_low, 2, 8)
+        assert model_args.model_name_or_path == "builtin:smollm2-135m-instruct" and args.use_cpu and not args.bf16
+    cuda = sweep.train_command(sweep.parse_args(["--device", "cuda"]), "GPPO", 0, Path("/tmp/sweep-run"))
+    pairs = dict(zip(cuda[4::2], cuda[5::2], strict=True))
+    assert pairs["--use_cpu"] == "false" and pairs["--bf16"] == "true" and "--max_steps" not in pairs
+    assert sweep.parse_args(["--device", "cuda"]).jobs == 4 and opts.jobs == 1
