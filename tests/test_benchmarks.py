@@ -217,6 +217,9 @@ def test_regime_quick_writes_json_plots_and_results(tmp_path):
     assert micro["beta1"]["0.5"] == micro["beta2"]["1.0"]
     diagnostics = data["diagnostics"]
     assert diagnostics["updates"] == 16 and -1 <= diagnostics["pearson_r"] <= 1 and math.isfinite(diagnostics["slope"])
+    # entropy_attribution/realised is the change this script measures on its own; its prediction covers every update
+    assert diagnostics["realised_library_max_gap"] < 1e-5
+    assert diagnostics["predicted_param_space"]["updates"] == 16
 
     for name in ("regime.png", "regime_micro.png"):
         assert (tmp_path / name).stat().st_size > 10_000
