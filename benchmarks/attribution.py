@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of the check run")
     parser.add_argument("--beta1-seeds", type=int, default=5, help="seeds of the beta1 pairs (0: skip)")
     parser.add_argument("--beta1-steps", type=int, default=8, help="steps of each beta1 run (8: one rollout batch)")
+    parser.add_argument(
+        "--beta1-warmup-steps", type=int, help="testbed: learning-rate warm-up of the beta1 runs (default: regime's 32)"
+    )
     parser.add_argument("--no-cost", action="store_true", help="skip the run with the attribution off")
     parser.add_argument("--model-dir", default=os.path.join("outputs", "regime-testbed"), help="testbed directory")
     parser.add_argument("--out-dir", default=os.path.join("outputs", "attribution"))
@@ -56,9 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def testbed_opts(opts: argparse.Namespace, steps: int) -> argparse.Namespace:
+def testbed_opts(opts: argparse.Namespace, steps: int, warmup_steps: int | None = None) -> argparse.Namespace:
     study = regime.parse_args(["--model-dir", opts.model_dir, "--out-dir", opts.out_dir, "--steps", str(steps)])
     study.micro_batches = 0
+    if warmup_steps is not None:
+        study.warmup_steps = warmup_steps
     return study
 
 
@@ -68,7 +73,8 @@ def run_testbed(opts: argparse.Namespace, name: str, fields: dict[str, Any], see
     from ce_gppo_trl import CEGPPOTrainer
     from ce_gppo_trl.rewards import math_accuracy_reward
 
-    study = testbed_opts(opts, steps)
+    warmup = fields.pop("warmup_steps", None)
+    study = testbed_opts(opts, steps, warmup)
     args = regime.trainer_args(study, "ours", fields, seed, name)
     train, _ = regime.task_data(study, seed)
     set_seed(seed)
@@ -125,6 +131,7 @@ def timed_train(trainer: Any) -> dict:
             update = {k.removeprefix(PREFIX): v for k, v in entry.items() if k.startswith(PREFIX)}
             update["step"] = entry["step"]
             update["tabular"] = entry.get("entropy_dynamics/predicted_delta", float("nan"))
+            update["clip_region"] = entry.get("clip_ratio/region_mean", float("nan"))
             updates.append(update)
     return {"seconds": wall, "cpu_seconds": cpu, "steps": steps, "updates": updates}
 
@@ -171,15 +178,23 @@ def check(updates: list[dict]) -> dict[str, Any]:
 
 
 def beta1_pairs(opts: argparse.Namespace) -> dict[str, Any]:
+    fields = {"entropy_attribution_steps": 1}
+    suffix = ""
+    if opts.model == TESTBED and opts.beta1_warmup_steps is not None:
+        fields["warmup_steps"], suffix = opts.beta1_warmup_steps, f"-warmup{opts.beta1_warmup_steps}"
     runs = {
         beta1: [
-            cached(opts, f"beta1-{beta1:g}", {**method_fields(opts, beta1), "entropy_attribution_steps": 1}, s, n)
+            cached(opts, f"beta1-{beta1:g}{suffix}", {**method_fields(opts, beta1), **fields}, s, opts.beta1_steps)
             for s in range(opts.beta1_seeds)
         ]
-        for beta1, n in ((0.0, opts.beta1_steps), (1.0, opts.beta1_steps))
+        for beta1 in (0.0, 1.0)
     }
     names = sorted({k for run in runs[0.0] + runs[1.0] for u in run["updates"] for k in u if k.startswith("part/")})
     out: dict[str, Any] = {"seeds": opts.beta1_seeds, "steps": opts.beta1_steps}
+    out["clipped"] = {
+        f"beta1_{b:g}": statistics.fmean(u.get("clip_region", math.nan) for run in runs[b] for u in run["updates"])
+        for b in runs
+    }
     for name in ["realised", "predicted", *names]:
         totals = {b: [sum(u.get(name, 0.0) for u in run["updates"]) for run in runs[b]] for b in runs}
         diffs = [hi - lo for hi, lo in zip(totals[1.0], totals[0.0], strict=True)]
@@ -216,7 +231,7 @@ def plot(updates: list[dict], numbers: dict[str, Any], path: str) -> None:
     series = {}
     for u in updates:
         for key, value in u.items():
-            if key not in ("step", "tabular"):
+            if key not in ("step", "tabular", "clip_region"):
                 steps, values = series.setdefault(PREFIX + key, ([], []))
                 steps.append(u["step"])
                 values.append(value)
@@ -231,7 +246,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return measure(opts, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(opts: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if opts.model == TESTBED:
         record = regime.build(testbed_opts(opts, opts.steps))
         print(f"testbed {opts.model_dir}: SFT greedy {record['accuracy_greedy']:.2f}", flush=True)

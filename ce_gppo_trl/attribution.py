@@ -235,8 +235,7 @@ class EntropyAttribution(TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.batches:
             return
-        optimizer = self.trainer.optimizer.optimizer if hasattr(self.trainer.optimizer, "optimizer") else None
-        optimizer = optimizer or self.trainer.optimizer
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate's wrapper
         params = self.params()
         states = [optimizer.state.get(p, {}) for p in params]
         self.before = {
@@ -250,7 +249,7 @@ class EntropyAttribution(TrainerCallback):
         }
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.before is None:
+        if self.before is None or self.trainer.accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update
             self._reset()
             return
         try:

@@ -160,6 +160,12 @@ class CEGPPOTrainer(GRPOTrainer):
             self.add_callback(callback)
         self._entropy_attribution = None
         if args.entropy_attribution_steps:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError(
+                    f"entropy_attribution_steps={args.entropy_attribution_steps} is not supported with DeepSpeed or "
+                    "FSDP: the attribution reads whole parameters and optimizer states, which they shard. Use DDP "
+                    "(or one process), or entropy_attribution_steps=0."
+                )
             self._entropy_attribution = EntropyAttribution(self, args.entropy_attribution_steps)
             self.add_callback(self._entropy_attribution)
         self._bind_entropy_control()

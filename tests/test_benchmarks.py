@@ -230,3 +230,21 @@ def test_regime_quick_writes_json_plots_and_results(tmp_path):
     # a second call reuses every saved run and rewrites its block in place
     regime.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
+
+
+def test_attribution_checks_prediction_cost_and_beta1_pairs(tiny_model_dir, tmp_path):
+    attribution = load("attribution")
+    # The recipe path (what --model builtin:smollm2-135m-instruct takes) on the tiny model: 3 steps with the
+    # attribution on and off, and 2 seeds of beta1 0 / 1 pairs of 2 steps each.
+    argv = ["--model", tiny_model_dir, "--config", str(BENCHMARKS.parent / "configs" / "quickstart.yaml")]
+    argv += ["--steps", "3", "--beta1-seeds", "2", "--beta1-steps", "2", "--out-dir", str(tmp_path / "out")]
+    argv += ["--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")]
+    report = attribution.main(argv)
+    assert report["check"]["updates"] == 3 and report["check"]["max_parts_minus_predicted"] < 1e-6
+    assert report["cost"]["on_seconds_per_step"] > 0 and report["cost"]["ratio"] > 0
+    pairs = report["beta1"]
+    assert pairs["seeds"] == 2 and {"realised", "predicted", "part/clip_low", "part/momentum"} <= set(pairs)
+    for mean, se in (pairs[name]["difference"] for name in pairs if name not in ("seeds", "steps", "clipped")):
+        assert math.isfinite(mean) and se >= 0
+    assert len(json.loads((tmp_path / "a.json").read_text())["updates"]) == 3
+    assert (tmp_path / "a.png").stat().st_size > 10_000
