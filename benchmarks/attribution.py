@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta1-seeds", type=int, default=5, help="seeds of the beta1 pairs (0: skip)")
     parser.add_argument("--beta1-steps", type=int, default=8, help="steps of each beta1 run (8: one rollout batch)")
     parser.add_argument(
-        "--beta1-warmup-steps", type=int, help="testbed: learning-rate warm-up of the beta1 runs (default: regime's 32)"
+        "--beta1-warmup-steps", type=int, help="testbed: lr warm-up of the beta1 runs (default: regime's 32)"
     )
     parser.add_argument("--no-cost", action="store_true", help="skip the run with the attribution off")
     parser.add_argument("--model-dir", default=os.path.join("outputs", "regime-testbed"), help="testbed directory")
