@@ -473,7 +473,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self._log_clip_metrics(mode, ratio, advantages, mask, knobs, clipped)
         if mode == "train":
             self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, knobs, clipped)
-            if self._entropy_attribution is not None and per_token_logps.requires_grad:
+            attribution = self._entropy_attribution
+            if attribution is not None and per_token_logps.requires_grad and attribution.wants():
                 groups = self._attribution_groups(
                     per_token_logps, entropies, ratio, advantages, mask, knobs, clipped, erc_kept
                 )
@@ -522,7 +523,8 @@ class CEGPPOTrainer(GRPOTrainer):
             metrics["entropy_coef"].append(self.entropy_coef)
         return coef * entropy_loss
 
-    # Entropy attribution (ce_gppo_trl.attribution): the groups of this micro-batch's tokens and their gradients.
+    # Entropy attribution (ce_gppo_trl.attribution): the token groups of an attributed step's micro-batch, and what
+    # the attribution keeps of it (its gradients, and the forward inputs to re-score it after the optimizer step).
 
     def _attribution_groups(
         self,
@@ -551,8 +553,6 @@ class CEGPPOTrainer(GRPOTrainer):
         mask: torch.Tensor,
         groups: dict[str, torch.Tensor],
     ) -> None:
-        if not self._entropy_attribution.wants():
-            return
         forward = {"input_ids": torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)}
         forward["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         forward["logits_to_keep"] = inputs["completion_ids"].size(1)
