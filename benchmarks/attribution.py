@@ -102,20 +102,7 @@ def run_recipe(opts: argparse.Namespace, name: str, fields: dict[str, Any], seed
     argv += ["--save_strategy", "no", "--disable_tqdm", "true"]
     for key, value in fields.items():
         argv += [f"--{key}", str(value)]
-    script_args, training_args, model_args = cli.parse_train_args(argv)
-    # cli.train's own steps (model and data loading), then the trainer built and timed here.
-    from ce_gppo_trl.trainer import CEGPPOTrainer
-
-    reward_funcs = cli.build_reward_funcs(script_args, training_args)
-    model = cli.resolve_model(model_args.model_name_or_path, training_args, script_args.toy_model_dir)
-    train_dataset, _ = cli.load_datasets(script_args, training_args)
-    trainer = CEGPPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        peft_config=cli.get_peft_config(model_args),
-    )
+    trainer = cli.build_trainer(*cli.parse_train_args(argv))
     regime.quiet(trainer)
     return timed_train(trainer)
 
