@@ -119,11 +119,11 @@ def adam_step_parts(
     not `c * sum(group_grads)`.
 
     Example:
-        >>> one = torch.ones(1)
-        >>> parts = adam_step_parts(one, {"E1": one}, one, one, 0 * one, one, step=1, lr=0.1, betas=(0.9, 0.999),
-        ...                         eps=0.0, weight_decay=0.0, decoupled_weight_decay=True)
-        >>> round(parts["E1"], 6)  # Adam's first step moves each weight by -lr * sign(g)
-        -0.1
+        >>> one = torch.ones(1)  # step 1, g = 1: m = 0.1, v = 0.001, so Adam moves the weight by -lr
+        >>> parts = adam_step_parts(one, {"E1": one}, one, one, 0 * one, 0.001 * one, step=1, lr=0.1,
+        ...                         betas=(0.9, 0.999), eps=0.0, weight_decay=0.0, decoupled_weight_decay=True)
+        >>> round(parts["E1"], 6), parts["other"], parts["momentum"]
+        (-0.1, 0.0, 0.0)
     """
     beta1, beta2 = betas
     bias1, bias2 = 1 - beta1**step, 1 - beta2**step
