@@ -15,8 +15,8 @@ same batch, same probe) carry no batch-to-batch spread. The first update of a ro
 token clipped, no ERC mask), so it is the same for every arm at a learning rate: it is applied once (the DAPO run's
 own first update at the recipe's rate, one update at the smaller rate) and the arms differ from the second update on.
 ERC's old entropies are the frozen policy's, as the captured scoring pass gives them in training. The run also
-records, for its own off-policy updates, `grad_theta H . delta_theta` against the realised change of the micro-batch's
-entropy (the diagnostic of issue 22) on the real model.
+logs the library's entropy attribution on its own updates (`entropy_attribution_steps=1`: `grad_theta H . delta_theta`
+against the realised change of the update's micro-batch entropy), the diagnostic's check on the real model.
 
 The same engine runs on the toy testbed of `regime.py` (`--plant toy`, its 64 x 8 rollouts, 8 updates, lr 2e-4), so
 the two scales stand side by side; `--quick` is a tiny toy run for CI (about a minute).
@@ -102,10 +102,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The plants: a trainer running DAPO on this library's loss path, its tokenizer and the probe prompts.
 
 
-def dapo_fields() -> dict[str, Any]:
-    # DAPO's gradient on this library's loss path (the micro engine reads the buffered rollout): CE-GPPO with
-    # beta1 = beta2 = 0 and DAPO's clip-higher bound.
-    return {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.0, "ce_gppo_beta2": 0.0, "epsilon": 0.2, "epsilon_high": 0.28}
+def dapo_fields(opts: argparse.Namespace) -> dict[str, Any]:
+    """DAPO's gradient on this library's loss path (the micro engine reads the buffered rollout): CE-GPPO with
+    beta1 = beta2 = 0 and DAPO's clip-higher bound; with the diagnostics, the entropy attribution on every update
+    (`grad_theta H . delta_theta` against the realised change of the update's own micro-batch) and the tabular
+    `entropy_dynamics/predicted_delta` beside it."""
+    fields = {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.0, "ce_gppo_beta2": 0.0, "epsilon": 0.2, "epsilon_high": 0.28}
+    if not opts.no_diagnostics:
+        fields.update(entropy_attribution_steps=1, entropy_diagnostics=True)
+    return fields
 
 
 def real_plant(opts: argparse.Namespace, callbacks: list) -> tuple[Any, Any, list[str]]:
@@ -117,7 +122,7 @@ def real_plant(opts: argparse.Namespace, callbacks: list) -> tuple[Any, Any, lis
     from ce_gppo_trl.word_problems import make_word_problems
 
     overrides = {
-        **dapo_fields(),
+        **dapo_fields(opts),
         "output_dir": os.path.join(opts.out_dir, "run"),
         "per_device_train_batch_size": opts.prompts_per_rollout * 8 // 4,
         "max_steps": opts.batches * 4,
@@ -163,7 +168,7 @@ def toy_plant(opts: argparse.Namespace, callbacks: list) -> tuple[Any, Any, list
     ropts.model_dir = opts.model_dir or ropts.model_dir
     ropts.learning_rate = opts.learning_rate or ropts.learning_rate
     regime.build(ropts)
-    args = regime.trainer_args(ropts, "ours", dapo_fields(), 0, "micro-dapo")
+    args = regime.trainer_args(ropts, "ours", dapo_fields(opts), 0, "micro-dapo")
     args.output_dir = os.path.join(opts.out_dir, "run")
     args.max_steps = opts.batches * ropts.steps_per_generation
     args.save_strategy, args.save_steps, args.save_total_limit = "steps", ropts.steps_per_generation, 1
@@ -272,7 +277,6 @@ def run(opts: argparse.Namespace) -> None:
 
     class Micro(TrainerCallback):
         snapshot: tuple | None = None
-        pending: dict[str, Any] | None = None
         started = time.perf_counter()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -280,20 +284,19 @@ def run(opts: argparse.Namespace) -> None:
             index = state.global_step // spg
             if state.global_step % spg == 0 and not os.path.exists(batch_path(opts, index)):
                 self.snapshot = regime.state_of(trainer)
-            if not opts.no_diagnostics and trainer._buffered_inputs is not None and trainer._step % spg != 0:
-                self.pending = regime.predict_update(trainer, trainer._buffered_inputs[trainer._step % spg])
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             spg = args.steps_per_generation
-            if self.pending is not None:
-                batch = trainer._buffered_inputs[(trainer._step - 1) % spg]
-                before = trainer._metrics["train"]["entropy"][-1]
-                total, count = regime.token_entropy(trainer, trainer.model, batch)
-                row = {"step": state.global_step, "realised_delta": total / count - before}
-                row.update(regime.finish_prediction(trainer, self.pending))
+            logged = {key: values[-1] for key, values in trainer._metrics["train"].items() if values}
+            if "entropy_attribution/predicted" in logged:
+                row = {
+                    "step": state.global_step,
+                    "realised_delta": logged["entropy_attribution/realised"],
+                    "predicted_param_space": logged["entropy_attribution/predicted"],
+                    "predicted_tabular": logged["entropy_dynamics/predicted_delta"],
+                }
                 with open(diagnostics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
-                self.pending = None
             if self.snapshot is not None and state.global_step % spg == 1:
                 index = state.global_step // spg
                 start = time.perf_counter()
@@ -392,7 +395,8 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
                 "param_space_slope": round(slope, 3),
             }
             r, slope, _ = regime.pearson_slope(
-                [x["predicted_recomputed"] for x in rows], [x["realised_delta"] for x in rows]
+                [x.get("predicted_tabular", x.get("predicted_recomputed")) for x in rows],
+                [x["realised_delta"] for x in rows],
             )
             summary["diagnostics"].update({"tabular_r": round(r, 3), "tabular_slope": round(slope, 5)})
     return summary
@@ -482,7 +486,7 @@ def table(s: dict[str, Any]) -> str:
     if "diagnostics" in s:
         d = s["diagnostics"]
         lines.append(
-            f"Diagnostics on the DAPO run's {d['updates']} off-policy updates: grad_theta H . delta_theta against the "
+            f"Diagnostics on {d['updates']} updates of the DAPO run: grad_theta H . delta_theta against the "
             f"realised change of the micro-batch's entropy r {d['param_space_r']}, slope {d['param_space_slope']}; "
             f"the tabular logit-space sum r {d['tabular_r']}."
         )

@@ -441,18 +441,11 @@ def _setup_logging(training_args: CEGPPOConfig) -> None:
     logging.getLogger(__package__).setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
 
 
-def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model_args: ModelConfig) -> Any:
-    """Load model, data, rewards and optional PEFT / quantization, train with `CEGPPOTrainer`, save, summarise.
-
-    Returns the trainer. Hub ids, local directories and `builtin:toy` all load through TRL's `from_pretrained` path
-    with `model_init_kwargs` built from `ModelConfig` (revision, dtype, attention implementation).
-
-    Example:
-        >>> trainer = train(*parse_train_args(["--max_steps", "2", "--output_dir", "/tmp/qs"]))  # doctest: +SKIP
-    """
+def build_trainer(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model_args: ModelConfig) -> Any:
+    """The `CEGPPOTrainer` that `train` trains: model, data, rewards and optional PEFT / quantization, loaded as
+    `ce-gppo train` loads them (also used by `benchmarks/attribution.py` to time a recipe's `train()` alone)."""
     from .trainer import CEGPPOTrainer
 
-    start = time.perf_counter()
     _setup_logging(training_args)
     check_model_args(model_args)
     check_optional_dependencies(training_args, model_args)
@@ -478,6 +471,20 @@ def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model
         rollout_func=rollout_func,
     )
     check_distributed_backend(trainer.accelerator)
+    return trainer
+
+
+def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model_args: ModelConfig) -> Any:
+    """Load model, data, rewards and optional PEFT / quantization, train with `CEGPPOTrainer`, save, summarise.
+
+    Returns the trainer. Hub ids, local directories and `builtin:toy` all load through TRL's `from_pretrained` path
+    with `model_init_kwargs` built from `ModelConfig` (revision, dtype, attention implementation).
+
+    Example:
+        >>> trainer = train(*parse_train_args(["--max_steps", "2", "--output_dir", "/tmp/qs"]))  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()

@@ -356,7 +356,19 @@ class CEGPPOConfig(GRPOConfig):
         default=True,
         metadata={
             "help": "Log entropy_dynamics/* every step on this library's loss path: share of tokens and of gradient "
-            "weight in the quadrants E1..E4 and the clipped regions, and the first-order predicted entropy change."
+            "weight in the quadrants E1..E4 and the clipped regions, and their tabular logit-space direction of the "
+            "entropy change (not a forecast: see entropy_attribution_steps)."
+        },
+    )
+    entropy_attribution_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Every this many optimizer steps, log entropy_attribution/*: the realised change of the step's "
+            "mean token entropy (its own micro-batches, re-scored after the step), the first-order prediction "
+            "grad_theta H . delta_theta of the update the optimizer applied, and its exact split over token groups "
+            "(E1..E4, NA&LP / PA&LP clipped, dual-clipped, ERC-masked) and Adam's momentum and weight decay. Costs "
+            "a backward pass per non-empty group and a forward pass on those steps. Integer >= 0; 0 = off. Turns on "
+            "this library's loss path."
         },
     )
 
@@ -682,6 +694,7 @@ class CEGPPOConfig(GRPOConfig):
             "ERC (erc_low/erc_high)": self.erc_enabled,
             "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)": self.prob_clip_enabled,
             "positive_nll_coef": self.positive_nll_coef > 0,
+            "entropy_attribution_steps": self.entropy_attribution_steps > 0,
         }
         return [name for name, on in features.items() if on]
 
@@ -699,7 +712,7 @@ class CEGPPOConfig(GRPOConfig):
         _check_finite("positive_nll_coef", self.positive_nll_coef)
         if self.positive_nll_coef < 0:
             _fail("positive_nll_coef", self.positive_nll_coef, "expected a finite number >= 0 (the authors use 0.1)")
-        for name in ("dynamic_sampling_max_rounds", "warmup_rollout_batches"):
+        for name in ("dynamic_sampling_max_rounds", "warmup_rollout_batches", "entropy_attribution_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 _fail(name, value, "expected an integer >= 0")

@@ -17,6 +17,11 @@ aggregation weight, with `F` the loss's gradient factor (CE-GPPO: `beta1 * (1 - 
 `beta2 * (1 + eps_high)` in PA&LP, `r` elsewhere). The trainer reads `g = -d loss / d log p` off its loss with
 autograd, so it is exact for every loss type, mask, ERC and dual clip.
 
+This is the tabular softmax picture (each token's own logit stepped on its own): a direction per quadrant, not a
+forecast of the entropy change of a network trained with Adam, whose weights are shared by every token (Pearson r
+0.16 with the realised change in benchmarks/RESULTS.md section 4). `ce_gppo_trl.attribution` measures the change
+through the optimizer's real update (`entropy_attribution_steps`).
+
 `entropy_dynamics_sums` returns one vector of sums (reduce it across processes in one call) and
 `entropy_dynamics_metrics` turns the reduced vector into the logged fractions.
 

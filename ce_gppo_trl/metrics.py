@@ -20,6 +20,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
+from .attribution import TOKEN_GROUPS
 from .diagnostics import CLIP_REGIONS, QUADRANTS
 
 
@@ -207,15 +208,44 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "entropy_dynamics/{region}_predicted_delta",
-        "First-order entropy change contributed by each quadrant / clipped region, in a per-token softmax picture.",
+        "Tabular logit-space direction of the entropy change pushed by each quadrant / clipped region (a unit step "
+        "on each token's own logit): a direction, not a forecast; `entropy_attribution/part/*` is the forecast.",
         when="`entropy_diagnostics`, this library's loss path",
         values=_REGIONS,
     ),
     Metric(
         "entropy_dynamics/predicted_delta",
-        "Total first-order predicted entropy change `sum_t g_t * (-p_t * (log p_t + H_t))`: a direction, not a "
-        "forecast of the step's entropy change (see Entropy control).",
+        "Tabular logit-space direction `sum_t g_t * (-p_t * (log p_t + H_t))`, per unit step on each token's own "
+        "logit: a direction, not a forecast of the step's entropy change (Pearson r 0.16 with it, RESULTS section "
+        "4); `entropy_attribution/predicted` is the forecast.",
         when="`entropy_diagnostics`, this library's loss path",
+    ),
+    Metric(
+        "entropy_attribution/realised",
+        "Realised change of the step's mean token entropy: its own micro-batches (all processes), re-scored by a "
+        "forward pass after the optimizer step, minus their entropy in the step's training forward pass.",
+        when="`entropy_attribution_steps` > 0, on those steps",
+    ),
+    Metric(
+        "entropy_attribution/predicted",
+        "First-order prediction `grad_theta H . delta_theta` of `realised`, with `delta_theta` the parameter change "
+        "the optimizer applied (read off the weights: exact for any optimizer).",
+        when="`entropy_attribution_steps` > 0, on those steps",
+    ),
+    Metric(
+        "entropy_attribution/part/{part}",
+        "Exact split of `predicted` for Adam / AdamW: each token group's share of this step's gradient through the "
+        "step's preconditioner (`erc_masked` and `dual_clip` tokens, NA&LP `clip_low`, PA&LP `clip_high`, then the "
+        "quadrants E1..E4 of the other tokens), `momentum` carried from earlier steps, `weight_decay`, and "
+        "`other` (the rest of the gradient: zero-advantage tokens, an entropy term, aux loss). The parts add up to "
+        "`predicted`.",
+        when="`entropy_attribution_steps` > 0 with torch's Adam / AdamW; groups that apply to the loss",
+        values={"part": TOKEN_GROUPS + ("momentum", "weight_decay", "other")},
+    ),
+    Metric(
+        "entropy_attribution/part/unattributed",
+        "The whole of `predicted`, for an optimizer whose step the attribution does not decompose (warned once).",
+        when="`entropy_attribution_steps` > 0 with an optimizer other than torch's Adam / AdamW",
     ),
 )
 

@@ -1,7 +1,9 @@
 """`ce-gppo plot`: training curves of one or more runs, overlaid, from their `trainer_state.json` logs.
 
 A run directory is a Trainer `output_dir`: its own `trainer_state.json` is used, else the one of its latest
-`checkpoint-*` folder. Every metric of `METRICS` that some run logged gets a panel; absent ones are skipped.
+`checkpoint-*` folder. Every metric of `METRICS` that some run logged gets a panel; absent ones are skipped. A run that
+logged `entropy_attribution/*` (`entropy_attribution_steps`) gets one more panel: per attributed step, the parts of
+the predicted entropy change stacked as bars (`draw_entropy_attribution`), beside the realised change.
 matplotlib is a dependency of the package; imported only when a plot is drawn.
 """
 
@@ -14,7 +16,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["METRICS", "find_trainer_state", "load_log_history", "main", "plot_runs"]
+__all__ = ["METRICS", "draw_entropy_attribution", "find_trainer_state", "load_log_history", "main", "plot_runs"]
 
 METRICS: tuple[str, ...] = (
     "entropy",
@@ -31,6 +33,7 @@ METRICS: tuple[str, ...] = (
 )
 """Logged metric names drawn, in panel order: TRL's entropy, reward and clip fractions, the ERC masked fractions
 and this project's entropy-control values."""
+ATTRIBUTION_PREFIX = "entropy_attribution/"
 
 
 def find_trainer_state(run_dir: str) -> str:
@@ -59,14 +62,16 @@ def find_trainer_state(run_dir: str) -> str:
 
 
 def load_log_history(run_dir: str) -> dict[str, tuple[list[float], list[float]]]:
-    """Metric name -> (steps, values) from the run's `log_history`, for every metric of `METRICS` it logged."""
+    """Metric name -> (steps, values) from the run's `log_history`, for every metric of `METRICS` and every
+    `entropy_attribution/*` metric it logged."""
     with open(find_trainer_state(run_dir)) as handle:
         history: list[dict[str, Any]] = json.load(handle).get("log_history", [])
     series: dict[str, tuple[list[float], list[float]]] = {}
     for entry in history:
         if "step" not in entry:
             continue
-        for name in METRICS:
+        attribution = [name for name in entry if name.startswith(ATTRIBUTION_PREFIX)]
+        for name in (*METRICS, *attribution):
             value = entry.get(name)
             if isinstance(value, int | float):
                 steps, values = series.setdefault(name, ([], []))
@@ -94,9 +99,13 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None)
         raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run")
     runs = {label: load_log_history(run_dir) for label, run_dir in zip(labels or run_dirs, run_dirs, strict=True)}
     drawn = [name for name in METRICS if any(name in series for series in runs.values())]
-    columns = min(3, len(drawn))
-    rows = -(-len(drawn) // columns)
+    attributed = [label for label, series in runs.items() if ATTRIBUTION_PREFIX + "predicted" in series]
+    panels = len(drawn) + len(attributed)
+    columns = min(3, panels)
+    rows = -(-panels // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.5 * rows), squeeze=False)
+    for axis, label in zip(list(axes.flat)[len(drawn) :], attributed, strict=False):
+        draw_entropy_attribution(axis, runs[label], title=f"entropy attribution: {label}")
     for axis, name in zip(axes.flat, drawn, strict=False):
         for label, series in runs.items():
             if name in series:
@@ -105,13 +114,44 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None)
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(drawn) :]:
+    for axis in list(axes.flat)[panels:]:
         axis.set_visible(False)
     axes.flat[0].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(output, dpi=120)
     plt.close(figure)
-    return drawn
+    return drawn + [f"{ATTRIBUTION_PREFIX}* ({label})" for label in attributed]
+
+
+def draw_entropy_attribution(axis: Any, series: dict[str, tuple[list[float], list[float]]], title: str = "") -> None:
+    """Per attributed step, the parts `entropy_attribution/part/*` as stacked bars (positive parts up from 0,
+    negative ones down), the realised entropy change as black dots and the predicted one (the parts' sum) as a line.
+
+    `series` maps metric names to `(steps, values)`, as `load_log_history` returns them.
+    """
+    import matplotlib.pyplot as plt
+
+    parts = sorted(name for name in series if name.startswith(ATTRIBUTION_PREFIX + "part/"))
+    colors = plt.get_cmap("tab20")
+    up: dict[float, float] = {}
+    down: dict[float, float] = {}
+    for i, name in enumerate(parts):
+        steps, values = series[name]
+        if not any(values):
+            continue
+        bottoms = [(up if v >= 0 else down).get(step, 0.0) for step, v in zip(steps, values, strict=True)]
+        axis.bar(steps, values, bottom=bottoms, width=0.8, color=colors(i % 20), label=name.rsplit("/", 1)[-1])
+        for step, v, bottom in zip(steps, values, bottoms, strict=True):
+            (up if v >= 0 else down)[step] = bottom + v
+    steps, values = series[ATTRIBUTION_PREFIX + "predicted"]
+    axis.plot(steps, values, color="grey", lw=1, label="predicted")
+    if ATTRIBUTION_PREFIX + "realised" in series:
+        steps, values = series[ATTRIBUTION_PREFIX + "realised"]
+        axis.plot(steps, values, "ko", ms=3, label="realised")
+    axis.axhline(0, color="grey", lw=0.6)
+    axis.set(title=title or "entropy attribution", xlabel="step", ylabel="entropy change (nats)")
+    axis.legend(fontsize="x-small", ncol=2)
+    axis.grid(alpha=0.3)
 
 
 def build_parser() -> argparse.ArgumentParser:

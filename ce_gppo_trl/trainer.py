@@ -45,6 +45,7 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
+from .attribution import EntropyAttribution, attribution_groups
 from .callbacks import callbacks_from_config
 from .config import CEGPPOConfig, on_policy_message
 from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
@@ -157,6 +158,16 @@ class CEGPPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args=args, **kwargs)
         for callback in callbacks_from_config(args):
             self.add_callback(callback)
+        self._entropy_attribution = None
+        if args.entropy_attribution_steps:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError(
+                    f"entropy_attribution_steps={args.entropy_attribution_steps} is not supported with DeepSpeed or "
+                    "FSDP: the attribution reads whole parameters and optimizer states, which they shard. Use DDP "
+                    "(or one process), or entropy_attribution_steps=0."
+                )
+            self._entropy_attribution = EntropyAttribution(self, args.entropy_attribution_steps)
+            self.add_callback(self._entropy_attribution)
         self._bind_entropy_control()
         self._warn_if_on_policy()
         self._check_dropout()
@@ -404,7 +415,7 @@ class CEGPPOTrainer(GRPOTrainer):
                 mask=mask,
                 off_policy_threshold=self.off_policy_mask_threshold,
             )
-        entropy_mask = None
+        entropy_mask = erc_kept = None
         if self.top_entropy_quantile < 1.0:
             entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
             per_token_loss = per_token_loss * entropy_mask
@@ -415,6 +426,7 @@ class CEGPPOTrainer(GRPOTrainer):
             # value and their place in the normaliser, but no gradient.
             old_entropies = inputs.get("old_entropies", entropies.detach())
             keep = entropy_ratio_mask(entropies.detach(), old_entropies, self.erc_low, self.erc_high)
+            erc_kept = keep
             per_token_loss = torch.where(keep, per_token_loss, per_token_loss.detach())
             self._log_entropy_ratio(mode, entropy_ratio(entropies.detach(), old_entropies), mask)
 
@@ -461,6 +473,12 @@ class CEGPPOTrainer(GRPOTrainer):
         self._log_clip_metrics(mode, ratio, advantages, mask, knobs, clipped)
         if mode == "train":
             self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, knobs, clipped)
+            attribution = self._entropy_attribution
+            if attribution is not None and per_token_logps.requires_grad and attribution.wants():
+                groups = self._attribution_groups(
+                    per_token_logps, entropies, ratio, advantages, mask, knobs, clipped, erc_kept
+                )
+                self._collect_attribution(loss, inputs, per_token_logps, entropies, mask, groups)
         return loss
 
     def _trl_entropy_bonus(
@@ -504,6 +522,49 @@ class CEGPPOTrainer(GRPOTrainer):
         if mode == "train" and self.accelerator.sync_gradients:
             metrics["entropy_coef"].append(self.entropy_coef)
         return coef * entropy_loss
+
+    # Entropy attribution (ce_gppo_trl.attribution): the token groups of an attributed step's micro-batch, and what
+    # the attribution keeps of it (its gradients, and the forward inputs to re-score it after the optimizer step).
+
+    def _attribution_groups(
+        self,
+        per_token_logps: torch.Tensor,
+        entropies: torch.Tensor,
+        ratio: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        knobs: dict[str, Any],
+        clipped: tuple[torch.Tensor | None, torch.Tensor | None],
+        erc_kept: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        dual = None
+        if self.loss_type in CLIPPED_LOSS_TYPES and knobs["clip_ratio_c"] is not None:
+            dual = dual_clip_mask(ratio, advantages, knobs["clip_ratio_c"])
+        return attribution_groups(
+            per_token_logps, entropies, advantages, mask, *clipped, dual, None if erc_kept is None else ~erc_kept
+        )
+
+    def _collect_attribution(
+        self,
+        loss: torch.Tensor,
+        inputs: dict[str, Any],
+        per_token_logps: torch.Tensor,
+        entropies: torch.Tensor,
+        mask: torch.Tensor,
+        groups: dict[str, torch.Tensor],
+    ) -> None:
+        forward = {"input_ids": torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)}
+        forward["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        forward["logits_to_keep"] = inputs["completion_ids"].size(1)
+        forward.update({key: inputs[key] for key in _EXTRA_MODEL_INPUTS if inputs.get(key) is not None})
+        self._entropy_attribution.collect(loss, per_token_logps, entropies, mask, groups, forward)
+
+    def _clip_grad_norm(self, model: Any) -> Any:
+        # The pre-clip norm gives the entropy attribution the clipping scale (torch's max_norm / (norm + 1e-6)).
+        norm = super()._clip_grad_norm(model)
+        if self._entropy_attribution is not None:
+            self._entropy_attribution.record_grad_norm(norm)
+        return norm
 
     # Metrics, reduced over processes like TRL's.
 

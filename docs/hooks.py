@@ -33,6 +33,7 @@ CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("Beta schedules", lambda n: n.startswith(("beta1_", "beta2_"))),
     ("Closed-loop entropy controller", lambda n: n.startswith("entropy_controller")),
     ("Diagnostics", lambda n: n == "entropy_diagnostics"),
+    ("Entropy attribution", lambda n: n == "entropy_attribution_steps"),
     ("vLLM", lambda n: n == "vllm_logp_difference_bound"),
     (
         "The authors' training scripts",

@@ -217,6 +217,9 @@ def test_regime_quick_writes_json_plots_and_results(tmp_path):
     assert micro["beta1"]["0.5"] == micro["beta2"]["1.0"]
     diagnostics = data["diagnostics"]
     assert diagnostics["updates"] == 16 and -1 <= diagnostics["pearson_r"] <= 1 and math.isfinite(diagnostics["slope"])
+    # entropy_attribution/realised is the change this script measures on its own; its prediction covers every update
+    assert diagnostics["realised_library_max_gap"] < 1e-5
+    assert diagnostics["predicted_param_space"]["updates"] == 16
 
     for name in ("regime.png", "regime_micro.png"):
         assert (tmp_path / name).stat().st_size > 10_000
@@ -261,13 +264,13 @@ def test_real_model_micro_quick_on_the_toy_writes_the_issue_json_and_resumes(tmp
     # Where beta1 = 1 saw clipped tokens, its update differs from beta1 = 0's: the arms really apply their gradients.
     clipped = [b for b in batches if b["clipped"]["beta1=1"] > 0]
     assert clipped and all(b["delta"]["beta1=1"] != b["delta"]["beta1=0"] for b in clipped)
-    # grad_theta H . delta_theta on the run's 14 off-policy updates (2 batches x 7)
-    assert data["diagnostics"]["updates"] == 14 and -1 <= data["diagnostics"]["param_space_r"] <= 1
+    # the library's entropy attribution on every update of the run (2 batches x 8)
+    assert data["diagnostics"]["updates"] == 16 and -1 <= data["diagnostics"]["param_space_r"] <= 1
     # A second call resumes: the saved batches are kept as they are and the run is not repeated.
     saved = {p.name: p.read_text() for p in (tmp_path / "o" / "batches").glob("*.json")}
     micro.main(argv)
     assert {p.name: p.read_text() for p in (tmp_path / "o" / "batches").glob("*.json")} == saved
-    assert len((tmp_path / "o" / "diagnostics.jsonl").read_text().splitlines()) == 14
+    assert len((tmp_path / "o" / "diagnostics.jsonl").read_text().splitlines()) == 16
 
 
 def test_real_model_sweep_builds_recipe_commands_the_cli_accepts():
@@ -286,3 +289,21 @@ def test_real_model_sweep_builds_recipe_commands_the_cli_accepts():
     pairs = dict(zip(cuda[4::2], cuda[5::2], strict=True))
     assert pairs["--use_cpu"] == "false" and pairs["--bf16"] == "true" and "--max_steps" not in pairs
     assert sweep.parse_args(["--device", "cuda"]).jobs == 4 and opts.jobs == 1
+
+
+def test_attribution_checks_prediction_cost_and_beta1_pairs(tiny_model_dir, tmp_path):
+    attribution = load("attribution")
+    # The recipe path (what --model builtin:smollm2-135m-instruct takes) on the tiny model: 3 steps with the
+    # attribution on and off, and 2 seeds of beta1 0 / 1 pairs of 2 steps each.
+    argv = ["--model", tiny_model_dir, "--config", str(BENCHMARKS.parent / "configs" / "quickstart.yaml")]
+    argv += ["--steps", "3", "--beta1-seeds", "2", "--beta1-steps", "2", "--out-dir", str(tmp_path / "out")]
+    argv += ["--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")]
+    report = attribution.main(argv)
+    assert report["check"]["updates"] == 3 and report["check"]["max_parts_minus_predicted"] < 1e-6
+    assert report["cost"]["on_seconds_per_step"] > 0 and report["cost"]["ratio"] > 0
+    pairs = report["beta1"]
+    assert pairs["seeds"] == 2 and {"realised", "predicted", "part/clip_low", "part/momentum"} <= set(pairs)
+    for mean, se in (pairs[name]["difference"] for name in pairs if name not in ("seeds", "steps", "clipped")):
+        assert math.isfinite(mean) and se >= 0
+    assert len(json.loads((tmp_path / "a.json").read_text())["updates"]) == 3
+    assert (tmp_path / "a.png").stat().st_size > 10_000

@@ -145,3 +145,15 @@ def test_on_policy_config_warns_when_built_naming_the_fields_and_the_fix():
 def test_liger_layer_kernels_are_allowed_as_in_trl():
     config = make(use_liger_kernel=True, steps_per_generation=8)
     assert config.use_liger_kernel and not (config.liger_kernel_config or {}).get("fused_linear_cross_entropy")
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+def test_entropy_attribution_steps_must_be_an_integer_at_least_zero(value):
+    with pytest.raises(ValueError, match=rf"entropy_attribution_steps={value!r} is not allowed: expected an integer"):
+        make(entropy_attribution_steps=value)
+
+
+def test_entropy_attribution_turns_on_this_librarys_loss_path():
+    assert not make(loss_type="dapo").uses_own_loss
+    config = make(loss_type="dapo", entropy_attribution_steps=4)
+    assert config.uses_own_loss and config.own_loss_features == ["entropy_attribution_steps"]

@@ -21,7 +21,9 @@ RUNS = {
         positive_nll_coef=0.1,
         dynamic_sampling=True,
         entropy_schedule="oscillatory_decay",
+        entropy_attribution_steps=1,
     ),
+    "entropy attribution with SGD": dict(optim="sgd", entropy_attribution_steps=2),
     "ID schedule with the controller": dict(
         entropy_schedule="increase_decrease",
         entropy_controller=True,
@@ -73,7 +75,7 @@ def test_every_logged_metric_is_documented(logged_names):
 def test_every_documented_metric_is_logged(logged_names):
     seen = set().union(*logged_names.values())
     documented = {name for metric in METRICS for name in metric.names()}
-    assert len(documented) == 55
+    assert len(documented) == 69
     assert documented - seen == set(), "documented but never logged: fix the name or the runs above"
 
 

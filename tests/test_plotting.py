@@ -64,3 +64,39 @@ def test_plot_run_without_logs_gives_a_clear_message(tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "-o", str(tmp_path / "x.png")]) == 1
     assert "does not exist" in capsys.readouterr().out
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_stacks_the_entropy_attribution_parts_beside_the_realised_change(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ce_gppo_trl.plotting import draw_entropy_attribution
+
+    run = tmp_path / "run"
+    run.mkdir()
+    parts = {"E1": -0.02, "E2": 0.03, "clip_low": 0.01, "momentum": -0.005}
+    history = [
+        {
+            "step": step,
+            "entropy": 1.0,
+            "entropy_attribution/realised": 0.012 * step,
+            "entropy_attribution/predicted": sum(parts.values()) * step,
+            **{f"entropy_attribution/part/{name}": value * step for name, value in parts.items()},
+        }
+        for step in (1, 2)
+    ]
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    series = load_log_history(str(run))
+    assert series["entropy_attribution/part/clip_low"] == ([1, 2], [0.01, 0.02])
+    figure, axis = plt.subplots()
+    draw_entropy_attribution(axis, series)
+    tops = {}
+    for patch in axis.patches:  # positive parts stack up from 0, negative ones down
+        x = round(patch.get_x() + patch.get_width() / 2)
+        tops.setdefault(x, []).append(patch.get_y() + patch.get_height())
+    assert max(tops[2]) == pytest.approx(0.08) and min(tops[2]) == pytest.approx(-0.05)
+    plt.close(figure)
+    assert main([str(run), "-o", str(tmp_path / "out.png"), "--labels", "on"]) == 0
+    assert "entropy_attribution/* (on)" in capsys.readouterr().out

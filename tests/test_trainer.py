@@ -289,6 +289,14 @@ def test_erc_metrics_are_reduced_over_two_processes(tiny_model_dir, tmp_path):
         # The two processes really hold different tokens
         assert not torch.equal(ranks[0][step], ranks[1][step]) or step == 0
     assert masked_any
+    # The entropy attribution under DDP: every part (7 token groups without the dual clip, momentum, weight decay,
+    # other) is reduced over the processes, and they add up to the prediction.
+    attributed = [entry for entry in entries if "entropy_attribution/predicted" in entry]
+    assert [entry["step"] for entry in attributed] == [2, 4]
+    for entry in attributed:
+        parts = [value for key, value in entry.items() if key.startswith("entropy_attribution/part/")]
+        assert len(parts) == 10 and sum(parts) == pytest.approx(entry["entropy_attribution/predicted"], rel=1e-4)
+        assert entry["entropy_attribution/realised"] != 0
 
 
 class VLLMStandIn:

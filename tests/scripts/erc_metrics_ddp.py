@@ -1,4 +1,5 @@
-"""Run under `accelerate launch --num_processes 2`: ERC training whose ranks also save their local entropy ratios.
+"""Run under `accelerate launch --num_processes 2`: ERC training whose ranks also save their local entropy ratios,
+with the entropy attribution on every other step (which must not change training).
 
 Usage: erc_metrics_ddp.py MODEL_DIR OUTPUT_DIR. Each rank writes `rho_rank{N}.pt` (the list, per loss call, of its
 completion tokens' entropy ratios); the main process writes `log_history.pt`.
@@ -38,6 +39,7 @@ def main(model_dir: str, output_dir: str) -> None:
         save_strategy="no",
         erc_low=0.99,
         erc_high=1.01,
+        entropy_attribution_steps=2,
     )
     set_seed(0)
     trainer = RecordingTrainer(
