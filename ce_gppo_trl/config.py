@@ -344,8 +344,8 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller_saturation_steps: int = field(
         default=10,
         metadata={
-            "help": "Steps at a limit, with the error pushing further, after which entropy_control/saturated is 1 "
-            "and a warning names the limit; >= 1."
+            "help": "Steps at a limit, the error pushing further and not shrinking by a quarter, after which "
+            "entropy_control/saturated is 1 and a warning names the limit; >= 1."
         },
     )
     entropy_diagnostics: bool = field(

@@ -383,3 +383,25 @@ def test_controller_resume_continues_exactly():
     for key in ("entropy", "entropy_control/output", "entropy_control/error"):
         assert metrics[key] == full[key]
     assert resumed.state == full_callback.state
+
+
+def test_controller_holds_a_target_below_the_free_run(tmp_path, tiny_model_dir, arithmetic_dataset):
+    """Real training, default controller: the tiny model at lr 2e-2 collapses its entropy from 3.13 to about 0 within
+    24 steps (count_ones is learnt at once); with the target 0.7 x the first-step entropy the controller keeps it
+    near the target. Over steps 12-24 the mean relative error is below 0.45 controlled and above 0.8 uncontrolled;
+    measured on seeds 0-4 with OMP_NUM_THREADS=1: controlled 0.26, 0.21, 0.19, 0.13, 0.30 (at most 0.30, margin
+    0.15), uncontrolled 0.98, 0.87, 0.98, 0.99, 0.97 (at least 0.87, margin 0.07)."""
+
+    def tail_error(logs, target):
+        tail = [log["entropy"] for log in logs][12:]
+        return sum(abs(h - target) / target for h in tail) / len(tail)
+
+    fields = dict(max_steps=24, save_strategy="no")
+    free = train_logs(make_trainer(tiny_model_dir, arithmetic_dataset, make_args(tmp_path / "free", **fields)))
+    target = 0.7 * free[0]["entropy"]
+    controlled_args = make_args(
+        tmp_path / "controlled", entropy_controller=True, entropy_controller_target=target, **fields
+    )
+    controlled = train_logs(make_trainer(tiny_model_dir, arithmetic_dataset, controlled_args))
+    assert controlled_args.entropy_controller_knobs == "entropy"  # the default knob
+    assert tail_error(controlled, target) < 0.45 and tail_error(free, target) > 0.8
