@@ -73,7 +73,7 @@ def test_every_logged_metric_is_documented(logged_names):
 def test_every_documented_metric_is_logged(logged_names):
     seen = set().union(*logged_names.values())
     documented = {name for metric in METRICS for name in metric.names()}
-    assert len(documented) == 55
+    assert len(documented) == 54  # entropy_control/gain went with the online gain estimate (issue 21)
     assert documented - seen == set(), "documented but never logged: fix the name or the runs above"
 
 
