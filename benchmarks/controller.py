@@ -1,6 +1,6 @@
 """Does the closed-loop entropy controller hold the entropy asked for, above and below the uncontrolled run?
 
-Two plants, each trained by CE-GPPO (0.5, 1) off-policy (4 updates per rollout batch):
+A family of plants (model + reward), each trained by CE-GPPO (0.5, 1) off-policy (4 updates per rollout batch):
 
 - `toy`: the quickstart (`configs/quickstart.yaml`): the toy Llama of `ce_gppo_trl.toy.build_toy_model` (SFT-warm-
   started on single-digit addition), binary math-verify reward, lr 2e-4. Held-out accuracy: avg@4 at T = 0.6 on 20
@@ -9,6 +9,11 @@ Two plants, each trained by CE-GPPO (0.5, 1) off-policy (4 updates per rollout b
   tokenizer, rewarded for format and length (`format_reward`: completions of exactly 4 digits then EOS score 1,
   partial credit for digits), lr 5e-3. Held-out "accuracy": the mean reward of 64 completions at T = 0.6 on held-out
   prompts.
+- `llama-digits`: a random-init Llama (3 layers, width 96, untied), rewarded for the share of digits among the
+  completion's characters (`digit_reward`), lr 3e-3. Held-out: the mean reward of 64 completions at T = 0.6.
+- `qwen2-copy`: kept out of the choice of the controller's defaults, run only with them. A random-init Qwen2 (1 layer,
+  width 128, 8 heads, tied), rewarded for copying the prompt (`copy_reward`: the share of the prompt's characters
+  repeated in place), lr 3e-3. Held-out: the mean reward of 64 completions at T = 0.6.
 
 Arms per plant and seed: `uncontrolled`; the controller with a constant target `--above` x and `--below` x the
 uncontrolled run's entropy at mid-run (mean of the 5 steps around `max_steps / 2`, seed-averaged), and with a falling
@@ -18,6 +23,7 @@ The score is the mean |H - target| / target over the second half of the run (ste
 
     python benchmarks/controller.py --plant toy --seeds 3 --out-dir outputs/controller
     python benchmarks/controller.py --plant toy --arms uncontrolled --seeds 1 --steps 20   # a quick look
+    python benchmarks/controller.py --plant qwen2-copy --arms uncontrolled above below trl_bonus_above --steps 40
 
 Runs already saved under `--out-dir` are reused.
 """
@@ -42,7 +48,7 @@ CE_GPPO = {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plant", choices=("toy", "qwen2-format"), default="toy")
+    parser.add_argument("--plant", choices=("toy", *PLANTS), default="toy")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="default: 80 (toy), 60 (qwen2-format)")
@@ -67,6 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Plants.
 
 
+def digit_reward(completions: list[str], **kwargs: Any) -> list[float]:
+    """The share of digits among the completion's characters (0 for an empty completion)."""
+    return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
+
+
+def copy_reward(completions: list[str], prompts: list[str], **kwargs: Any) -> list[float]:
+    """The share of the prompt's characters that the completion repeats at the same position."""
+    pairs = zip(prompts, completions, strict=True)
+    return [sum(a == b for a, b in zip(p, c, strict=False)) / len(p) for p, c in pairs]
+
+
 def format_reward(completions: list[str], **kwargs: Any) -> list[float]:
     """1 for exactly four digits, else the share of the first four characters that are digits, minus 0.25 per extra
     character."""
@@ -77,23 +94,61 @@ def format_reward(completions: list[str], **kwargs: Any) -> list[float]:
     return rewards
 
 
-def build_qwen2(path: str, seed: int = 0) -> str:
+# The random-init plants: model type, shape, reward, learning rate, batch size, completion length.
+PLANTS: dict[str, dict[str, Any]] = {
+    "qwen2-format": dict(
+        model_type="qwen2",
+        shape=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        kv_heads=2,
+        tied=True,
+        reward=format_reward,
+        learning_rate=5e-3,
+        batch=32,
+        length=8,
+    ),
+    "llama-digits": dict(
+        model_type="llama",
+        shape=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4),
+        kv_heads=4,
+        tied=False,
+        reward=digit_reward,
+        learning_rate=3e-3,
+        batch=32,
+        length=6,
+    ),
+    "qwen2-copy": dict(
+        model_type="qwen2",
+        shape=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=8),
+        kv_heads=4,
+        tied=True,
+        reward=copy_reward,
+        learning_rate=3e-3,
+        batch=32,
+        length=8,
+    ),
+}
+
+
+def build_plant_model(path: str, plant: str, seed: int = 0) -> str:
     from ce_gppo_trl.toy import save_random_model
 
     if os.path.exists(os.path.join(path, "config.json")):
         return path
+    spec = PLANTS[plant]
     return save_random_model(
         path,
-        "qwen2",
+        spec["model_type"],
         seed=seed,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=spec["kv_heads"],
         max_position_embeddings=64,
-        tie_word_embeddings=True,
+        tie_word_embeddings=spec["tied"],
+        **spec["shape"],
     )
+
+
+def score_completions(opts: argparse.Namespace, prompts: list[str], texts: list[str]) -> float:
+    reward = PLANTS[opts.plant]["reward"]
+    return statistics.fmean(reward(texts, prompts=prompts))
 
 
 def plant_setup(opts: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -107,11 +162,17 @@ def plant_setup(opts: argparse.Namespace, seed: int) -> dict[str, Any]:
         train = make_arithmetic_dataset(4096, seed=seed).filter(lambda row: row["prompt"] not in excluded)
         fields = dict(per_device_train_batch_size=64, num_generations=8, max_completion_length=6, learning_rate=2e-4)
         return dict(model=opts.toy_dir, reward=math_accuracy_reward, train=train, held_out=held_out, fields=fields)
-    model = build_qwen2(os.path.join(opts.out_dir, "qwen2-format-model"))
+    spec = PLANTS[opts.plant]
+    model = build_plant_model(os.path.join(opts.out_dir, f"{opts.plant}-model"), opts.plant)
     train = make_arithmetic_dataset(4096, seed=seed, max_operand=99)
     held_out = make_arithmetic_dataset(64, seed=10_000, max_operand=99)
-    fields = dict(per_device_train_batch_size=32, num_generations=8, max_completion_length=8, learning_rate=5e-3)
-    return dict(model=model, reward=format_reward, train=train, held_out=held_out, fields=fields)
+    fields = dict(
+        per_device_train_batch_size=spec["batch"],
+        num_generations=8,
+        max_completion_length=spec["length"],
+        learning_rate=spec["learning_rate"],
+    )
+    return dict(model=model, reward=spec["reward"], train=train, held_out=held_out, fields=fields)
 
 
 def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_out: Any, seed: int) -> float:
@@ -127,7 +188,7 @@ def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_ou
         model.eval()
         output = model.generate(
             **inputs,
-            max_new_tokens=8,
+            max_new_tokens=PLANTS[opts.plant]["length"],
             do_sample=True,
             temperature=0.6,
             top_k=0,
@@ -135,7 +196,7 @@ def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_ou
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return statistics.fmean(format_reward(texts))
+        return score_completions(opts, list(held_out["prompt"]), texts)
 
 
 # Arms.
@@ -201,7 +262,7 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
     )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "entropy" in log]
-    keys = ("entropy", "reward", "entropy_control/output", "entropy_control/gain", "entropy_control/saturated")
+    keys = ("entropy", "reward", "entropy_control/output", "entropy_control/saturated")
     curves = {key: [log.get(key) for log in logs] for key in keys}
     score = held_out_score(opts, trainer.model, tokenizer, setup["held_out"], seed)
     target = target_curve(opts, arm, fields, opts.steps)

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
 
 from .schedules import (
+    CONTROLLER_DEFAULTS,
     ENTROPY_SCHEDULES,
     KNOB_SCHEDULES,
     ControllerState,
     _check_total_steps,
-    controller_init,
     controller_update,
     entropy_schedule_weights,
     knob_schedule_value,
@@ -60,18 +59,6 @@ _CONTROLLER_KNOB_NAMES = {
 _CLIP_LIMITS = (0.0, 0.95)
 # The tightest ERC band the controller sets: erc_low < 1 < erc_high as the config requires.
 _ERC_TIGHTEST = (0.999, 1.001)
-# Knobs whose direction is known by construction: an entropy bonus is the gradient of the entropy itself. Their sign
-# is never flipped (only the size of their effect is measured); every other knob's sign is measured.
-_SIGN_BY_CONSTRUCTION = ("entropy",)
-# Standard errors by which the estimated gain must oppose the current sign before the controller flips it.
-_SIGN_CONFIDENCE = 2.0
-# Decisions between a command and the first entropy change it causes: the command decided at the end of step k is
-# used by the update of step k + 1, whose effect is first measured at step k + 2.
-_CONTROLLER_LAG = 2
-# The gain normalising the PI law is at least this share of the prior (a tiny estimate would make u jump), and the
-# estimate's standard deviation is capped at this multiple of the prior (no covariance windup while u is steady).
-_MIN_GAIN_SHARE = 0.25
-_MAX_GAIN_STD = 2.0
 
 
 class EntropyControlCallback(TrainerCallback):
@@ -235,15 +222,17 @@ class KnobScheduleCallback(EntropyControlCallback):
 
 
 class EntropyControllerCallback(EntropyControlCallback):
-    """Closed-loop entropy control with a measured actuator: holds the entropy on a target, in both directions.
+    """Closed-loop entropy control: holds the entropy on a target, above and below the uncontrolled run.
 
     After every optimizer step the controller (`schedules.controller_update`) compares the step's entropy with the
     target (a float, a `(start, end)` pair for a linear trajectory over the run, or a callable
-    `(step, max_steps) -> float`), updates its online estimate of how the command `u` in `[-1, 1]` moves entropy on
-    this model and data (direction and size, by recursive least squares on the measured entropy changes, with a
-    small dither), and sets the knobs from their values at bind time (`*_ref`) and `u`; `u > 0` is the side meant to
-    raise entropy, but the measured sign decides which way `u` moves:
+    `(step, max_steps) -> float`) and sets a command `u` in `[-1, 1]` by a PI law on the relative error
+    `(target - H) / target`; the knobs follow `u` from their values at bind time (`*_ref`). `u > 0` is the side that
+    raises entropy:
 
+    - `knobs="entropy"` (the default): a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus
+      form: a bonus for `u > 0`, a penalty for `u < 0`), on this library's loss path. Its direction is known by
+      construction (the term's gradient is the entropy's own), on every model.
     - `knobs="betas"` (CE-GPPO): `beta1 = max(beta1_ref - max_delta * u, 0)`,
       `beta2 = max(beta2_ref + max_delta * u, 0)`;
     - `knobs="clip"`: `epsilon_high = eps_high_ref + max_delta * u`, `epsilon_low = eps_low_ref - max_delta * u`,
@@ -251,15 +240,15 @@ class EntropyControllerCallback(EntropyControlCallback):
     - `knobs="prob_clip"`: the bounds of arXiv 2602.09782, `u > 0` mixes H(p) into `epsilon_high` with weight
       `min(u * max_delta, 1)`, `u < 0` mixes M(p) into `epsilon_low` with weight `min(-u * max_delta, 1)`;
     - `knobs="erc"` (ERC on): `u > 0` narrows the ERC band's lower side towards 1 (tokens whose entropy fell get no
-      gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror;
-    - `knobs="entropy"`: a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus form: a bonus
-      for `u > 0`, a penalty for `u < 0`), on this library's loss path. Its direction is known by construction, so
-      only the size of its effect is measured.
+      gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror.
 
-    Logs `entropy_control/target`, `entropy_control/error` (relative, `(target - H) / target`),
-    `entropy_control/output` (`u`), `entropy_control/gain` (estimated relative entropy change per step at `u = 1`, in
-    the direction of `u > 0` times the measured sign) and `entropy_control/saturated` (1 once `u` has sat at a limit
-    against the error for `saturation_steps` steps, with a single warning naming the limit).
+    The clip-family knobs act through the gradient's shape, so their direction and size depend on the model and data
+    (benchmarks/RESULTS.md, section 13): where one works the other way or not at all, `u` runs into a limit and the
+    saturation flag and warning say so.
+
+    Logs `entropy_control/target`, `entropy_control/error` (relative), `entropy_control/output` (`u`) and
+    `entropy_control/saturated` (1 once `u` has sat at a limit against a non-shrinking error for `saturation_steps`
+    steps, with a single warning naming the limit).
 
     Example:
         >>> EntropyControllerCallback(target=(2.0, 1.0), kp=0.2).target_at(5, 10)
@@ -270,41 +259,32 @@ class EntropyControllerCallback(EntropyControlCallback):
         self,
         target: float | tuple[float, float] | Callable[[int, int], float] | None,
         *,
-        knobs: str = "betas",
-        kp: float = 0.3,
-        ki: float = 0.05,
-        max_delta: float = 1.0,
-        max_rate: float = 0.25,
-        gain: float = 0.02,
-        forgetting: float = 0.9,
-        dither: float = 0.1,
+        knobs: str = "entropy",
+        kp: float = CONTROLLER_DEFAULTS["kp"],
+        ki: float = CONTROLLER_DEFAULTS["ki"],
+        max_delta: float = CONTROLLER_DEFAULTS["max_delta"],
+        max_rate: float = CONTROLLER_DEFAULTS["max_rate"],
         saturation_steps: int = 10,
-        horizon: int = 6,
+        horizon: float = CONTROLLER_DEFAULTS["horizon"],
     ) -> None:
         super().__init__()
         if target is None:
             raise ValueError("entropy_controller_target=None is not allowed: the entropy controller needs a target.")
         if knobs not in CONTROLLER_KNOBS:
             raise ValueError(f"entropy_controller_knobs={knobs!r} is not allowed: expected one of {CONTROLLER_KNOBS}.")
-        for name, value in (("kp", kp), ("ki", ki), ("max_delta", max_delta), ("max_rate", max_rate)):
+        checked = (("kp", kp), ("ki", ki), ("max_delta", max_delta), ("max_rate", max_rate), ("horizon", horizon))
+        for name, value in checked:
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"entropy_controller_{name}={value!r} is not allowed: expected a finite number >= 0.")
-        if not 0 < gain < float("inf"):
-            raise ValueError(f"entropy_controller_gain={gain!r} is not allowed: expected a finite number > 0.")
-        if not 0 < forgetting <= 1:
-            raise ValueError(f"entropy_controller_forgetting={forgetting!r} is not allowed: expected 0 < f <= 1.")
-        if not 0 <= dither < 1:
-            raise ValueError(f"entropy_controller_dither={dither!r} is not allowed: expected 0 <= dither < 1.")
         if not (isinstance(saturation_steps, int) and saturation_steps >= 1):
             raise ValueError(
                 f"entropy_controller_saturation_steps={saturation_steps!r} is not allowed: expected an integer >= 1."
             )
         self.target, self.knobs = target, knobs
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
-        self.gain, self.forgetting, self.dither, self.saturation_steps = gain, forgetting, dither, saturation_steps
-        self.horizon = horizon
+        self.saturation_steps, self.horizon = saturation_steps, horizon
         self.needs_own_loss = knobs in ("prob_clip", "entropy")
-        self.state = controller_init(gain=gain, lag=_CONTROLLER_LAG)
+        self.state = ControllerState()
         self.warned = False
         self.reference: dict[str, float] = {}
 
@@ -332,7 +312,6 @@ class EntropyControllerCallback(EntropyControlCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self.warned = state.pop("warned")
-        state["pending"], state["cov"] = tuple(state["pending"]), tuple(state["cov"])
         self.state = ControllerState(**state)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -343,7 +322,6 @@ class EntropyControllerCallback(EntropyControlCallback):
         if entropy is None:
             return
         target = self.target_at(state.global_step - 1, state.max_steps)
-        ahead = self.target_at(min(state.global_step - 1 + self.horizon, state.max_steps), state.max_steps)
         self.state, error = controller_update(
             self.state,
             target=target,
@@ -351,13 +329,7 @@ class EntropyControllerCallback(EntropyControlCallback):
             kp=self.kp,
             ki=self.ki,
             max_rate=self.max_rate,
-            min_gain=_MIN_GAIN_SHARE * self.gain,
-            max_gain_var=(_MAX_GAIN_STD * self.gain) ** 2,
-            forgetting=self.forgetting,
-            dither=self.dither,
-            sign_confidence=math.inf if self.knobs in _SIGN_BY_CONSTRUCTION else _SIGN_CONFIDENCE,
             horizon=self.horizon,
-            target_ahead=ahead,
         )
         self._apply(self.state.output)
         saturated = self.state.saturated_steps >= self.saturation_steps
@@ -366,8 +338,8 @@ class EntropyControllerCallback(EntropyControlCallback):
             logger.warning(
                 "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
                 "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
-                "data: widen entropy_controller_max_delta, pick other entropy_controller_knobs, or set a reachable "
-                "target.",
+                "data (or, for a clip-family knob, act the other way here): widen entropy_controller_max_delta, "
+                "pick other entropy_controller_knobs, or set a reachable target.",
                 self.state.saturated_steps,
                 "upper" if self.state.output > 0 else "lower",
                 ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if self.state.output > 0 else -1.0).items()),
@@ -378,7 +350,6 @@ class EntropyControllerCallback(EntropyControlCallback):
         self._log("target", target)
         self._log("error", error)
         self._log("output", self.state.output)
-        self._log("gain", self.state.gain)
         self._log("saturated", float(saturated))
 
     def _apply(self, output: float) -> None:
@@ -453,9 +424,7 @@ def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
                 ki=args.entropy_controller_ki,
                 max_delta=args.entropy_controller_max_delta,
                 max_rate=args.entropy_controller_max_rate,
-                gain=args.entropy_controller_gain,
-                forgetting=args.entropy_controller_forgetting,
-                dither=args.entropy_controller_dither,
+                horizon=args.entropy_controller_horizon,
                 saturation_steps=args.entropy_controller_saturation_steps,
             )
         )

@@ -10,7 +10,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from .losses import CLIPPED_LOSS_TYPES, COVARIANCE_SELECTIONS, LIBRARY_LOSS_TYPES, POLICY_LOSSES
-from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
+from .schedules import CONTROLLER_DEFAULTS, ENTROPY_SCHEDULES, KNOB_SCHEDULES
 
 # Loss types the dual clip can act on: the PPO-style clipped surrogates.
 DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES
@@ -43,7 +43,11 @@ def on_policy_message(config: CEGPPOConfig) -> str | None:
         ("ERC (erc_low/erc_high)", config.erc_enabled),
         ("clip_ratio_c", config.clip_ratio_c is not None),
         ("probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)", config.prob_clip_enabled),
-        ("entropy_controller", config.entropy_controller),
+        # The signed entropy term acts on-policy too; the clip-family knobs only through the ratio.
+        (
+            f"entropy_controller (knobs={config.entropy_controller_knobs!r})",
+            config.entropy_controller and config.entropy_controller_knobs != "entropy",
+        ),
     ]
     acting = [name for name, on in features if on]
     if config.off_policy or not acting:
@@ -282,9 +286,9 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller: bool = field(
         default=False,
         metadata={
-            "help": "Closed-loop entropy control: after each step a PI controller, normalised by the direction and "
-            "size of the knobs' effect measured online, moves entropy_controller_knobs to hold the measured "
-            "entropy on entropy_controller_target."
+            "help": "Closed-loop entropy control: after each step a PI law on the relative error "
+            "(target - H) / target moves entropy_controller_knobs to hold the measured entropy on "
+            "entropy_controller_target."
         },
     )
     entropy_controller_target: float | None = field(
@@ -301,55 +305,47 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
     entropy_controller_knobs: str = field(
-        default="betas",
+        default="entropy",
         metadata={
-            "help": "What the controller moves: 'betas' (beta2 up and beta1 down for u > 0; loss_type 'ce_gppo'), "
-            "'clip' (epsilon_high up and epsilon_low down; any clipped loss type), 'prob_clip' (the H(p) weight in "
-            "epsilon_high for u > 0, the M(p) weight in epsilon_low for u < 0) or 'erc' (the ERC band's lower "
-            "side towards 1 for u > 0, its upper side for u < 0; needs erc_low / erc_high) or 'entropy' (a signed "
-            "entropy term -max_delta * u * mean(H) in the loss: bonus for u > 0, penalty for u < 0). The sign is "
-            "measured."
+            "help": "What the controller moves for its command u in [-1, 1]: 'entropy' (default: a signed entropy "
+            "term -max_delta * u * mean(H) in the loss, a bonus for u > 0 and a penalty for u < 0, its direction "
+            "known by construction), 'betas' (beta2 up and beta1 down for u > 0; loss_type 'ce_gppo'), 'clip' "
+            "(epsilon_high up and epsilon_low down), 'prob_clip' (the H(p) weight in epsilon_high for u > 0, the "
+            "M(p) weight in epsilon_low for u < 0) or 'erc' (the ERC band's lower side towards 1 for u > 0, its "
+            "upper side for u < 0; needs erc_low / erc_high). The clip-family knobs' effect depends on the model."
         },
     )
     entropy_controller_kp: float = field(
-        default=0.3,
-        metadata={"help": "Share of the relative error (target - H) / target closed per step by the P term, >= 0."},
+        default=CONTROLLER_DEFAULTS["kp"],
+        metadata={"help": "Proportional gain: command u per unit of relative error (target - H) / target, >= 0."},
     )
     entropy_controller_ki: float = field(
-        default=0.05, metadata={"help": "Integral gain on the summed relative error (same units), >= 0."}
+        default=CONTROLLER_DEFAULTS["ki"],
+        metadata={"help": "Integral gain on the summed relative error (same units), >= 0."},
     )
     entropy_controller_max_delta: float = field(
-        default=1.0,
+        default=CONTROLLER_DEFAULTS["max_delta"],
         metadata={
-            "help": "Knob change at full command |u| = 1 from the configured value, >= 0 (bounded authority). Use "
-            "about 0.15 with entropy_controller_knobs='clip'."
+            "help": "Knob change at full command |u| = 1 from the configured value, >= 0 (bounded authority): the "
+            "largest entropy coefficient with the default knobs. Use about 0.15 with entropy_controller_knobs='clip'."
         },
     )
     entropy_controller_max_rate: float = field(
-        default=0.25, metadata={"help": "Largest change of the command u (in [-1, 1]) per optimizer step, >= 0."}
+        default=CONTROLLER_DEFAULTS["max_rate"],
+        metadata={"help": "Largest change of the command u (in [-1, 1]) per optimizer step, >= 0."},
     )
-    entropy_controller_gain: float = field(
-        default=0.02,
+    entropy_controller_horizon: float = field(
+        default=CONTROLLER_DEFAULTS["horizon"],
         metadata={
-            "help": "Prior of the measured gain: relative entropy change per step at u = 1, > 0. Only the start: "
-            "the controller re-estimates sign and size every step."
+            "help": "Steps ahead, along the measured entropy slope, at which the P term reads the error (the knob's "
+            "effect lags the command by a few optimizer steps); 0 for a plain PI law. >= 0."
         },
-    )
-    entropy_controller_forgetting: float = field(
-        default=0.9,
-        metadata={
-            "help": "Forgetting factor of the online gain estimate, in (0, 1]: memory of about 1 / (1 - f) steps."
-        },
-    )
-    entropy_controller_dither: float = field(
-        default=0.1,
-        metadata={"help": "Amplitude of the square-wave probe added to u (period 4 steps), in [0, 1)."},
     )
     entropy_controller_saturation_steps: int = field(
         default=10,
         metadata={
-            "help": "Steps at a limit, with the error pushing further, after which entropy_control/saturated is 1 "
-            "and a warning names the limit; >= 1."
+            "help": "Steps at a limit, the error pushing further and not shrinking by a quarter, after which "
+            "entropy_control/saturated is 1 and a warning names the limit; >= 1."
         },
     )
     entropy_diagnostics: bool = field(
@@ -626,17 +622,11 @@ class CEGPPOConfig(GRPOConfig):
                 _check_finite(name, value)
                 if value <= 0:
                     _fail(name, value, "expected an entropy > 0 (nats)")
-        for name in ("kp", "ki", "max_delta", "max_rate"):
+        for name in ("kp", "ki", "max_delta", "max_rate", "horizon"):
             value = getattr(self, f"entropy_controller_{name}")
             _check_finite(f"entropy_controller_{name}", value)
             if value < 0:
                 _fail(f"entropy_controller_{name}", value, "expected a finite number >= 0")
-        if not 0 < self.entropy_controller_gain < float("inf"):
-            _fail("entropy_controller_gain", self.entropy_controller_gain, "expected a finite number > 0")
-        if not 0 < self.entropy_controller_forgetting <= 1:
-            _fail("entropy_controller_forgetting", self.entropy_controller_forgetting, "expected 0 < forgetting <= 1")
-        if not 0 <= self.entropy_controller_dither < 1:
-            _fail("entropy_controller_dither", self.entropy_controller_dither, "expected 0 <= dither < 1")
         steps = self.entropy_controller_saturation_steps
         if not isinstance(steps, int) or steps < 1:
             _fail("entropy_controller_saturation_steps", steps, "expected an integer >= 1")

@@ -178,18 +178,14 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "entropy_control/output",
-        "The controller's command `u` in [-1, 1], dither included.",
+        "The controller's command `u` in [-1, 1] (`u > 0` raises entropy); with the default knobs the entropy "
+        "coefficient is `entropy_controller_max_delta * u`.",
         when=("`entropy_controller`"),
     ),
     Metric(
-        "entropy_control/gain",
-        "Measured entropy change per step at `u = 1`, relative to the first step's entropy; its sign is the knobs' "
-        "measured direction.",
-        when="`entropy_controller`",
-    ),
-    Metric(
         "entropy_control/saturated",
-        "1 while the command has sat at a limit without authority for `entropy_controller_saturation_steps` steps.",
+        "1 while the command has sat at a limit, the error not shrinking, for `entropy_controller_saturation_steps` "
+        "steps.",
         when="`entropy_controller`",
     ),
     Metric(

@@ -9,8 +9,8 @@ Everything here takes floats (and, for the clip bounds, tensors) and returns flo
 - Scheduled thresholds: `entropy_schedule_weights` gives, for ID and DID, the weights of H(p) and M(p) in the two
   bounds at progress `k / T`; `od_step` is one transition of the oscillatory-decay (OD) state machine.
 - Knob schedules (`knob_schedule_value`): constant, linear, cosine or step changes of any numeric loss knob.
-- The closed-loop entropy controller (`controller_update`): a PI law normalised by a gain and direction identified
-  online by recursive least squares (`rls_update`), rate-limited, with anti-windup and saturation counting.
+- The closed-loop entropy controller (`controller_update`): a PI law on the relative entropy error, rate-limited,
+  with anti-windup and saturation counting.
 
 Example:
     >>> import torch
@@ -221,83 +221,40 @@ def knob_schedule_value(
 
 # Closed-loop entropy controller.
 
+# Its defaults, for EntropyControllerCallback and CEGPPOConfig's entropy_controller_* fields alike: chosen on the plant
+# family of benchmarks/controller.py and checked on a plant kept out of the choice (benchmarks/RESULTS.md, section 13).
+CONTROLLER_DEFAULTS = {"kp": 0.5, "ki": 0.03, "max_delta": 1.0, "max_rate": 0.2, "horizon": 8}
+# Weight of the newest entropy change in the measured slope (an exponential average over about 2 steps).
+SLOPE_WEIGHT = 0.5
+# The integral skips an error beyond this share of the target while the entropy is already closing it (the
+# extrapolated error is smaller): that error is the P term's, and summing it while the entropy is on its way (the
+# knob's effect lags) winds the integral up for an overshoot. A large error that is not closing is summed, so that the
+# command can reach its limit (full authority, and saturation can be seen).
+INTEGRAL_BAND = 0.5
+# How close to a limit the command counts as sitting at it, for the saturation count.
+SATURATION_MARGIN = 0.05
+
 
 @dataclass(frozen=True)
 class ControllerState:
-    """Memory of the adaptive entropy controller (`controller_update`); every field is a float, an int or a tuple,
-    so that the state saves to JSON and resumes exactly.
+    """Memory of the entropy controller (`controller_update`); every field is a float, an int or None, so that the
+    state saves to JSON and resumes exactly.
 
-    - `integral`: summed relative error (frozen while the output is saturated in the direction the error pushes).
-    - `output`: the actuator command `u` in `[-1, 1]` last decided, dither included.
-    - `pending`: the commands not yet seen in a measured entropy change, oldest first (`lag` of them).
-    - `drift`, `gain`: the plant estimate `dH / scale = drift + gain * u` per step (recursive least squares), with
-      `scale` the first measured entropy (a fixed unit, so that a moving target does not rescale the estimate).
-    - `cov`: the RLS covariance `(P_dd, P_dg, P_gg)`; `noise`: running mean square of the RLS residual.
-    - `sign`: the direction `u` takes to raise entropy, +1 or -1, flipped only on a confident opposite estimate.
-    - `entropy`: the last measured entropy; `saturated_steps`: consecutive steps with `|u|` at a limit, the error
-      pushing further and no authority left (estimated, or seen: the error not shrinking); `limit_error`: `|e|` when
-      the command reached that limit; `step`: number of updates; `dither_sign`: the probe's sign in `output` (+1,
-      -1, or 0 without dither).
+    - `integral`: summed relative error (held while the command sits at a limit that the error pushes against).
+    - `output`: the command `u` in `[-1, 1]` last decided.
+    - `entropy`: the last measured entropy (None before the first); `slope`: the averaged entropy change per step.
+    - `saturated_steps`: consecutive steps with `u` at a limit, the error pushing further and not shrinking by a
+      quarter since the limit was reached; `limit_error`: `|e|` when the command reached that limit (None off it).
+    - `step`: number of updates.
     """
 
     integral: float = 0.0
     output: float = 0.0
-    pending: tuple[float, ...] = ()
-    drift: float = 0.0
-    gain: float = 0.0
-    cov: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    noise: float = 0.0
-    sign: int = 1
     entropy: float | None = None
-    scale: float | None = None
+    slope: float = 0.0
     saturated_steps: int = 0
     limit_error: float | None = None
     step: int = 0
-    dither_sign: int = 0
-
-
-def controller_init(*, gain: float, lag: int = 2, gain_std: float | None = None) -> ControllerState:
-    """The controller state before the first step: prior plant gain `gain` (> 0, the designed direction; relative
-    entropy change per step at `u = 1`), uncertain by `gain_std` (default `2 * gain`: the sign is not trusted), a
-    drift of 0 +- `gain`, `lag` pending zeros. The residual noise starts at `gain / 4` and is then measured.
-
-    Example:
-        >>> controller_init(gain=0.02, lag=1).pending
-        (0.0,)
-    """
-    std = 2 * gain if gain_std is None else gain_std
-    return ControllerState(pending=(0.0,) * lag, gain=gain, cov=(gain**2, 0.0, std**2), noise=(gain / 4) ** 2)
-
-
-def rls_update(
-    theta: tuple[float, float],
-    cov: tuple[float, float, float],
-    u: float,
-    y: float,
-    *,
-    forgetting: float,
-    noise_var: float,
-) -> tuple[tuple[float, float], tuple[float, float, float], float]:
-    """One recursive-least-squares step for `y = theta[0] + theta[1] * u + noise`, with exponential forgetting.
-
-    Written as the Kalman filter of a slowly drifting parameter, so that `cov = (P00, P01, P11)` is the covariance
-    of the estimate itself: it is inflated by `1 / forgetting` (old data count less), then the measurement of
-    variance `noise_var` is folded in. Returns the new estimate, covariance and the a-priori residual.
-
-    Example:
-        >>> theta, cov = (0.0, 0.0), (100.0, 0.0, 100.0)
-        >>> for u, y in [(1.0, 3.0), (-1.0, -1.0), (1.0, 3.0), (-1.0, -1.0)]:
-        ...     theta, cov, _ = rls_update(theta, cov, u, y, forgetting=1.0, noise_var=0.01)
-        >>> [round(v, 2) for v in theta]
-        [1.0, 2.0]
-    """
-    p00, p01, p11 = (c / forgetting for c in cov)
-    residual = y - (theta[0] + theta[1] * u)
-    # P phi and phi' P phi with phi = (1, u); P is symmetric, so phi' P = (P phi)'.
-    a0, a1 = p00 + p01 * u, p01 + p11 * u
-    k0, k1 = a0 / (noise_var + a0 + a1 * u), a1 / (noise_var + a0 + a1 * u)
-    theta = (theta[0] + k0 * residual, theta[1] + k1 * residual)
-    return theta, (p00 - k0 * a0, p01 - k0 * a1, p11 - k1 * a1), residual
 
 
 def controller_update(
@@ -308,117 +265,59 @@ def controller_update(
     kp: float,
     ki: float,
     max_rate: float,
-    min_gain: float,
-    max_gain_var: float,
-    forgetting: float = 0.9,
-    dither: float = 0.0,
-    sign_confidence: float = 2.0,
-    horizon: int = 0,
-    target_ahead: float | None = None,
+    horizon: float = 0.0,
 ) -> tuple[ControllerState, float]:
-    """One step of the adaptive entropy controller; returns the new state and the error `(target - H) / target`.
+    """One step of the entropy controller; returns the new state and the relative error `e = (target - H) / target`.
 
-    The plant is identified, not assumed: the entropy change per step, in units of the first measured entropy
-    (`scale`), is regressed on the command that caused it (`state.pending[0]`) by recursive least squares with
-    forgetting (`rls_update`), giving a drift and a gain `dH/du` that follow the run. The command is then a PI law
-    on the relative error `e = (target - H) / target`, normalised by that gain so that `kp` and `ki` are the share of
-    the error closed per step whatever the model and knobs:
+    A PI law on the relative error, so that one set of gains holds whatever the entropy's scale (ln 24 or ln 49152):
 
-        u = sign * (kp * e_ahead + ki * sum(e)) * target / (scale * max(|gain|, min_gain))
+        u = clip(kp * e_ahead + ki * sum(e), -1, 1),  moved by at most `max_rate` per step
 
-    where `e_ahead` is the error of the entropy the estimate predicts `horizon` steps ahead (with the commands in
-    flight, then the current one) against the target then (`target_ahead`, default `target`; a moving target is
-    followed without a lag), so that the command lets go before the lag carries the entropy past the target;
-    the integral, on the measured error, removes what the estimate gets wrong.
+    where `e_ahead = (target - (H + horizon * slope)) / target` is the error of the entropy extrapolated `horizon`
+    steps along its measured slope (an average of the last changes, weight `SLOPE_WEIGHT`): the knob's effect lags
+    the command by several optimizer steps (Adam's momentum, the off-policy updates of a rollout batch), so the P
+    term lets go while the entropy is still moving towards the target instead of once it has overshot. The integral,
+    on the measured error, removes the offset that the uncontrolled drift leaves.
 
-    kept `dither` away from `[-1, 1]`'s ends and moved by at most `max_rate` per step, plus a square-wave `dither`
-    (period 4) that keeps the gain identifiable while `u` is steady. `sign` flips only when the estimated gain is
-    opposite to it by more than `sign_confidence` standard errors. `max_gain_var` caps the gain's variance
-    (covariance windup while `u` stays put). Anti-windup: the integral does not grow while `u` sits at a limit that
-    the error pushes it against, and `ki * |sum(e)|` stays within one full command. `saturated_steps` counts the
-    consecutive steps at such a limit while either the estimate says that even the full command does not move
-    entropy towards the target (`drift + gain * u` of the error's opposite sign) or the relative error has not
-    shrunk by a quarter since the limit was reached: no authority left, not a transient. The
-    new command goes to the end of `pending`; the oldest one leaves.
+    `u > 0` must raise entropy (the knobs are laid out so: for the signed entropy term by construction). Anti-windup
+    by conditional integration: the integral does not grow while `u` sits at a limit that the error pushes it
+    against, and `ki * |sum(e)|` stays within one full command. `saturated_steps` counts the consecutive steps within
+    `SATURATION_MARGIN` of such a limit while the error has not shrunk by a quarter since the limit was reached: no
+    authority left, not a transient.
 
     Example:
-        >>> state = controller_init(gain=0.05, lag=1)
-        >>> state, error = controller_update(state, target=2.0, entropy=1.0, kp=0.05, ki=0.0, max_rate=1.0,
-        ...                                  min_gain=0.01, max_gain_var=1.0)
-        >>> error, state.output  # 0.05 * 0.5 * 2.0 / (1.0 * 0.05) = 1
-        (0.5, 1.0)
+        >>> state, error = controller_update(ControllerState(), target=2.0, entropy=1.0, kp=1.0, ki=0.1, max_rate=1.0)
+        >>> error, state.output  # 1.0 * 0.5 + 0.1 * 0.5 (no slope measured yet)
+        (0.5, 0.55)
     """
     error = (target - entropy) / target
-    drift, gain, cov, noise = state.drift, state.gain, state.cov, state.noise
-    scale = entropy if state.scale is None else state.scale
-    if state.entropy is not None:
-        applied = state.pending[0] if state.pending else state.output
-        change = (entropy - state.entropy) / scale
-        (drift, gain), cov, residual = rls_update(
-            (drift, gain), cov, applied, change, forgetting=forgetting, noise_var=noise
-        )
-        if cov[2] > max_gain_var:  # shrink the gain's variance by a congruence, which keeps the covariance valid
-            shrink = math.sqrt(max_gain_var / cov[2])
-            cov = (cov[0], cov[1] * shrink, max_gain_var)
-        # The a-posteriori residual: the a-priori one also holds the estimate's own error, which would inflate it.
-        residual = change - (drift + gain * applied)
-        # A plain mean over the first steps (the prior noise is only a guess), a forgetting average after. Residuals
-        # beyond 3 sigma count as 3 sigma: a change of the plant must move the estimate, not inflate the noise.
-        weight = max(1 - forgetting, 1 / (state.step + 1))
-        noise = (1 - weight) * noise + weight * min(residual**2, 9 * noise)
-    sign = state.sign
-    if gain * sign < 0 and abs(gain) > sign_confidence * math.sqrt(max(cov[2], 0.0)):
-        sign = -sign
-    # u per unit of relative error: the gain is per unit of `scale`, the error per unit of `target`.
-    per_error = sign * target / (scale * max(abs(gain), min_gain))
-    # The P term acts on the entropy predicted `horizon` steps ahead by the estimate, with the commands already in
-    # flight (then the last one): it lets go before the lag carries the entropy past the target.
-    commands = [*state.pending, *[state.output] * max(horizon - len(state.pending), 0)][:horizon]
-    predicted = entropy + scale * sum(drift + gain * command for command in commands)
-    target_ahead = target if target_ahead is None else target_ahead
-    ahead = (target_ahead - predicted) / target_ahead
-    integral = state.integral + error
-    raw = per_error * (kp * ahead + ki * integral)
-    if abs(raw) >= 1 and raw * per_error * error > 0:  # at a limit that the error pushes against: stop integrating
-        integral = state.integral
-        raw = per_error * (kp * ahead + ki * integral)
+    slope = (
+        0.0 if state.entropy is None else (1 - SLOPE_WEIGHT) * state.slope + SLOPE_WEIGHT * (entropy - state.entropy)
+    )
+    ahead = (target - entropy - horizon * slope) / target
+    held = kp * ahead + ki * state.integral
+    # Conditional integration: no growth while the command already sits at a limit that the error pushes against.
+    closing = abs(error) > INTEGRAL_BAND and abs(ahead) < abs(error)
+    frozen = (abs(held) >= 1 and held * error > 0) or closing
+    integral = state.integral if frozen else state.integral + error
     if ki > 0:
-        bound = 1 / (ki * abs(per_error))
-        integral = min(max(integral, -bound), bound)
-    # The PI command keeps a margin of `dither` from the limits, so that the probe always has its full amplitude.
-    command = min(max(raw, dither - 1.0), 1.0 - dither)
-    previous = state.output - state.dither_sign * dither
-    command = min(max(command, previous - max_rate), previous + max_rate)
-    # Saturated: the command has reached that limit (not just ramping towards it), and either the estimate says that
-    # even the full command does not move entropy towards the target (drift + gain * u has the error's opposite
-    # sign, or none; a gain of the wrong sign is no authority), or the error has not shrunk by a quarter since the
-    # command reached the limit.
-    limit = math.copysign(1.0, raw)
-    authority = gain if gain * sign > 0 else 0.0
-    at_limit = abs(raw) >= 1 and raw * per_error * error > 0 and abs(command) >= 1.0 - dither - 1e-9
+        integral = min(max(integral, -1 / ki), 1 / ki)
+    raw = kp * ahead + ki * integral
+    command = min(max(raw, -1.0), 1.0)
+    command = min(max(command, state.output - max_rate), state.output + max_rate)
+    # Near the limit, not exactly at it: the conditional integral holds the command right at 1, where the noise of
+    # the P term would otherwise reset the count every few steps.
+    at_limit = abs(command) >= 1.0 - SATURATION_MARGIN and command * error > 0
     limit_error = (state.limit_error or abs(error)) if at_limit else None
-    # Only with the estimated gain on the side of the sign: otherwise the sign is in doubt, not the authority.
-    stalled = at_limit and abs(error) > 0.75 * limit_error and gain * sign > 0
-    saturated = at_limit and ((drift + authority * limit) * error <= 0 or stalled)
-    step = state.step + 1
-    dither_sign = 1 if step % 4 < 2 else -1
-    command += dither_sign * dither
-    pending = (*state.pending[1:], command) if state.pending else ()
+    saturated = at_limit and abs(error) > 0.75 * limit_error
     new = ControllerState(
         integral=integral,
         output=command,
-        pending=pending,
-        drift=drift,
-        gain=gain,
-        cov=cov,
-        noise=noise,
-        sign=sign,
         entropy=entropy,
-        scale=scale,
+        slope=slope,
         saturated_steps=state.saturated_steps + 1 if saturated else 0,
         limit_error=limit_error,
-        step=step,
-        dither_sign=dither_sign if dither else 0,
+        step=state.step + 1,
     )
     return new, error
 

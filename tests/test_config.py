@@ -97,7 +97,12 @@ def test_trl_loss_types_keep_their_meaning():
         {"loss_type": "dapo", "positive_nll_coef": 0.1, "use_adaptive_entropy": True},
         {"importance_sampling_level": "sequence", "erc_low": 0.95, "erc_high": 1.05, "clip_ratio_c": 10.0},
         {"delta": 4.0, "clip_ratio_c": 3.0},
-        {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_coef": 0.01},  # knobs="betas"
+        {
+            "entropy_controller": True,
+            "entropy_controller_target": 0.5,
+            "entropy_controller_knobs": "betas",
+            "entropy_coef": 0.01,
+        },
     ],
 )
 def test_trl_options_compose_with_this_librarys_loss_path(kwargs):

@@ -68,7 +68,7 @@ def test_config_reference_groups_fields_with_their_defaults():
     reference = hooks.config_reference()
     assert "### Other fields" not in reference, "add the new fields' section to CONFIG_SECTIONS in docs/hooks.py"
     section = reference.split("### Closed-loop entropy controller")[1].split("###")[0]
-    assert "| `entropy_controller_kp` | `float` | `0.3` |" in section
+    assert "| `entropy_controller_kp` | `float` | `0.5` |" in section
     assert "| `erc_low` | `float or None` | `None` |" in reference
     inherited = {item.name for item in dataclasses.fields(CEGPPOConfig)} - set(CEGPPOConfig.__annotations__)
     assert "learning_rate" in inherited and "`learning_rate`" not in reference  # TRL's own fields: TRL's docs
