@@ -343,6 +343,10 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
     def stat(values: list[float]) -> list[float]:
         return [round(v, 6) for v in regime.mean_se(values)]
 
+    def signs(values: list[float]) -> list[int]:
+        """[batches where the difference is < 0, where it is > 0]: the sign test beside the mean."""
+        return [sum(v < 0 for v in values), sum(v > 0 for v in values)]
+
     arms = {name: [b["delta"][name] for b in batches] for name in ARMS}
     lr = batches[0]["lr"]
     small = lr / opts.lr_factor
@@ -364,6 +368,13 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
             "beta2_1.5_minus_0.5": stat(paired(batches, "beta2=1.5", "beta2=0.5")),
             "erc_on_minus_off": stat(paired(batches, "dapo+erc", "dapo")),
             "erc_abs_on_minus_off": stat(paired(batches, "dapo+erc", "dapo", absolute=True)),
+        },
+        "paired_signs": {
+            "beta1_1_minus_0": signs(paired(batches, "beta1=1", "beta1=0")),
+            "beta2_1.5_minus_0.5": signs(paired(batches, "beta2=1.5", "beta2=0.5")),
+            "erc_on_minus_off": signs(paired(batches, "dapo+erc", "dapo")),
+            "erc_abs_on_minus_off": signs(paired(batches, "dapo+erc", "dapo", absolute=True)),
+            "small_lr_beta1_1_minus_0": signs(paired(batches, "small_lr/beta1=1", "small_lr/beta1=0")),
         },
         "small_lr_beta1": {f"{b:.1f}": stat(arms[f"small_lr/beta1={b:g}"]) for b in (0.0, 1.0)},
         "clipped": {name: round(sum(b["clipped"][name] for b in batches) / len(batches), 4) for name in ARMS},
@@ -409,22 +420,22 @@ def claims(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "larger beta1 -> entropy down (CE-GPPO)",
             verdict_of(p["beta1_1_minus_0"], -1),
-            fmt(p["beta1_1_minus_0"], "beta1 1 - 0"),
+            fmt(p["beta1_1_minus_0"], "beta1 1 - 0") + count(s, "beta1_1_minus_0"),
         ),
         (
             "larger beta2 -> entropy up (CE-GPPO)",
             verdict_of(p["beta2_1.5_minus_0.5"], 1),
-            fmt(p["beta2_1.5_minus_0.5"], "beta2 1.5 - 0.5"),
+            fmt(p["beta2_1.5_minus_0.5"], "beta2 1.5 - 0.5") + count(s, "beta2_1.5_minus_0.5"),
         ),
         (
             "ERC keeps entropy from falling (DAPO + ERC above DAPO)",
             verdict_of(p["erc_on_minus_off"], 1),
-            fmt(p["erc_on_minus_off"], "ERC on - off"),
+            fmt(p["erc_on_minus_off"], "ERC on - off") + count(s, "erc_on_minus_off"),
         ),
         (
             "ERC damps the entropy change (|change| smaller with ERC)",
             verdict_of(p["erc_abs_on_minus_off"], -1),
-            fmt(p["erc_abs_on_minus_off"], "|on| - |off|"),
+            fmt(p["erc_abs_on_minus_off"], "|on| - |off|") + count(s, "erc_abs_on_minus_off"),
         ),
     ]
     signs = [sign_of(s["lr"][lr]["beta1_1_minus_0"]) for lr in lrs]
@@ -441,6 +452,11 @@ def claims(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     )
     return out
+
+
+def count(s: dict[str, Any], name: str) -> str:
+    below, above = s["paired_signs"][name]
+    return f" (below 0 in {below}, above 0 in {above} of {s['batches']} batches)"
 
 
 def verdict_of(pair: list[float], sign: int) -> str:
