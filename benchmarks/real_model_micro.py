@@ -448,7 +448,11 @@ def claims(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "the beta1 effect keeps its sign at a learning rate a decade smaller",
             HOLDS if signs[0] == signs[1] != 0 else (FAILS if signs[0] * signs[1] < 0 else UNRESOLVED),
-            "; ".join(fmt(s["lr"][lr]["beta1_1_minus_0"], f"lr {lr}") for lr in lrs) + f" ({same})",
+            "; ".join(
+                fmt(s["lr"][lr]["beta1_1_minus_0"], f"lr {lr}") + count(s, name)
+                for lr, name in zip(lrs, ("beta1_1_minus_0", "small_lr_beta1_1_minus_0"), strict=True)
+            )
+            + f" ({same})",
         )
     )
     return out
@@ -520,9 +524,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         run(opts)
     summary = summarize(opts)
-    summary["command"] = "python benchmarks/real_model_micro.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    run_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    summary["command"] = "python benchmarks/real_model_micro.py " + " ".join(run_argv)
     summary["wall_seconds_this_call"] = round(time.perf_counter() - start)
     report = table(summary)
     print(report)
