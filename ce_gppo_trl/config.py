@@ -122,15 +122,17 @@ class CEGPPOConfig(GRPOConfig):
     ce_gppo_beta1: float = field(
         default=0.5,
         metadata={
-            "help": "CE-GPPO gradient scale for tokens with r < 1 - epsilon and A < 0 (NA&LP, pushes entropy down). "
-            "0 gives DAPO's gradient there, 1 is GPPO. Paper: 0.5 (1.5B), 0.75 (7B)."
+            "help": "CE-GPPO gradient scale for tokens with r < 1 - epsilon and A < 0 (NA&LP; the paper: pushes "
+            "entropy down; measured down on SmolLM2-135M with LoRA, up on a 0.1 M toy: benchmarks/RESULTS.md "
+            "section 15). 0 gives DAPO's gradient there, 1 is GPPO. Paper: 0.5 (1.5B), 0.75 (7B)."
         },
     )
     ce_gppo_beta2: float = field(
         default=1.0,
         metadata={
-            "help": "CE-GPPO gradient scale for tokens with r > 1 + epsilon_high and A > 0 (PA&LP, pushes entropy "
-            "up). 0 gives DAPO's gradient there, 1 is GPPO. Paper: 1.0."
+            "help": "CE-GPPO gradient scale for tokens with r > 1 + epsilon_high and A > 0 (PA&LP; the paper: pushes "
+            "entropy up; measured up on a 0.1 M toy, not resolved on SmolLM2-135M with LoRA, where few tokens reach "
+            "PA&LP: benchmarks/RESULTS.md section 15). 0 gives DAPO's gradient there, 1 is GPPO. Paper: 1.0."
         },
     )
     clip_ratio_c: float | None = field(
