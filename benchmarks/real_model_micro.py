@@ -37,6 +37,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -192,23 +194,17 @@ def batch_path(opts: argparse.Namespace, index: int) -> str:
     return os.path.join(opts.out_dir, "batches", f"{index:03d}.json")
 
 
-def with_lr(optimizer: Any, factor: float) -> list[float]:
+@contextmanager
+def scaled_lr(optimizer: Any, factor: float) -> Iterator[None]:
+    """The optimizer's learning rates times `factor` inside the block, restored after it."""
     saved = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["lr"] *= factor
-    return saved
-
-
-def old_entropies(trainer: Any, batch: dict[str, Any]) -> Any:
-    import torch
-
-    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    with torch.no_grad():
-        _, entropies, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=True
-        )
-    return entropies
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved, strict=True):
+            group["lr"] = lr
 
 
 def probe_entropy(trainer: Any, probe: dict[str, Any]) -> float:
@@ -228,7 +224,7 @@ def micro_experiment(
     batches = [dict(b) for b in trainer._buffered_inputs]
     regime.load_state(trainer, snapshot)
     for b in batches:
-        b["old_entropies"] = old_entropies(trainer, b)
+        b["old_entropies"] = regime.token_entropies(trainer, trainer.model, b)
     probe = regime.probe_batch(trainer, tokenizer, prompts, opts, 10_000 + index)
     before = probe_entropy(trainer, probe)
     advantages = torch.cat([b["advantages"] for b in batches])
@@ -244,18 +240,14 @@ def micro_experiment(
         "clipped": {},
     }
     # The shared first update at the small rate.
-    saved = with_lr(optimizer, 1 / opts.lr_factor)
-    regime.policy_update(trainer, optimizer, batches[0], **{**ARMS["small_lr/beta1=0"][0]})
-    for group, lr in zip(optimizer.param_groups, saved, strict=True):
-        group["lr"] = lr
+    with scaled_lr(optimizer, 1 / opts.lr_factor):
+        regime.policy_update(trainer, optimizer, batches[0], **ARMS["small_lr/beta1=0"][0])
     first_small = regime.state_of(trainer)
     with torch.random.fork_rng():
         for name, (knobs, lr_scale) in ARMS.items():
             regime.load_state(trainer, first if lr_scale else first_small)
-            saved = with_lr(optimizer, lr_scale or 1 / opts.lr_factor)
-            outs = [regime.policy_update(trainer, optimizer, b, **knobs) for b in batches[1:]]
-            for group, lr in zip(optimizer.param_groups, saved, strict=True):
-                group["lr"] = lr
+            with scaled_lr(optimizer, lr_scale or 1 / opts.lr_factor):
+                outs = [regime.policy_update(trainer, optimizer, b, **knobs) for b in batches[1:]]
             record["delta"][name] = probe_entropy(trainer, probe) - before
             record["clipped"][name] = sum(o["clipped"] for o in outs) / len(outs)
             if "erc" in knobs:
@@ -377,6 +369,7 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
             "small_lr_beta1_1_minus_0": signs(paired(batches, "small_lr/beta1=1", "small_lr/beta1=0")),
         },
         "small_lr_beta1": {f"{b:.1f}": stat(arms[f"small_lr/beta1={b:g}"]) for b in (0.0, 1.0)},
+        "arms": {name: stat(values) for name, values in arms.items()},
         "clipped": {name: round(sum(b["clipped"][name] for b in batches) / len(batches), 4) for name in ARMS},
         "erc_masked_by_entropy_quintile": [
             round(sum(col) / len(col), 4)
@@ -464,10 +457,8 @@ def count(s: dict[str, Any], name: str) -> str:
 
 
 def verdict_of(pair: list[float], sign: int) -> str:
-    mean, se = pair
-    if math.isnan(se) or abs(mean) <= 2 * se:
-        return UNRESOLVED
-    return HOLDS if mean * sign > 0 else FAILS
+    measured = sign_of(pair)
+    return UNRESOLVED if measured == 0 else (HOLDS if measured == sign else FAILS)
 
 
 def sign_of(pair: list[float]) -> int:
@@ -487,16 +478,8 @@ def table(s: dict[str, Any]) -> str:
         "| arm | probe entropy change | clipped |",
         "|---|---|---|",
     ]
-    for name in ARMS:
-        if name.startswith("small_lr"):
-            value = s["small_lr_beta1"][f"{float(name[-1]):.1f}"]
-        elif name.startswith("beta1="):
-            value = s["micro"]["beta1"][f"{float(name[6:]):.1f}"]
-        elif name.startswith("beta2="):
-            value = s["micro"]["beta2"][name[6:]]
-        else:
-            value = s["micro"]["erc"]["on" if "erc" in name else "off"]
-        lines.append(f"| {name} | {value[0]:+.4f} ± {value[1]:.4f} | {s['clipped'][name]:.3f} |")
+    for name, (mean, se) in s["arms"].items():
+        lines.append(f"| {name} | {mean:+.4f} ± {se:.4f} | {s['clipped'][name]:.3f} |")
     quint = ", ".join(f"{x:.2f}" for x in s["erc_masked_by_entropy_quintile"])
     lines += [
         "",

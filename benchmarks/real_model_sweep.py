@@ -81,6 +81,13 @@ def train_command(opts: argparse.Namespace, method: str, seed: int, run_dir: Pat
     return command
 
 
+def recipe_completion_length() -> int:
+    """The recipe's `max_completion_length`: the held-out evaluation samples as many tokens as training."""
+    import yaml
+
+    return yaml.safe_load((real_model.ROOT / real_model.RECIPE).read_text())["max_completion_length"]
+
+
 def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict:
     out = Path(opts.out_dir) / f"{slug(method)}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict:
         return {"command": " ".join(command), "minutes": (time.perf_counter() - start) / 60, "entropy": entropy}
 
     run = real_model.cached(out / "train.json", train)
-    length = 24
+    length = recipe_completion_length()
     evaluation = real_model.cached(
         out / "eval.json", lambda: real_model.evaluate(str(out / "run"), opts.num_problems, opts.samples, length, 1234)
     )

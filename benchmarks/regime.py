@@ -297,8 +297,8 @@ def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
 # The micro-experiments and the diagnostics check, in one DAPO run of this library's trainer.
 
 
-def token_entropy(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[float, float]:
-    """(sum, count) of the next-token entropy over a batch's completion tokens, under `model`, no gradient."""
+def token_entropies(trainer: Any, model: Any, batch: dict[str, Any]) -> Any:
+    """The next-token entropy of each of a batch's completion positions, `(B, T)`, under `model`, no gradient."""
     import torch
 
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
@@ -307,8 +307,13 @@ def token_entropy(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[floa
         _, entropies, _ = trainer._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=True
         )
+    return entropies
+
+
+def token_entropy(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[float, float]:
+    """(sum, count) of the next-token entropy over a batch's completion tokens, under `model`, no gradient."""
     mask = batch["completion_mask"].float()
-    return float((entropies * mask).sum()), float(mask.sum())
+    return float((token_entropies(trainer, model, batch) * mask).sum()), float(mask.sum())
 
 
 def probe_batch(trainer: Any, tokenizer: Any, prompts: list[str], opts: argparse.Namespace, seed: int) -> dict:

@@ -478,7 +478,8 @@ class CEGPPOTrainer(GRPOTrainer):
                 groups = self._attribution_groups(
                     per_token_logps, entropies, ratio, advantages, mask, knobs, clipped, erc_kept
                 )
-                self._collect_attribution(loss, inputs, per_token_logps, entropies, mask, groups)
+                forward = {"input_ids": input_ids, "attention_mask": attention_mask}
+                self._collect_attribution(loss, inputs, forward, per_token_logps, entropies, mask, groups)
         return loss
 
     def _trl_entropy_bonus(
@@ -548,13 +549,13 @@ class CEGPPOTrainer(GRPOTrainer):
         self,
         loss: torch.Tensor,
         inputs: dict[str, Any],
+        forward: dict[str, Any],
         per_token_logps: torch.Tensor,
         entropies: torch.Tensor,
         mask: torch.Tensor,
         groups: dict[str, torch.Tensor],
     ) -> None:
-        forward = {"input_ids": torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)}
-        forward["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        # `forward`: the loss pass's input_ids / attention_mask, reused to re-score the micro-batch after the step.
         forward["logits_to_keep"] = inputs["completion_ids"].size(1)
         forward.update({key: inputs[key] for key in _EXTRA_MODEL_INPUTS if inputs.get(key) is not None})
         self._entropy_attribution.collect(loss, per_token_logps, entropies, mask, groups, forward)
