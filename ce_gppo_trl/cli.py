@@ -3,8 +3,8 @@
 `ce-gppo train --config recipe.yaml [--field value ...]` and `accelerate launch examples/train_ce_gppo.py --config
 recipe.yaml` run the same code: `make_parser` (TRL's `TrlParser` over `CEGPPOScriptArguments`, `CEGPPOConfig` and
 TRL's `ModelConfig`) then `train`. A recipe is a flat YAML mapping of those dataclasses' fields; command-line flags
-override it. `ce-gppo train` with no `--config` runs the offline quickstart, `QUICKSTART_CONFIG` (package data,
-`ce_gppo_trl/quickstart.yaml`; `configs/quickstart.yaml` in the repository links to it).
+override it. The recipes ship inside the package (`RECIPES_DIR`; `configs/` in the repository links to it) and
+`--config` takes one by name; `ce-gppo train` with no `--config` runs the offline quickstart, `QUICKSTART_CONFIG`.
 
 A missing optional dependency (vLLM, bitsandbytes, DeepSpeed, matplotlib) stops a command with one line naming the
 install command and exit status 1 (`MissingDependencyError`), never a traceback.
@@ -51,8 +51,12 @@ VLLM_INSTALL_HINT = "pip install 'ce-gppo-trl[vllm]'"
 QUANTIZATION_INSTALL_HINT = "pip install 'ce-gppo-trl[quantization]'"
 DEEPSPEED_INSTALL_HINT = "pip install 'ce-gppo-trl[deepspeed]'"
 
-QUICKSTART_CONFIG = Path(__file__).with_name("quickstart.yaml")
-"""The offline quickstart recipe, shipped as package data: what `ce-gppo train` runs without `--config`."""
+RECIPES_DIR = Path(__file__).with_name("recipes")
+"""The recipes shipped as package data (`configs/` in the repository links to this folder), reachable by name:
+`--config quickstart` or `--config SmolLM2-135M-Instruct/ce_gppo_cpu` (see `resolve_recipe`)."""
+
+QUICKSTART_CONFIG = RECIPES_DIR / "quickstart.yaml"
+"""The offline quickstart recipe: what `ce-gppo train` runs without `--config`."""
 
 QUICKSTART: dict[str, Any] = yaml.safe_load(QUICKSTART_CONFIG.read_text())
 """`QUICKSTART_CONFIG`'s fields, as a dict."""
@@ -189,9 +193,43 @@ def parse_train_args(argv: Sequence[str]) -> tuple[CEGPPOScriptArguments, CEGPPO
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         # Before the config: transformers' TrainingArguments fails on a missing deepspeed with a traceback.
         require("deepspeed", "an accelerate config with distributed_type: DEEPSPEED", DEEPSPEED_INSTALL_HINT)
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            argv[index + 1] = str(resolve_recipe(argv[index + 1]))
+        elif arg.startswith("--config="):
+            argv[index] = f"--config={resolve_recipe(arg.split('=', 1)[1])}"
     if "--config" not in argv and not any(arg.startswith("--config=") for arg in argv):
         argv = ["--config", str(QUICKSTART_CONFIG), *argv]
     return make_parser().parse_args_and_config(argv)
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the recipes shipped with the package (`accelerate/` holds launcher configs, not recipes)."""
+    names = (path.relative_to(RECIPES_DIR).with_suffix("").as_posix() for path in RECIPES_DIR.rglob("*.yaml"))
+    return sorted(name for name in names if not name.startswith("accelerate/"))
+
+
+def resolve_recipe(config: str) -> Path:
+    """The recipe file of `--config`: a path to a YAML file, else a shipped recipe by name.
+
+    A name is a recipe's path inside `configs/`, with or without `configs/` and `.yaml`, so the repository's
+    commands (`--config configs/quickstart.yaml`) run as written from an installed wheel too.
+
+    Example:
+        >>> resolve_recipe("SmolLM2-135M-Instruct/ce_gppo_cpu").relative_to(RECIPES_DIR).as_posix()
+        'SmolLM2-135M-Instruct/ce_gppo_cpu.yaml'
+    """
+    if Path(config).is_file():
+        return Path(config)
+    name = config.removeprefix("configs/").removesuffix(".yaml")
+    if name in shipped_recipes():
+        if config != name:
+            logger.info("--config %s: no such file here; the recipe shipped with the package is used", config)
+        return RECIPES_DIR / f"{name}.yaml"
+    raise ValueError(
+        f"--config={config!r} is neither a YAML file nor a shipped recipe's name; the shipped recipes: "
+        f"{', '.join(shipped_recipes())}"
+    )
 
 
 def default_cache_dir() -> str:
@@ -279,9 +317,9 @@ def check_optional_dependencies(training_args: CEGPPOConfig, model_args: ModelCo
     if model_args.load_in_4bit or model_args.load_in_8bit:
         bits = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
         require("bitsandbytes", f"{bits}=True (QLoRA)", QUANTIZATION_INSTALL_HINT)
-        from ._quiet import replay_bitsandbytes_notes
+        from ._quiet import replay_held_notes
 
-        replay_bitsandbytes_notes()
+        replay_held_notes()
 
 
 def check_distributed_backend(accelerator: Any) -> None:
@@ -437,7 +475,9 @@ def _hide_file_progress_bars(factory: Callable, args: tuple, kwargs: dict) -> An
 def _setup_logging(training_args: CEGPPOConfig) -> None:
     # An entry point, so it may configure logging: this library's progress (the toy model build) on the main process.
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
     logging.getLogger(__package__).setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
 
 
@@ -593,25 +633,47 @@ def _checkpoints_line(output_dir: str, args: CEGPPOConfig) -> str:
     return f"none saved (save_strategy={strategy!r}{every})"
 
 
-USAGE = """usage: ce-gppo {train,eval,plot} [args ...]
+USAGE = """usage: ce-gppo {train,eval,plot} [args ...]   |   ce-gppo --version
 
-  train   RL-train with CE-GPPO: `ce-gppo train --config recipe.yaml [--field value ...]`;
+  train   RL-train with CE-GPPO: `ce-gppo train --config RECIPE [--field value ...]`, RECIPE a YAML file or a
+          shipped recipe's name (quickstart, SmolLM2-135M-Instruct/ce_gppo_cpu, ...);
           without --config, the offline quickstart (toy model, arithmetic, CPU, a few minutes)
   eval    evaluate a model on math benchmarks (ce_gppo_trl.evaluation)
   plot    plot training metrics (ce_gppo_trl.plotting)
 """
 
 
+def version_line() -> str:
+    """`ce-gppo --version`: this package's version and those of the packages a bug report needs, without importing
+    them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    others = ", ".join(f"{name} {installed(name)}" for name in ("trl", "transformers", "accelerate", "peft", "torch"))
+    return f"ce-gppo {__version__} ({others}; Python {sys.version.split()[0]})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ce-gppo` console script: dispatch `train`, `eval` and `plot`.
 
-    Returns the exit status: 0 on success, 1 (after one line on stderr) when an optional dependency the command needs
-    is missing, 2 for an unknown command.
+    Returns the exit status: 0 on success (and for `--version`), 1 (after one line on stderr) when an optional
+    dependency the command needs is missing, 2 for an unknown command. The `ce-gppo` script reaches it through
+    `ce_gppo_trl.__main__.main`, which first quiets known third-party notes.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version_line())
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in ("train", "eval", "plot"):
         print(f"ce-gppo: unknown command {command!r}; expected one of train, eval, plot.\n\n{USAGE}", file=sys.stderr)

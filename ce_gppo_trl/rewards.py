@@ -16,6 +16,7 @@ apply the same timer in their own main thread and are killed if they overrun.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import logging
 import os
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +107,20 @@ class _DropTimeoutDisabledWarning(logging.Filter):
         return not record.getMessage().startswith("Timeout is disabled")
 
 
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_DropTimeoutDisabledWarning())
+_TIMEOUT_NOTE_DROPPED = _DropTimeoutDisabledWarning()
+
+
+@contextlib.contextmanager
+def _math_verify_timeout_note_dropped() -> Iterator[None]:
+    """Drop math-verify's "Timeout is disabled" note during our own calls only: the user's loggers stay as they are."""
+    loggers = [logging.getLogger(name) for name in ("math_verify.parser", "math_verify.grader")]
+    for note_logger in loggers:
+        note_logger.addFilter(_TIMEOUT_NOTE_DROPPED)
+    try:
+        yield
+    finally:
+        for note_logger in loggers:
+            note_logger.removeFilter(_TIMEOUT_NOTE_DROPPED)
 
 
 def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
@@ -425,7 +438,7 @@ def _verify_one(parts: tuple[str, ...], is_exact: bool, gold: str, timeout_secon
     boxing several candidates never earns more than boxing the last one.
     """
     try:
-        with _time_limit(timeout_seconds):
+        with _time_limit(timeout_seconds), _math_verify_timeout_note_dropped():
             gold_parsed = _parse_gold(gold)
             if not gold_parsed:
                 return False

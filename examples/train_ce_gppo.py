@@ -14,7 +14,7 @@ Without --config it runs the quickstart. A missing optional dependency exits wit
 
 import sys
 
-from ce_gppo_trl.cli import main
+from ce_gppo_trl.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

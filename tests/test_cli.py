@@ -21,11 +21,48 @@ def test_quickstart_yaml_and_the_no_config_defaults_agree():
     from_yaml = cli.parse_train_args(["--config", str(ROOT / "configs" / "quickstart.yaml")])
     from_defaults = cli.parse_train_args([])
     assert from_yaml == from_defaults
-    # One file: configs/quickstart.yaml is the package's own copy, which a wheel ships (pyproject package-data).
+    # One file: configs/ is the package's own recipes folder, which a wheel ships (pyproject package-data;
+    # .ci/wheel runs the quickstart from an installed wheel).
     assert (ROOT / "configs" / "quickstart.yaml").resolve() == cli.QUICKSTART_CONFIG.resolve()
-    assert cli.QUICKSTART_CONFIG.parent == Path(cli.__file__).parent
+    assert cli.QUICKSTART_CONFIG.parent == Path(cli.__file__).parent / "recipes"
     assert yaml.safe_load(cli.QUICKSTART_CONFIG.read_text()) == cli.QUICKSTART
-    assert 'ce_gppo_trl = ["quickstart.yaml"]' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    "name", ["quickstart", "quickstart.yaml", "configs/quickstart.yaml", "SmolLM2-135M-Instruct/ce_gppo_cpu"]
+)
+def test_a_shipped_recipe_is_found_by_name_from_any_directory(monkeypatch, tmp_path, name):
+    monkeypatch.chdir(tmp_path)  # outside the repository, as after `pip install ce-gppo-trl`
+    recipe = cli.resolve_recipe(name)
+    assert recipe.parent.parent in (cli.RECIPES_DIR, cli.RECIPES_DIR.parent) and recipe.is_file()
+    assert recipe.name == Path(name).with_suffix(".yaml").name
+    _, training_args, _ = cli.parse_train_args(["--config", name, "--output_dir", "here"])
+    assert training_args.output_dir == "here"
+
+
+def test_the_shipped_recipes_are_every_yaml_of_configs_but_the_accelerate_ones():
+    shipped = cli.shipped_recipes()
+    on_disk = {p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
+    assert set(shipped) == {name for name in on_disk if not name.startswith("accelerate/")}
+    assert "quickstart" in shipped and "DeepSeek-R1-Distill-Qwen-7B/ce_gppo_qlora" in shipped
+
+
+def test_an_unknown_recipe_name_lists_the_shipped_ones(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"--config='quickstrat' is neither a YAML file nor a shipped recipe's name; .*, quickstart"
+    ):
+        cli.parse_train_args(["--config=quickstrat"])
+
+
+def test_version_is_one_line_from_the_one_place(capsys):
+    import ce_gppo_trl
+
+    assert cli.main(["--version"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"ce-gppo {ce_gppo_trl.__version__} (trl ") and "torch " in line
+    assert 'version = { attr = "ce_gppo_trl.__version__" }' in (ROOT / "pyproject.toml").read_text()
+    assert f"## {ce_gppo_trl.__version__} " in (ROOT / "CHANGELOG.md").read_text()
 
 
 def test_quickstart_values_reach_the_dataclasses_and_cli_overrides_win():
@@ -177,7 +214,7 @@ def test_unknown_command_and_help():
 
 def test_console_script_is_declared():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'ce-gppo = "ce_gppo_trl.cli:main"' in pyproject
+    assert 'ce-gppo = "ce_gppo_trl.__main__:main"' in pyproject  # the entry point that quiets third-party notes
 
 
 def test_summary_counts_the_checkpoints_it_points_at(tmp_path):

@@ -38,6 +38,41 @@ def test_readme_is_a_short_page_with_the_tested_command_lines():
     assert 'python -m pip install --quiet -e ".[test,docs]"' in (ROOT / ".ci" / "run").read_text()
 
 
+def load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_names_the_versions_ci_runs_at_both_ends_of_the_ranges():
+    # .ci/oldest installs every dependency at its lower bound (.ci/lowest_constraints.py), .ci/run the newest pip
+    # resolves; the README's line names both, and both must lie in the ranges pyproject.toml declares.
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    constraints = load_script("lowest_constraints", ROOT / ".ci" / "lowest_constraints.py")
+    oldest, newest = re.search(
+        r"the oldest, every dependency at its lower bound\s+\(([^)]*)\), and the newest that pip resolved on "
+        r"\d{4}-\d\d-\d\d\s+\(([^)]*)\)",
+        README,
+    ).groups()
+
+    def versions(text: str) -> dict[str, str]:
+        return dict(item.rsplit(" ", 1) for item in re.split(r",\s+", " ".join(text.split())))
+
+    declared = constraints.requirements([])
+    lower = dict(map(constraints.lowest, declared))
+    ranges = {constraints.lowest(r)[0]: SpecifierSet(constraints.REQUIREMENT.match(r)["spec"]) for r in declared}
+    assert versions(oldest).keys() == versions(newest).keys() == lower.keys() - constraints.UNPINNED.keys()
+    for name, version in versions(oldest).items():
+        assert Version(version) == Version(lower[name]), name
+    for name, version in versions(newest).items():
+        assert version in ranges[name] and Version(version) >= Version(versions(oldest)[name]), name
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ".ci/oldest" in ci and ".ci/wheel" in ci and ".ci/vllm" in ci
+
+
 @pytest.mark.parametrize(
     "page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 )

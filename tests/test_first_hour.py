@@ -26,8 +26,14 @@ from ce_gppo_trl import cli
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
-# A line on stderr is noise when it is none of: this library's log lines, tqdm progress bars, blank.
-NOISE = re.compile(r"traceback|warning|warn\(|deprecat|failed to load|writing model shards|loading weights", re.I)
+# What this library answers for on stderr: a traceback, its own log lines at WARNING or above, and Python warnings
+# attributed to its own code (a call of ours that a neighbour deprecates is attributed to us by `stacklevel`).
+# Another package's line, which a neighbour's release can add any day and the user can neither cause nor act on, is
+# shown in the test's output, not failed on.
+TRACEBACK = re.compile(r"^Traceback \(most recent call last\)")
+OUR_WARNING_LOG = re.compile(r"\b(WARNING|ERROR|CRITICAL) ce_gppo_trl\.")
+PYTHON_WARNING = re.compile(r"^(?P<file>\S+\.py):\d+: \w*Warning: ")
+PACKAGE = ROOT / "ce_gppo_trl"
 
 
 def ce_gppo(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -37,6 +43,7 @@ def ce_gppo(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "default",  # every warning once per place, DeprecationWarning included
     }
     command = [sys.executable, "-m", "ce_gppo_trl", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -47,8 +54,16 @@ def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in re.split(r"[\r\n]+", result.stderr) if line.strip()]
 
 
-def noise(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in stderr_lines(result) if NOISE.search(line)]
+def ours_to_fix(result: subprocess.CompletedProcess) -> list[str]:
+    """The stderr lines this library answers for (see `TRACEBACK`, `OUR_WARNING_LOG`, `PYTHON_WARNING`)."""
+    lines = stderr_lines(result)
+    for line in lines:
+        print("stderr:", line)  # the rest, third-party lines included, for the reader of a failing run
+    ours = [line for line in lines if TRACEBACK.match(line) or OUR_WARNING_LOG.search(line)]
+    for match in filter(None, map(PYTHON_WARNING.match, lines)):
+        if Path(match["file"]).resolve().is_relative_to(PACKAGE):
+            ours.append(match.string)
+    return ours
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +98,14 @@ def test_quickstart_trains_with_the_real_toy_model(quickstart):
     assert 0.0 <= state["log_history"][0]["reward"] <= 1.0
 
 
-def test_quickstart_stderr_has_no_warning_or_third_party_noise(quickstart):
+def test_quickstart_stderr_has_no_traceback_and_no_warning_of_ours(quickstart):
     _, result = quickstart
-    assert noise(result) == []
-    # What is left: this library's toy-model build log and the training progress bar.
-    for line in stderr_lines(result):
-        assert " ce_gppo_trl." in line or "it/s]" in line or "s/it]" in line or "?it/s" in line, line
+    assert ours_to_fix(result) == []
+    # The notes the `ce-gppo` entry point holds back (bitsandbytes' CPU 4-bit kernel: a non-quantized run does not
+    # care) stay off the terminal; a note of another package that nobody holds back is not failed on.
+    from ce_gppo_trl._quiet import HELD_NOTES
+
+    assert not [line for line in stderr_lines(result) if any(note in line for note in HELD_NOTES.values())]
 
 
 def test_the_summarys_commands_run_as_printed(quickstart):
@@ -100,7 +117,7 @@ def test_the_summarys_commands_run_as_printed(quickstart):
     for name, command in commands.items():
         done = ce_gppo(*command[1:])
         assert done.returncode == 0, f"{name}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-        assert noise(done) == [], name
+        assert ours_to_fix(done) == [], name
     assert (tmp / "run" / "training_curves.png").stat().st_size > 10_000
     report = json.loads((tmp / "run" / "eval_results.json").read_text())
     scores = report["benchmarks"]["builtin:arithmetic"]
@@ -220,17 +237,60 @@ def test_a_sharding_request_that_accelerate_drops_is_refused(monkeypatch, variab
     cli.check_distributed_backend(types.SimpleNamespace(distributed_type=variable.rsplit("_", 1)[-1]))
 
 
-def test_the_bitsandbytes_cpu_kernel_note_waits_for_a_quantized_run(caplog, monkeypatch):
-    # PEFT imports bitsandbytes on every command; its "Failed to load CPU gemm_4bit_forward" line is held back
-    # (ce_gppo_trl/_quiet.py) and shown once when 4-bit loading is asked for.
+def test_the_held_notes_wait_for_a_quantized_run(caplog, monkeypatch):
+    # bitsandbytes (imported by PEFT on every command) and kernels print notes about bitsandbytes' CPU 4-bit kernel;
+    # the `ce-gppo` entry point holds them back (ce_gppo_trl/_quiet.py) and shows them once when 4-bit loading is
+    # asked for.
     from ce_gppo_trl import _quiet
 
     monkeypatch.setattr(_quiet, "_held", [])
-    note = logging.getLogger(_quiet.BNB_CPU_KERNEL_LOGGER)
-    note.warning(_quiet.BNB_CPU_KERNEL_MESSAGE + ": %s.", "No module named 'kernels'")
-    note.warning("another bitsandbytes message")
+    (bnb_logger, bnb_note), (kernels_logger, kernels_note) = _quiet.HELD_NOTES.items()
+    for name in (bnb_logger, kernels_logger):
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])  # this test's own filters, removed after it
+    _quiet.quiet_third_party_notes()
+    _quiet.quiet_third_party_notes()  # idempotent: one filter per logger
+    assert [len(logging.getLogger(name).filters) for name in (bnb_logger, kernels_logger)] == [1, 1]
+    logging.getLogger(bnb_logger).warning(bnb_note + ": %s.", "No module named 'kernels'")
+    logging.getLogger(kernels_logger).warning(kernels_note + " because Hugging Face Hub is in offline mode.")
+    logging.getLogger(bnb_logger).warning("another bitsandbytes message")
     assert [record.getMessage() for record in caplog.records] == ["another bitsandbytes message"]
     cli.check_optional_dependencies(*cli.parse_train_args(["--load_in_4bit", "true", "--use_peft", "true"])[1:])
-    assert caplog.records[-1].getMessage() == f"{_quiet.BNB_CPU_KERNEL_MESSAGE}: No module named 'kernels'."
+    assert [record.getMessage() for record in caplog.records[1:]] == [
+        f"{bnb_note}: No module named 'kernels'.",
+        f"{kernels_note} because Hugging Face Hub is in offline mode.",
+    ]
     cli.check_optional_dependencies(*cli.parse_train_args([])[1:])
-    assert len(caplog.records) == 2  # once
+    assert len(caplog.records) == 3  # once
+
+
+def test_importing_the_library_changes_no_global_warning_or_logging_state():
+    """`import ce_gppo_trl` and every module of it, after its dependencies: warning filters, logger levels, handlers
+    and filters are as they were (a library is a guest in its user's process; only the `ce-gppo` command quiets)."""
+    script = """
+import importlib, logging, pkgutil, warnings
+import torch, transformers, accelerate, peft, datasets, math_verify, matplotlib, trl
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
+def state():
+    loggers = {"": logging.getLogger(), **logging.Logger.manager.loggerDict}
+    return repr(warnings.filters), {
+        name: (lg.level, [id(h) for h in lg.handlers], [id(f) for f in lg.filters], lg.propagate, lg.disabled)
+        for name, lg in loggers.items() if isinstance(lg, logging.Logger)
+    }
+filters, loggers = state()
+import ce_gppo_trl
+names = [m.name for m in pkgutil.walk_packages(ce_gppo_trl.__path__, "ce_gppo_trl.")]
+for name in names:
+    importlib.import_module(name)
+ce_gppo_trl.CEGPPOTrainer, ce_gppo_trl.CEGPPOConfig
+after_filters, after_loggers = state()
+assert after_filters == filters, set(after_filters.split("), (")) ^ set(filters.split("), ("))
+changed = {n: (loggers[n], s) for n, s in after_loggers.items() if n in loggers and loggers[n] != s}
+assert not changed, changed
+added = {n: s for n, s in after_loggers.items() if n not in loggers and (s[0] or s[1] or s[2])}
+assert not added, added  # a logger first made by this import has no level, handler or filter
+print(len(names), "modules")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert int(result.stdout.split()[0]) >= 20  # every module was imported, cli and __main__ among them
