@@ -36,7 +36,7 @@ def evaluate(model: str, num_problems: int | None, samples: int, max_new_tokens:
     format compliance, at temperature 1 with no top-k or top-p cut (the trainer's sampling)."""
     from transformers import AutoTokenizer
 
-    from ce_gppo_trl.cli import resolve_model
+    from ce_gppo_trl.builtin_models import resolve_model
     from ce_gppo_trl.evaluation import _adapter_base, generate_completions
     from ce_gppo_trl.rewards import math_accuracy_reward
     from ce_gppo_trl.word_problems import keeps_format, make_word_problems

@@ -120,7 +120,8 @@ def real_plant(opts: argparse.Namespace, callbacks: list) -> tuple[Any, Any, lis
     from trl import get_peft_config
 
     from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.cli import build_reward_funcs, load_datasets, parse_train_args, resolve_model
+    from ce_gppo_trl.builtin_models import resolve_model
+    from ce_gppo_trl.cli import build_reward_funcs, load_datasets, parse_train_args
     from ce_gppo_trl.word_problems import make_word_problems
 
     overrides = {

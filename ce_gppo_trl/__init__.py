@@ -1,9 +1,10 @@
 """Entropy-controlling RL for LLM reasoning on top of TRL's GRPOTrainer.
 
 `CEGPPOTrainer` / `CEGPPOConfig` add CE-GPPO (arXiv 2509.20712), the dual clip and Entropy Ratio Clipping
-(arXiv 2512.05591) to `trl.GRPOTrainer`; the per-token math lives in `ce_gppo_trl.losses`. Entropy control
-(scheduled and probability-dependent clip bounds, knob schedules, a closed-loop entropy controller) lives in
-`ce_gppo_trl.schedules` (pure) and `ce_gppo_trl.callbacks`, diagnostics in `ce_gppo_trl.diagnostics`.
+(arXiv 2512.05591) to `trl.GRPOTrainer`; the per-token math, probability-dependent clip bounds included, lives in
+`ce_gppo_trl.losses`. Entropy control (clip-bound and knob schedules, a closed-loop entropy controller) lives in
+`ce_gppo_trl.schedules` and `ce_gppo_trl.controller` (pure) and `ce_gppo_trl.callbacks`, diagnostics in
+`ce_gppo_trl.diagnostics`.
 
 The names below are imported on first use, so that `import ce_gppo_trl` (and `ce-gppo --version`) does not import
 TRL; importing the library changes no global state (warning filters, loggers) of its user's process.

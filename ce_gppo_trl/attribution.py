@@ -35,13 +35,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .diagnostics import QUADRANTS, entropy_quadrants
+from .diagnostics import QUADRANTS, TOKEN_GROUPS, entropy_quadrants
 
 logger = logging.getLogger(__name__)
 
-# Token groups, in precedence order (a token is in the first group whose mask holds): tokens whose policy gradient
-# ERC or the dual clip removed, the clipped regions NA&LP / PA&LP, then the quadrants of the unclipped tokens.
-TOKEN_GROUPS = ("erc_masked", "dual_clip", "clip_low", "clip_high", *QUADRANTS)
 # The parts of the Adam / AdamW prediction besides the token groups; `unattributed` is the whole prediction of an
 # optimizer this module cannot decompose.
 OTHER_PARTS = ("momentum", "weight_decay", "other", "unattributed")

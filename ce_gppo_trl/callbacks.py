@@ -30,13 +30,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .controller import CONTROLLER_DEFAULTS, ControllerState, controller_update
 from .schedules import (
-    CONTROLLER_DEFAULTS,
     ENTROPY_SCHEDULES,
     KNOB_SCHEDULES,
-    ControllerState,
     _check_total_steps,
-    controller_update,
     entropy_schedule_weights,
     knob_schedule_value,
     od_step,
@@ -224,7 +222,7 @@ class KnobScheduleCallback(EntropyControlCallback):
 class EntropyControllerCallback(EntropyControlCallback):
     """Closed-loop entropy control: holds the entropy on a target, above and below the uncontrolled run.
 
-    After every optimizer step the controller (`schedules.controller_update`) compares the step's entropy with the
+    After every optimizer step the controller (`controller.controller_update`) compares the step's entropy with the
     target (a float, a `(start, end)` pair for a linear trajectory over the run, or a callable
     `(step, max_steps) -> float`) and sets a command `u` in `[-1, 1]` by a PI law on the relative error
     `(target - H) / target`; the knobs follow `u` from their values at bind time (`*_ref`). `u > 0` is the side that

@@ -7,7 +7,7 @@ override it. The recipes ship inside the package (`RECIPES_DIR`; `configs/` in t
 `--config` takes one by name; `ce-gppo train` with no `--config` runs the offline quickstart, `QUICKSTART_CONFIG`.
 
 A missing optional dependency (vLLM, bitsandbytes, DeepSpeed, matplotlib) stops a command with one line naming the
-install command and exit status 1 (`MissingDependencyError`), never a traceback.
+install command and exit status 1 (`ce_gppo_trl.optional.MissingDependencyError`), never a traceback.
 
 Example:
     ```bash
@@ -21,11 +21,7 @@ Example:
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib
-import importlib.util
-import inspect
-import json
 import logging
 import math
 import os
@@ -40,16 +36,17 @@ from typing import Any
 import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
+from .builtin_models import resolve_model
 from .config import CEGPPOConfig
-
-TOY_MODEL = "builtin:toy"
-"""`model_name_or_path` that selects the offline toy model, built once by `ce_gppo_trl.toy.build_toy_model`."""
+from .optional import (
+    DEEPSPEED_INSTALL_HINT,
+    QUANTIZATION_INSTALL_HINT,
+    VLLM_INSTALL_HINT,
+    MissingDependencyError,
+    require,
+)
 
 logger = logging.getLogger(__name__)
-
-VLLM_INSTALL_HINT = "pip install 'ce-gppo-trl[vllm]'"
-QUANTIZATION_INSTALL_HINT = "pip install 'ce-gppo-trl[quantization]'"
-DEEPSPEED_INSTALL_HINT = "pip install 'ce-gppo-trl[deepspeed]'"
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 """The recipes shipped as package data (`configs/` in the repository links to this folder), reachable by name:
@@ -60,19 +57,6 @@ QUICKSTART_CONFIG = RECIPES_DIR / "quickstart.yaml"
 
 QUICKSTART: dict[str, Any] = yaml.safe_load(QUICKSTART_CONFIG.read_text())
 """`QUICKSTART_CONFIG`'s fields, as a dict."""
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency a command needs is not installed; the message names the install command.
-
-    `main` prints it as one line (`ce-gppo <command>: <message>`) and returns exit status 1.
-    """
-
-
-def require(module: str, purpose: str, install: str) -> None:
-    """Raise `MissingDependencyError` unless `module` is importable (checked without importing it)."""
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(f"{purpose} needs {module}, which is not installed: {install}")
 
 
 @dataclass
@@ -230,74 +214,6 @@ def resolve_recipe(config: str) -> Path:
         f"--config={config!r} is neither a YAML file nor a shipped recipe's name; the shipped recipes: "
         f"{', '.join(shipped_recipes())}"
     )
-
-
-def default_cache_dir() -> str:
-    """`$CE_GPPO_CACHE`, else `~/.cache/ce_gppo_trl`."""
-    return os.environ.get("CE_GPPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ce_gppo_trl")
-
-
-def toy_model_path(cache_dir: str | None = None) -> str:
-    """Directory of the cached toy model, named after the builder's default arguments so a retuned builder rebuilds."""
-    from .toy import build_toy_model
-
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(build_toy_model).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    digest = hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return os.path.join(cache_dir or default_cache_dir(), f"toy-model-{digest}")
-
-
-def builtin_models() -> dict[str, tuple[Callable[[str | None], str], Callable[[str], str], str]]:
-    """The `builtin:` models: name -> (its cache path from a cache directory, its builder, what building costs)."""
-    from .smollm2 import SMOLLM2_MODEL, build_smollm2, smollm2_model_path
-    from .toy import build_toy_model
-
-    return {
-        TOY_MODEL: (toy_model_path, build_toy_model, "build the toy model (once; 1-2 minutes on 2 CPU cores)"),
-        SMOLLM2_MODEL: (
-            smollm2_model_path,
-            build_smollm2,
-            "convert SmolLM2-135M-Instruct from GGUF (once; ~1 minute)",
-        ),
-    }
-
-
-def resolve_model(
-    model_name_or_path: str | None, training_args: CEGPPOConfig | None, cache_dir: str | None = None
-) -> str:
-    """The name or directory the trainer loads: a `builtin:` model is built (once, on the main process) and cached.
-
-    `builtin:toy` is the quickstart's toy model, `builtin:smollm2-135m-instruct` the real SmolLM2-135M-Instruct
-    (`ce_gppo_trl.smollm2`). Hub ids and local directories pass through unchanged, so they take TRL's own
-    `from_pretrained` path. `training_args` orders the processes of a distributed run (None: a single process).
-
-    Raises:
-        MissingDependencyError: the builtin needs a package that is not installed (the message gives the command).
-    """
-    builtins = builtin_models()
-    if not model_name_or_path:
-        raise ValueError(
-            f"model_name_or_path={model_name_or_path!r} is not allowed: expected a Hub model id, a local model "
-            f"directory, or one of the offline models {', '.join(map(repr, builtins))}."
-        )
-    if not model_name_or_path.startswith("builtin:"):
-        return model_name_or_path
-    if model_name_or_path not in builtins:
-        raise ValueError(
-            f"model_name_or_path={model_name_or_path!r} is not allowed: the built-in models are "
-            f"{', '.join(map(repr, builtins))}."
-        )
-    cache_path, build, what = builtins[model_name_or_path]
-    path = cache_path(cache_dir)
-    if training_args is None:
-        return build(path)
-    with training_args.main_process_first(desc=what):
-        if training_args.process_index == 0 and not os.path.isdir(path):
-            logger.info("%s: %s", what, path)
-        return build(path)
 
 
 def check_vllm(training_args: CEGPPOConfig) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .controller import CONTROLLER_DEFAULTS
 from .losses import CLIPPED_LOSS_TYPES, COVARIANCE_SELECTIONS, LIBRARY_LOSS_TYPES, POLICY_LOSSES
-from .schedules import CONTROLLER_DEFAULTS, ENTROPY_SCHEDULES, KNOB_SCHEDULES
+from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
 
 # Loss types the dual clip can act on: the PPO-style clipped surrogates.
 DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES

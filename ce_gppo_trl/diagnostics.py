@@ -41,6 +41,11 @@ import torch
 
 QUADRANTS = ("E1", "E2", "E3", "E4")
 CLIP_REGIONS = ("clip_low", "clip_high")
+# The token groups of the entropy attribution (`ce_gppo_trl.attribution.attribution_groups`), in precedence order (a
+# token is in the first group whose mask holds): tokens whose policy gradient ERC or the dual clip removed, the
+# clipped regions NA&LP / PA&LP, then the quadrants of the unclipped tokens. Here, beside the quadrants, so that the
+# metrics registry (`ce_gppo_trl.metrics`) names them without importing the attribution and transformers with it.
+TOKEN_GROUPS = ("erc_masked", "dual_clip", "clip_low", "clip_high", *QUADRANTS)
 
 
 def entropy_quadrants(logps: torch.Tensor, entropies: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

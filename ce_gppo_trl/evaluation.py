@@ -14,7 +14,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .builtin_models import resolve_model
 from .data import DATASETS, DEFAULT_INSTRUCTION, load_math_dataset
+from .optional import VLLM_INSTALL_HINT, require
 from .rewards import math_accuracy_reward
 
 __all__ = ["build_parser", "generate_completions", "main", "summarize_scores"]
@@ -88,8 +90,6 @@ def generate_completions(
     if backend not in ("auto", "vllm", "transformers"):
         raise ValueError(f"backend must be 'auto', 'vllm' or 'transformers', got {backend!r}")
     if backend == "vllm":
-        from .cli import VLLM_INSTALL_HINT, require
-
         require("vllm", "--backend vllm", VLLM_INSTALL_HINT)
     use_vllm = backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None)
     if use_vllm:
@@ -217,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    from .cli import resolve_model
-
     args.model = resolve_model(args.model, None)
     tokenizer = _load_tokenizer(args.model)
     conversational = tokenizer.chat_template is not None

@@ -5,6 +5,9 @@ masking and aggregation) and never reads trainer state, so it can be checked lin
 reused outside TRL. Notation follows `PAPERS.md`: `log_ratio = log pi_theta - log pi_old`, `ratio = exp(log_ratio)`,
 `advantages` the group-normalised advantages, `sg` the stop-gradient.
 
+The clip half-widths `epsilon_low` / `epsilon_high` are floats or per-token tensors; `prob_clip_upper`,
+`prob_clip_lower` and `mix_bound` give the probability-dependent ones (arXiv 2602.09782).
+
 `POLICY_LOSSES` maps each `loss_type` to its per-token function (one signature, keyword-only knobs, like verl's
 `register_policy_loss`); `aggregate_loss` turns a per-token loss into a scalar in one place.
 
@@ -73,6 +76,51 @@ def gspo_token_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.T
         tensor([[0.2000, 0.2000, 0.2000]])
     """
     return sequence_log_ratio(log_ratio, mask).detach() + log_ratio - log_ratio.detach()
+
+
+# Probability-dependent clip bounds (arXiv 2602.09782, PAPERS.md section 3): per-token `epsilon_low` / `epsilon_high`
+# from `p_old = pi_old(a|s)`, fixed for the whole update; `ce_gppo_trl.schedules` weighs them over the run.
+
+
+def prob_clip_upper(p_old: torch.Tensor, *, alpha: float, b: float) -> torch.Tensor:
+    """H(p): the upper half-width for A > 0, looser for low-probability tokens and tighter for high-probability ones.
+
+    arXiv 2602.09782 writes the bound as `eps_high(p) = alpha * p + b` (alpha < 0) on the new probability
+    `p = r * p_old`; solving `r <= 1 + alpha * r * p_old + b` for `r` gives the ratio bound
+    `(1 + b) / (1 - alpha * p_old)`, which only needs `p_old`. This returns its half-width
+    `(1 + b) / (1 - alpha * p_old) - 1`, the per-token `epsilon_high` the losses take.
+
+    Example:
+        >>> prob_clip_upper(torch.tensor([0.0, 0.5]), alpha=-0.2, b=0.28)
+        tensor([0.2800, 0.1636])
+    """
+    return (1 + b) / (1 - alpha * p_old) - 1
+
+
+def prob_clip_lower(p_old: torch.Tensor, *, alpha: float, b: float) -> torch.Tensor:
+    """M(p): the lower half-width for A < 0, tighter for high-probability tokens and looser for low-probability ones.
+
+    The mirror of `prob_clip_upper`: `eps_low(p) = alpha * p + b` (alpha < 0) on the new probability, i.e.
+    `r >= 1 - alpha * r * p_old - b`, the ratio bound `(1 - b) / (1 + alpha * p_old)`; returns its half-width
+    `1 - (1 - b) / (1 + alpha * p_old)`, the per-token `epsilon_low`.
+
+    Example:
+        >>> prob_clip_lower(torch.tensor([0.0, 1.0]), alpha=-0.2, b=0.28)
+        tensor([0.2800, 0.1000])
+    """
+    return 1 - (1 - b) / (1 + alpha * p_old)
+
+
+def mix_bound(eps_std: Bound, eps_p: torch.Tensor, weight: float) -> Bound:
+    """`weight * eps_p + (1 - weight) * eps_std`; returns `eps_std` itself when `weight == 0` (no per-token tensor).
+
+    Example:
+        >>> mix_bound(0.2, torch.tensor([0.3, 0.1]), 0.5)
+        tensor([0.2500, 0.1500])
+    """
+    if weight == 0:
+        return eps_std
+    return eps_std + weight * (eps_p - eps_std)
 
 
 def clip_regions(

@@ -20,8 +20,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from .attribution import TOKEN_GROUPS
-from .diagnostics import CLIP_REGIONS, QUADRANTS
+from .diagnostics import CLIP_REGIONS, QUADRANTS, TOKEN_GROUPS
 
 
 @dataclass(frozen=True)

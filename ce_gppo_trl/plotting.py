@@ -16,6 +16,8 @@ import os
 import re
 from typing import Any
 
+from .optional import MissingDependencyError
+
 __all__ = ["METRICS", "draw_entropy_attribution", "find_trainer_state", "load_log_history", "main", "plot_runs"]
 
 METRICS: tuple[str, ...] = (
@@ -90,8 +92,6 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        from .cli import MissingDependencyError
-
         raise MissingDependencyError(
             f"ce-gppo plot needs matplotlib, which cannot be imported ({error}): pip install 'matplotlib>=3.9,<4'"
         ) from error

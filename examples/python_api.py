@@ -4,7 +4,7 @@ python examples/python_api.py
 """
 
 from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
-from ce_gppo_trl.cli import toy_model_path
+from ce_gppo_trl.builtin_models import toy_model_path
 from ce_gppo_trl.rewards import math_accuracy_reward
 from ce_gppo_trl.toy import build_toy_model, make_arithmetic_dataset
 

@@ -15,7 +15,8 @@ import torch
 
 from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
 from ce_gppo_trl.callbacks import EntropyControllerCallback, EntropyScheduleCallback, KnobScheduleCallback
-from ce_gppo_trl.schedules import knob_schedule_value, prob_clip_lower, prob_clip_upper
+from ce_gppo_trl.losses import prob_clip_lower, prob_clip_upper
+from ce_gppo_trl.schedules import knob_schedule_value
 from ce_gppo_trl.toy import build_tokenizer
 
 # Values that legitimately differ between two identical runs.

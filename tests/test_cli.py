@@ -1,4 +1,4 @@
-"""`ce_gppo_trl.cli`: argument parsing, the quickstart defaults, model resolution, input errors and dispatch."""
+"""`ce_gppo_trl.cli`: argument parsing, the quickstart defaults, input errors and dispatch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ce_gppo_trl import CEGPPOConfig, cli
+from ce_gppo_trl import CEGPPOConfig, cli, optional
+from ce_gppo_trl.builtin_models import TOY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def test_version_is_one_line_from_the_one_place(capsys):
 
 def test_quickstart_values_reach_the_dataclasses_and_cli_overrides_win():
     script_args, training_args, model_args = cli.parse_train_args(["--output_dir", "elsewhere", "--max_steps", "7"])
-    assert model_args.model_name_or_path == cli.TOY_MODEL
+    assert model_args.model_name_or_path == TOY_MODEL
     assert script_args.dataset_name == "builtin:arithmetic" and script_args.reward_funcs == ["math_accuracy"]
     assert (training_args.output_dir, training_args.max_steps) == ("elsewhere", 7)
     assert training_args.loss_type == "ce_gppo" and training_args.ce_gppo_beta1 == 0.5
@@ -125,7 +126,7 @@ def test_overlong_reward_gets_the_completion_length():
 
 
 def test_vllm_requested_but_missing_names_the_install_line(monkeypatch):
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(optional.importlib.util, "find_spec", lambda name: None)
     _, training_args, _ = cli.parse_train_args([])
     training_args.use_vllm = True
     with pytest.raises(cli.MissingDependencyError, match=r"use_vllm=True.*pip install 'ce-gppo-trl\[vllm\]'"):
@@ -159,31 +160,6 @@ def test_quantization_without_peft_is_refused():
     _, _, model_args = cli.parse_train_args(["--load_in_4bit", "true"])
     with pytest.raises(ValueError, match="load_in_4bit=True with use_peft=False"):
         cli.check_model_args(model_args)
-
-
-@pytest.mark.parametrize("name", [None, "", "builtin:gpt5"])
-def test_bad_model_name_is_refused(name):
-    _, training_args, _ = cli.parse_train_args([])
-    with pytest.raises(ValueError, match="model_name_or_path="):
-        cli.resolve_model(name, training_args, None)
-
-
-def test_hub_ids_and_local_directories_pass_through(tiny_model_dir):
-    _, training_args, _ = cli.parse_train_args([])
-    assert cli.resolve_model(tiny_model_dir, training_args, None) == tiny_model_dir
-    assert cli.resolve_model("Qwen/Qwen2.5-0.5B", training_args, None) == "Qwen/Qwen2.5-0.5B"
-
-
-def test_builtin_toy_builds_once_into_the_cache(monkeypatch, tmp_path):
-    import ce_gppo_trl.toy as toy
-
-    built = []
-    monkeypatch.setattr(toy, "build_toy_model", lambda path, **kw: built.append(path) or path)
-    _, training_args, _ = cli.parse_train_args([])
-    path = cli.resolve_model(cli.TOY_MODEL, training_args, str(tmp_path))
-    assert built == [path] and Path(path).parent == tmp_path and Path(path).name.startswith("toy-model-")
-    monkeypatch.setenv("CE_GPPO_CACHE", str(tmp_path / "env"))
-    assert Path(cli.toy_model_path()).parent == tmp_path / "env"
 
 
 def test_train_on_a_local_model_directory_end_to_end(tiny_model_dir, tmp_path, capsys):

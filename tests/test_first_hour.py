@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ce_gppo_trl import cli
+from ce_gppo_trl import cli, optional
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -126,8 +126,10 @@ def test_the_summarys_commands_run_as_printed(quickstart):
 
 def hide(monkeypatch, *modules: str) -> None:
     """Make `modules` look uninstalled: `find_spec` finds nothing and importing them raises ImportError."""
-    find_spec = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name in modules else find_spec(name))
+    find_spec = optional.importlib.util.find_spec
+    monkeypatch.setattr(
+        optional.importlib.util, "find_spec", lambda name, *a: None if name in modules else find_spec(name)
+    )
     for module in modules:
         monkeypatch.setitem(sys.modules, module, None)
 

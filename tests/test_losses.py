@@ -15,7 +15,10 @@ from ce_gppo_trl.losses import (
     gspo_token_log_ratio,
     kl_cov_policy_loss,
     kl_cov_selection,
+    mix_bound,
     ppo_clip_policy_loss,
+    prob_clip_lower,
+    prob_clip_upper,
     sequence_log_ratio,
     token_covariance,
 )
@@ -467,3 +470,40 @@ def test_delta_with_zero_betas_has_trl_dapo_delta_gradients():
         grads.append(torch.autograd.grad(fn(log_ratio, advantages, **kwargs, delta=1.1).sum(), log_ratio)[0])
     torch.testing.assert_close(grads[0], grads[1])
     assert (grads[1] == 0).sum() >= 8  # the cap and the clip both act somewhere
+
+
+# Probability-dependent clip bounds against the formulas of PAPERS.md section 3 (arXiv 2602.09782).
+
+P = torch.linspace(0.0, 1.0, 101)
+
+
+def test_upper_bound_values_and_ratio_form():
+    eps = prob_clip_upper(P, alpha=-0.2, b=0.28)
+    assert eps[0].item() == pytest.approx(0.28)
+    assert eps[-1].item() == pytest.approx(1.28 / 1.2 - 1)
+    # The ratio bound r* = 1 + eps solves r* = 1 + alpha * (r* * p_old) + b: eps_high(p) = alpha * p + b at p_new.
+    ratio = 1 + eps
+    torch.testing.assert_close(ratio, 1 + (-0.2) * ratio * P + 0.28)
+    torch.testing.assert_close(ratio, 1.28 / (1 + 0.2 * P))
+
+
+def test_lower_bound_values_and_ratio_form():
+    eps = prob_clip_lower(P, alpha=-0.2, b=0.28)
+    assert eps[0].item() == pytest.approx(0.28)
+    assert eps[-1].item() == pytest.approx(0.1)
+    ratio = 1 - eps
+    torch.testing.assert_close(ratio, 1 - ((-0.2) * ratio * P + 0.28))
+
+
+@pytest.mark.parametrize("alpha,b", [(-0.2, 0.28), (-0.1, 0.1), (-0.5, 0.5)])
+def test_bounds_monotone_in_p(alpha, b):
+    upper, lower = prob_clip_upper(P, alpha=alpha, b=b), prob_clip_lower(P, alpha=alpha, b=b)
+    # Upper (A > 0): looser for low-p tokens, tighter for high-p ones; lower (A < 0): tighter for high-p tokens.
+    assert (upper[1:] < upper[:-1]).all() and (lower[1:] < lower[:-1]).all()
+    # alpha >= -b keeps both half-widths >= 0: the band never inverts.
+    assert upper.min() >= -1e-7 and lower.min() >= -1e-7
+
+
+def test_mix_bound():
+    assert mix_bound(0.2, torch.ones(2), 0.0) == 0.2
+    torch.testing.assert_close(mix_bound(0.2, torch.tensor([0.3, 0.1]), 0.25), torch.tensor([0.225, 0.175]))

@@ -6,52 +6,16 @@ import math
 import pytest
 import torch
 
+from ce_gppo_trl.losses import mix_bound, prob_clip_lower, prob_clip_upper
 from ce_gppo_trl.schedules import (
-    ControllerState,
-    controller_update,
     entropy_schedule_weights,
     knob_schedule_value,
-    mix_bound,
     od_step,
     od_thresholds,
-    prob_clip_lower,
-    prob_clip_upper,
     schedule_lambda,
 )
 
 P = torch.linspace(0.0, 1.0, 101)
-
-
-def test_upper_bound_values_and_ratio_form():
-    eps = prob_clip_upper(P, alpha=-0.2, b=0.28)
-    assert eps[0].item() == pytest.approx(0.28)
-    assert eps[-1].item() == pytest.approx(1.28 / 1.2 - 1)
-    # The ratio bound r* = 1 + eps solves r* = 1 + alpha * (r* * p_old) + b: eps_high(p) = alpha * p + b at p_new.
-    ratio = 1 + eps
-    torch.testing.assert_close(ratio, 1 + (-0.2) * ratio * P + 0.28)
-    torch.testing.assert_close(ratio, 1.28 / (1 + 0.2 * P))
-
-
-def test_lower_bound_values_and_ratio_form():
-    eps = prob_clip_lower(P, alpha=-0.2, b=0.28)
-    assert eps[0].item() == pytest.approx(0.28)
-    assert eps[-1].item() == pytest.approx(0.1)
-    ratio = 1 - eps
-    torch.testing.assert_close(ratio, 1 - ((-0.2) * ratio * P + 0.28))
-
-
-@pytest.mark.parametrize("alpha,b", [(-0.2, 0.28), (-0.1, 0.1), (-0.5, 0.5)])
-def test_bounds_monotone_in_p(alpha, b):
-    upper, lower = prob_clip_upper(P, alpha=alpha, b=b), prob_clip_lower(P, alpha=alpha, b=b)
-    # Upper (A > 0): looser for low-p tokens, tighter for high-p ones; lower (A < 0): tighter for high-p tokens.
-    assert (upper[1:] < upper[:-1]).all() and (lower[1:] < lower[:-1]).all()
-    # alpha >= -b keeps both half-widths >= 0: the band never inverts.
-    assert upper.min() >= -1e-7 and lower.min() >= -1e-7
-
-
-def test_mix_bound():
-    assert mix_bound(0.2, torch.ones(2), 0.0) == 0.2
-    torch.testing.assert_close(mix_bound(0.2, torch.tensor([0.3, 0.1]), 0.25), torch.tensor([0.225, 0.175]))
 
 
 def test_lambda_matches_paper_at_half_split():
@@ -138,51 +102,3 @@ def test_knob_schedules():
         knob_schedule_value("linear", 3, -1, initial=1.0, final=0.0)
     with pytest.raises(ValueError, match="schedule='exp'"):
         knob_schedule_value("exp", 3, 10, initial=1.0)
-
-
-LAW = dict(kp=1.0, ki=0.1, max_rate=0.2)
-
-
-def test_controller_update_is_pi_on_the_relative_error_and_limits_rate():
-    # u = kp * e + ki * sum(e) with e = (target - H) / target, moved by at most max_rate per step.
-    state, error = controller_update(ControllerState(), target=1.5, entropy=1.2, **{**LAW, "max_rate": 2.0})
-    assert error == pytest.approx(0.2) and state.output == pytest.approx(1.0 * 0.2 + 0.1 * 0.2)
-    state, _ = controller_update(state, target=1.5, entropy=1.35, **{**LAW, "max_rate": 2.0})
-    assert state.integral == pytest.approx(0.3) and state.output == pytest.approx(0.1 + 0.1 * 0.3)
-    # The same relative error at another entropy scale gives the same command: the law is scale-free.
-    scaled, _ = controller_update(ControllerState(), target=15.0, entropy=12.0, **{**LAW, "max_rate": 2.0})
-    assert scaled.output == pytest.approx(0.22)
-    # Rate limit: a 50% error asks for u = 0.55 but the first step moves by 0.2 only.
-    limited, _ = controller_update(ControllerState(), target=2.0, entropy=1.0, **LAW)
-    assert limited.output == pytest.approx(0.2)
-    # Above the target the command is negative (the penalty side).
-    lower, error = controller_update(ControllerState(), target=1.0, entropy=1.1, **LAW)
-    assert error == pytest.approx(-0.1) and lower.output == pytest.approx(-0.11)
-
-
-def test_controller_update_anti_windup_and_saturation_count():
-    # Entropy stuck at half the target whatever the command: u at its limit, the integral frozen, saturation counted.
-    state, counts = ControllerState(), []
-    for _ in range(30):
-        state, _ = controller_update(state, target=2.0, entropy=1.0, **LAW)
-        counts.append(state.saturated_steps)
-    # u = 0.5 + 0.1 * I with I growing by 0.5 per step: 0.95 (within SATURATION_MARGIN of the limit) at step 9, 1 at
-    # step 10, where I = 5 and the integral stops (frozen at the limit).
-    assert state.output == 1.0 and state.integral == pytest.approx(5.0)
-    assert counts[7] == 0 and counts[8] == 1 and counts[-1] == 22
-    # Off the limit, the count and the remembered error reset.
-    state, _ = controller_update(state, target=2.0, entropy=2.1, **LAW)
-    assert state.saturated_steps == 0 and state.limit_error is None
-
-
-def test_controller_update_p_term_reads_the_extrapolated_entropy():
-    # Slope: half the last change plus half the previous slope (SLOPE_WEIGHT 0.5): 0.5 * (0.8 - 1.0) = -0.1. With
-    # horizon 4 the P term reads the entropy 4 steps ahead, 0.8 - 0.4 = 0.4: e_ahead = (1.0 - 0.4) / 1.0 = 0.6.
-    law = {**LAW, "ki": 0.0, "max_rate": 2.0, "horizon": 4.0}
-    state, _ = controller_update(ControllerState(), target=1.0, entropy=1.0, **law)
-    assert state.output == 0.0 and state.slope == 0.0
-    state, error = controller_update(state, target=1.0, entropy=0.8, **law)
-    assert state.slope == pytest.approx(-0.1) and error == pytest.approx(0.2) and state.output == pytest.approx(0.6)
-    # Entropy already moving towards the target fast enough: the command lets go before it arrives.
-    state, error = controller_update(ControllerState(entropy=1.6, slope=-0.1), target=1.0, entropy=1.4, **law)
-    assert error < 0 and state.output == pytest.approx((1.0 - (1.4 - 4 * 0.15)) / 1.0)

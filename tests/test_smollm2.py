@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ce_gppo_trl import cli, smollm2
+from ce_gppo_trl.builtin_models import resolve_model
 from ce_gppo_trl.word_problems import make_word_problems
 
 requires_smollm2 = pytest.mark.skipif(
@@ -24,7 +25,7 @@ requires_smollm2 = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory) -> str:
     cache = tmp_path_factory.mktemp("smollm2-cache")
-    return cli.resolve_model(smollm2.SMOLLM2_MODEL, None, str(cache))
+    return resolve_model(smollm2.SMOLLM2_MODEL, None, str(cache))
 
 
 @requires_smollm2
@@ -75,9 +76,9 @@ def test_a_converted_cache_is_reused_without_converting(converted, monkeypatch):
 
     monkeypatch.setattr(smollm2, "load_gguf", no_conversion)
     cache = os.path.dirname(converted)
-    assert cli.resolve_model(smollm2.SMOLLM2_MODEL, None, cache) == converted
+    assert resolve_model(smollm2.SMOLLM2_MODEL, None, cache) == converted
     _, training_args, _ = cli.parse_train_args([])
-    assert cli.resolve_model(smollm2.SMOLLM2_MODEL, training_args, cache) == converted
+    assert resolve_model(smollm2.SMOLLM2_MODEL, training_args, cache) == converted
 
 
 @requires_smollm2
