@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -76,6 +77,7 @@ logger = logging.getLogger(__name__)
 ENTROPY_CONTROL_STATE = "entropy_control_state.json"
 _CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
 _CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 # Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
 _EXTRA_MODEL_INPUTS = (
@@ -174,6 +176,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self._bind_entropy_control()
         self._warn_if_on_policy()
         self._check_dropout()
+        self._check_master_weights()
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
@@ -229,6 +232,44 @@ class CEGPPOTrainer(GRPOTrainer):
                 f"different dropout masks and the band ({self.erc_low}, {self.erc_high}) would drop the gradient of "
                 "random tokens; set disable_dropout=True."
             )
+
+    def _check_master_weights(self) -> None:
+        """Keep float32 master weights wherever a plain torch optimizer steps the model.
+
+        An optimizer stepping bf16 / fp16 weights rounds each update to the weight's precision: at the recipes'
+        learning rate of 1e-6 almost every update is below half a bf16 step (2**-9 of the weight) and is lost.
+        DeepSpeed keeps float32 master weights, and accelerate upcasts the trainable weights to float32 under FSDP
+        with mixed precision (`fsdp2_prepare_model`), so both are left alone. LoRA adapters are small: TRL casts
+        them to bf16 on a quantized base (QLoRA), and they are upcast back here (PEFT's own default); a full model
+        in half precision is refused, since upcasting it would double its memory behind the user's back.
+        """
+        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and self.accelerator.mixed_precision != "no"):
+            return
+        half = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and p.dtype in _HALF_DTYPES]
+        if not half:
+            return
+        if is_peft_model(self.model):
+            for _, param in half:
+                param.data = param.data.float()
+            if self.accelerator.is_main_process:
+                logger.info(
+                    "%d trainable adapter tensors upcast from %s to float32 (master weights for the optimizer; the "
+                    "compute stays in bf16 with bf16=True)",
+                    len(half),
+                    str(half[0][1].dtype).removeprefix("torch."),
+                )
+            return
+        dtype = str(half[0][1].dtype).removeprefix("torch.")
+        kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+        raise ValueError(
+            f"dtype={dtype} is not allowed for weights that a plain optimizer steps (distributed_type={kind}, "
+            f"{len(half)} trainable {dtype} tensors such as {half[0][0]!r}): AdamW would update the {dtype} weights "
+            f"themselves and round away every update below half a {dtype} step of the weight, most of them at "
+            f"learning_rate={self.args.learning_rate:g}. Load the weights in float32 (dtype: float32, or "
+            "--dtype float32) and keep the compute in bf16 with bf16: true (autocast); or launch with DeepSpeed "
+            "(configs/accelerate/zero2.yaml, zero3.yaml) or FSDP2 with bf16: true, which keep float32 master "
+            "weights; or train LoRA adapters (use_peft: true)."
+        )
 
     # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps.
 
