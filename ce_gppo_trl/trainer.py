@@ -12,8 +12,8 @@ these methods:
   sync, which warns above `vllm_logp_difference_bound` (stale engine weights).
 - `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
   training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
-  completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
-  cap and verl's warm-up counted in rollout batches.
+  completion's accuracy reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the
+  left-truncating prompt cap and verl's warm-up counted in rollout batches.
 
 Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
 `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
@@ -78,6 +78,7 @@ ENTROPY_CONTROL_STATE = "entropy_control_state.json"
 _CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
 _CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
+ACCURACY_REWARD = "math_accuracy_reward"  # the name ce_gppo_trl.rewards.math_accuracy_reward logs under
 
 # Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
 _EXTRA_MODEL_INPUTS = (
@@ -177,6 +178,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self._warn_if_on_policy()
         self._check_dropout()
         self._check_master_weights()
+        self._positive_nll_reward_index = self._resolve_positive_nll_reward()
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
@@ -764,15 +766,37 @@ class CEGPPOTrainer(GRPOTrainer):
 
     # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
 
+    def _resolve_positive_nll_reward(self) -> int | None:
+        """Index of the reward function that marks correct responses for the NLL term (`positive_nll_reward`)."""
+        args, names = self.args, list(self.reward_func_names)
+        if args.positive_nll_coef == 0:
+            return None
+        name = args.positive_nll_reward
+        if name is None and ACCURACY_REWARD in names:
+            name = ACCURACY_REWARD
+        elif name is None and len(names) == 1:
+            return 0
+        elif name is None:
+            raise ValueError(
+                f"positive_nll_reward=None is not allowed with positive_nll_coef={args.positive_nll_coef} and the "
+                f"reward functions {names}: none is {ACCURACY_REWARD!r}, and a total of several rewards would count a "
+                "well-formatted wrong answer as correct; name the reward whose score > 0 means correct."
+            )
+        if name not in names:
+            raise ValueError(
+                f"positive_nll_reward={name!r} is not allowed: expected one of the reward functions {names}."
+            )
+        return names.index(name)
+
     def _positive_nll_term(
         self, per_token_logps: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str, accumulation: float
     ) -> torch.Tensor | float:
         """`positive_nll_coef` x the NLL of this micro-batch's correct responses, weighted by its share (1 /
         accumulation) of the update, like the authors' `positive_loss_coeff` term with their micro-batch weights."""
-        rewards = inputs.get("rewards")
+        rewards = inputs.get("positive_nll_rewards")
         if rewards is None:  # evaluation batches come from TRL's own path, without rewards
             return 0.0
-        positive = rewards > 0  # the authors' reward == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
+        positive = rewards > 0  # the authors' accuracy == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
         selected = mask * positive.to(mask.dtype).unsqueeze(-1)
         self._metrics[mode]["positive_nll"].append(self._global_masked_mean(-per_token_logps.detach(), selected))
         return self.args.positive_nll_coef * positive_nll_loss(per_token_logps, mask, positive) / accumulation
@@ -832,6 +856,9 @@ class CEGPPOTrainer(GRPOTrainer):
         rewards = total_rewards(self._rewards_per_func, self.reward_weights)
         first = self.accelerator.process_index * len(inputs)
         output["rewards"] = rewards[first : first + len(inputs)].to(output["advantages"].device)
+        if self._positive_nll_reward_index is not None:
+            nll_rewards = self._rewards_per_func[first : first + len(inputs), self._positive_nll_reward_index]
+            output["positive_nll_rewards"] = nll_rewards.to(output["advantages"].device)
         return output
 
     def _dynamic_sampling(self, generation_batch: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
