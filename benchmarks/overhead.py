@@ -208,11 +208,12 @@ def run_arm(opts: argparse.Namespace, arm: str) -> RunResult:
         tokens.append(sum(len(ids) for ids in completion_ids))
         return token_parity_reward(completion_ids)
 
-    dtype = torch.bfloat16 if opts.bf16 else torch.float32
     set_seed(opts.seed)
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(opts.model_dir, dtype=dtype)
+    # float32 weights in both precisions: with --bf16 the compute is bf16 (autocast), and the optimizer steps float32
+    # master weights, which CEGPPOTrainer requires of a plain optimizer (docs/launching.md, "Master weights").
+    model = AutoModelForCausalLM.from_pretrained(opts.model_dir, dtype=torch.float32)
     trainer = trainer_class(
         model=model,
         reward_funcs=reward,
@@ -310,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=5, help="A B pairs, alternated (default 5)")
     parser.add_argument("--model-config", default="toy-256", choices=sorted(MODEL_CONFIGS))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--bf16", action="store_true", help="load the model in bfloat16 and train with bf16=True")
+    parser.add_argument("--bf16", action="store_true", help="train with bf16=True: bf16 autocast over float32 weights")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (default 8)")
     parser.add_argument("--batch-size", type=int, default=16, help="completions per optimizer step")
     parser.add_argument("--num-generations", type=int, default=8)

@@ -376,10 +376,19 @@ class CEGPPOConfig(GRPOConfig):
     positive_nll_coef: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of an extra NLL term on correct responses (total reward > 0): the token mean of -log p "
-            "over the correct responses of each micro-batch, weighted by the micro-batch's share of the update, as "
-            "the authors' positive_loss_coeff. Their CE-GPPO and ERC scripts use 0.1 (not in the papers). >= 0; "
-            "0 = off. Works with every loss_type."
+            "help": "Weight of an extra NLL term on correct responses (see positive_nll_reward): the token mean of "
+            "-log p over the correct responses of each micro-batch, weighted by the micro-batch's share of the "
+            "update, as the authors' positive_loss_coeff. Their CE-GPPO and ERC scripts use 0.1 (not in the papers). "
+            ">= 0; 0 = off. Works with every loss_type."
+        },
+    )
+    positive_nll_reward: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reward function whose score > 0 marks a correct response for positive_nll_coef, by the "
+            "name TRL logs it under (rewards/<name>/mean), e.g. 'math_accuracy_reward'. None: "
+            "'math_accuracy_reward' when it is one of the reward functions, else the only reward function. The "
+            "authors key on correctness, not on a total that a format reward can make positive."
         },
     )
     dynamic_sampling: bool = field(
@@ -705,6 +714,16 @@ class CEGPPOConfig(GRPOConfig):
         _check_finite("positive_nll_coef", self.positive_nll_coef)
         if self.positive_nll_coef < 0:
             _fail("positive_nll_coef", self.positive_nll_coef, "expected a finite number >= 0 (the authors use 0.1)")
+        if self.positive_nll_reward is not None:
+            if not isinstance(self.positive_nll_reward, str) or not self.positive_nll_reward.strip():
+                _fail("positive_nll_reward", self.positive_nll_reward, "expected a reward function's name or None")
+            if self.positive_nll_coef == 0:
+                _fail(
+                    "positive_nll_reward",
+                    self.positive_nll_reward,
+                    "it picks the responses of the NLL term, which positive_nll_coef=0 turns off; set "
+                    "positive_nll_coef > 0 or positive_nll_reward=None",
+                )
         for name in ("dynamic_sampling_max_rounds", "warmup_rollout_batches", "entropy_attribution_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -110,8 +110,8 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "positive_nll",
-        "Mean `-log p` over the tokens of correct responses (total reward `> 0`): the authors' extra NLL term "
-        "before its coefficient.",
+        "Mean `-log p` over the tokens of correct responses (`positive_nll_reward` `> 0`): the authors' extra NLL "
+        "term before its coefficient.",
         when="`positive_nll_coef > 0`",
     ),
     Metric(

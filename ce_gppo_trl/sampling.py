@@ -21,6 +21,7 @@ ROLLOUT_KEYS = PROMPT_KEYS + (
     "tool_mask",
     "advantages",
     "rewards",
+    "positive_nll_rewards",
     "old_per_token_logps",
     "old_entropies",
     "ref_per_token_logps",

@@ -12,8 +12,8 @@ these methods:
   sync, which warns above `vllm_logp_difference_bound` (stale engine weights).
 - `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
   training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
-  completion's reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the left-truncating prompt
-  cap and verl's warm-up counted in rollout batches.
+  completion's accuracy reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the
+  left-truncating prompt cap and verl's warm-up counted in rollout batches.
 
 Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
 `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -76,6 +77,8 @@ logger = logging.getLogger(__name__)
 ENTROPY_CONTROL_STATE = "entropy_control_state.json"
 _CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
 _CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+ACCURACY_REWARD = "math_accuracy_reward"  # the name ce_gppo_trl.rewards.math_accuracy_reward logs under
 
 # Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
 _EXTRA_MODEL_INPUTS = (
@@ -174,6 +177,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self._bind_entropy_control()
         self._warn_if_on_policy()
         self._check_dropout()
+        self._check_master_weights()
+        self._positive_nll_reward_index = self._resolve_positive_nll_reward()
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
@@ -229,6 +234,44 @@ class CEGPPOTrainer(GRPOTrainer):
                 f"different dropout masks and the band ({self.erc_low}, {self.erc_high}) would drop the gradient of "
                 "random tokens; set disable_dropout=True."
             )
+
+    def _check_master_weights(self) -> None:
+        """Keep float32 master weights wherever a plain torch optimizer steps the model.
+
+        An optimizer stepping bf16 / fp16 weights rounds each update to the weight's precision: at the recipes'
+        learning rate of 1e-6 almost every update is below half a bf16 step (2**-9 of the weight) and is lost.
+        DeepSpeed keeps float32 master weights, and accelerate upcasts the trainable weights to float32 under FSDP
+        with mixed precision (`fsdp2_prepare_model`), so both are left alone. LoRA adapters are small: TRL casts
+        them to bf16 on a quantized base (QLoRA), and they are upcast back here (PEFT's own default); a full model
+        in half precision is refused, since upcasting it would double its memory behind the user's back.
+        """
+        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and self.accelerator.mixed_precision != "no"):
+            return
+        half = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and p.dtype in _HALF_DTYPES]
+        if not half:
+            return
+        if is_peft_model(self.model):
+            for _, param in half:
+                param.data = param.data.float()
+            if self.accelerator.is_main_process:
+                logger.info(
+                    "%d trainable adapter tensors upcast from %s to float32 (master weights for the optimizer; the "
+                    "compute stays in bf16 with bf16=True)",
+                    len(half),
+                    str(half[0][1].dtype).removeprefix("torch."),
+                )
+            return
+        dtype = str(half[0][1].dtype).removeprefix("torch.")
+        kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+        raise ValueError(
+            f"dtype={dtype} is not allowed for weights that a plain optimizer steps (distributed_type={kind}, "
+            f"{len(half)} trainable {dtype} tensors such as {half[0][0]!r}): AdamW would update the {dtype} weights "
+            f"themselves and round away every update below half a {dtype} step of the weight, most of them at "
+            f"learning_rate={self.args.learning_rate:g}. Load the weights in float32 (dtype: float32, or "
+            "--dtype float32) and keep the compute in bf16 with bf16: true (autocast); or launch with DeepSpeed "
+            "(configs/accelerate/zero2.yaml, zero3.yaml) or FSDP2 with bf16: true, which keep float32 master "
+            "weights; or train LoRA adapters (use_peft: true)."
+        )
 
     # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps.
 
@@ -723,15 +766,37 @@ class CEGPPOTrainer(GRPOTrainer):
 
     # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
 
+    def _resolve_positive_nll_reward(self) -> int | None:
+        """Index of the reward function that marks correct responses for the NLL term (`positive_nll_reward`)."""
+        args, names = self.args, list(self.reward_func_names)
+        if args.positive_nll_coef == 0:
+            return None
+        name = args.positive_nll_reward
+        if name is None and ACCURACY_REWARD in names:
+            name = ACCURACY_REWARD
+        elif name is None and len(names) == 1:
+            return 0
+        elif name is None:
+            raise ValueError(
+                f"positive_nll_reward=None is not allowed with positive_nll_coef={args.positive_nll_coef} and the "
+                f"reward functions {names}: none is {ACCURACY_REWARD!r}, and a total of several rewards would count a "
+                "well-formatted wrong answer as correct; name the reward whose score > 0 means correct."
+            )
+        if name not in names:
+            raise ValueError(
+                f"positive_nll_reward={name!r} is not allowed: expected one of the reward functions {names}."
+            )
+        return names.index(name)
+
     def _positive_nll_term(
         self, per_token_logps: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str, accumulation: float
     ) -> torch.Tensor | float:
         """`positive_nll_coef` x the NLL of this micro-batch's correct responses, weighted by its share (1 /
         accumulation) of the update, like the authors' `positive_loss_coeff` term with their micro-batch weights."""
-        rewards = inputs.get("rewards")
+        rewards = inputs.get("positive_nll_rewards")
         if rewards is None:  # evaluation batches come from TRL's own path, without rewards
             return 0.0
-        positive = rewards > 0  # the authors' reward == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
+        positive = rewards > 0  # the authors' accuracy == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
         selected = mask * positive.to(mask.dtype).unsqueeze(-1)
         self._metrics[mode]["positive_nll"].append(self._global_masked_mean(-per_token_logps.detach(), selected))
         return self.args.positive_nll_coef * positive_nll_loss(per_token_logps, mask, positive) / accumulation
@@ -791,6 +856,9 @@ class CEGPPOTrainer(GRPOTrainer):
         rewards = total_rewards(self._rewards_per_func, self.reward_weights)
         first = self.accelerator.process_index * len(inputs)
         output["rewards"] = rewards[first : first + len(inputs)].to(output["advantages"].device)
+        if self._positive_nll_reward_index is not None:
+            nll_rewards = self._rewards_per_func[first : first + len(inputs), self._positive_nll_reward_index]
+            output["positive_nll_rewards"] = nll_rewards.to(output["advantages"].device)
         return output
 
     def _dynamic_sampling(self, generation_batch: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     (
         "The authors' training scripts",
         lambda n: (
-            n in {"positive_nll_coef", "max_prompt_length", "warmup_rollout_batches"}
+            n in {"positive_nll_coef", "positive_nll_reward", "max_prompt_length", "warmup_rollout_batches"}
             or n.startswith("dynamic_sampling")
         ),
     ),

@@ -110,6 +110,59 @@ def test_trainer_adds_coef_times_the_nll_of_correct_responses(tiny_model_dir, ar
     assert trainer._metrics["train"]["positive_nll"]
 
 
+def math_accuracy_reward(completions, **kwargs):
+    """Named as `ce_gppo_trl.rewards.math_accuracy_reward` logs: every answer wrong."""
+    return [0.0] * len(completions)
+
+
+def format_reward(completions, **kwargs):
+    """Every answer well formatted."""
+    return [1.0] * len(completions)
+
+
+def nll_of_first_update(trainer):
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._prepare_inputs(first_batch(trainer))
+    trainer._compute_policy_loss(trainer.model, inputs)
+    return inputs, trainer._metrics["train"]["positive_nll"][-1]
+
+
+def test_nll_term_keys_on_the_accuracy_reward_not_the_total(tiny_model_dir, arithmetic_dataset, tmp_path):
+    rewards = [math_accuracy_reward, format_reward]
+    # Well formatted and wrong: total reward 1 > 0 for every completion, but none is correct, so none gets the term.
+    trainer = make_trainer(tiny_model_dir, arithmetic_dataset, tmp_path, reward=rewards, positive_nll_coef=0.1)
+    inputs, nll = nll_of_first_update(trainer)
+    assert (inputs["rewards"] > 0).all() and not (inputs["positive_nll_rewards"] > 0).any()
+    assert nll == 0.0
+    # A named reward marks correctness instead: here every response counts.
+    named = make_trainer(
+        tiny_model_dir,
+        arithmetic_dataset,
+        tmp_path,
+        reward=rewards,
+        positive_nll_coef=0.1,
+        positive_nll_reward="format_reward",
+    )
+    assert nll_of_first_update(named)[1] > 0
+    with pytest.raises(ValueError, match=r"positive_nll_reward='length' is not allowed.*'format_reward'"):
+        make_trainer(
+            tiny_model_dir,
+            arithmetic_dataset,
+            tmp_path,
+            reward=rewards,
+            positive_nll_coef=0.1,
+            positive_nll_reward="length",
+        )
+    with pytest.raises(ValueError, match="positive_nll_reward=None is not allowed"):
+        make_trainer(
+            tiny_model_dir,
+            arithmetic_dataset,
+            tmp_path,
+            reward=[format_reward, constant_reward],
+            positive_nll_coef=0.1,
+        )
+
+
 # Dynamic sampling.
 
 
@@ -259,6 +312,8 @@ def test_rollout_warmup_matches_verl_stepped_per_rollout_batch(tiny_model_dir, a
     [
         ({"positive_nll_coef": -0.1}, "positive_nll_coef"),
         ({"positive_nll_coef": float("nan")}, "positive_nll_coef"),
+        ({"positive_nll_reward": "format_reward"}, "positive_nll_reward='format_reward' is not allowed"),
+        ({"positive_nll_coef": 0.1, "positive_nll_reward": ""}, "positive_nll_reward='' is not allowed"),
         ({"dynamic_sampling_max_rounds": -1}, "dynamic_sampling_max_rounds"),
         ({"max_prompt_length": 0}, "max_prompt_length"),
         ({"warmup_rollout_batches": 10}, "lr_scheduler_type='constant'"),
