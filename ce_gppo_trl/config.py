@@ -710,6 +710,14 @@ class CEGPPOConfig(GRPOConfig):
         """Optimizer updates per rollout batch: steps_per_generation x num_iterations / gradient_accumulation_steps."""
         return self.steps_per_generation * self.num_iterations / self.gradient_accumulation_steps
 
+    def at_rollout_boundary(self, step: int) -> bool:
+        """Whether optimizer step `step` ends a rollout batch, so a checkpoint there resumes with a fresh one.
+
+        TRL does not save the buffered rollout batch: a run resumed from step `step` generates a new one at once, which
+        keeps the rollout boundaries of the uninterrupted run only when `step` is one of them.
+        """
+        return step * self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) == 0
+
     def _validate_recipe_fields(self) -> None:
         _check_finite("positive_nll_coef", self.positive_nll_coef)
         if self.positive_nll_coef < 0:

@@ -35,6 +35,7 @@ import torch
 from accelerate.utils import is_peft_model
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import IterableDataset
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import (
@@ -125,6 +126,29 @@ def disable_float_dropout(model: torch.nn.Module) -> None:
                 setattr(module, attribute, 0.0)
 
 
+class RolloutAlignedSaves(TrainerCallback):
+    """Moves each step checkpoint that falls inside a rollout batch to the end of that batch.
+
+    TRL keeps the rest of a rollout batch in memory only: a run resumed from a step inside one would generate a new
+    batch at once and shift every later rollout boundary (and the off-policy updates) against the uninterrupted run.
+    The final checkpoint is kept where it is (the run is over). Added by `CEGPPOTrainer` with `save_strategy="steps"`
+    when `save_steps` is not a multiple of the updates per rollout batch.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= state.max_steps:
+            return control
+        if args.at_rollout_boundary(state.global_step):
+            control.should_save = control.should_save or self.pending
+            self.pending = False
+        elif control.should_save:
+            control.should_save, self.pending = False, True
+        return control
+
+
 class CEGPPOTrainer(GRPOTrainer):
     """GRPO trainer with CE-GPPO (arXiv 2509.20712), the dual clip and Entropy Ratio Clipping (arXiv 2512.05591).
 
@@ -175,6 +199,7 @@ class CEGPPOTrainer(GRPOTrainer):
             self._entropy_attribution = EntropyAttribution(self, args.entropy_attribution_steps)
             self.add_callback(self._entropy_attribution)
         self._bind_entropy_control()
+        self._align_saves()
         self._warn_if_on_policy()
         self._check_dropout()
         self._check_master_weights()
@@ -201,6 +226,21 @@ class CEGPPOTrainer(GRPOTrainer):
                 raise ValueError(
                     f"loss_type={self.loss_type!r}: per-token clip bounds need a clipped loss type "
                     f"{CLIPPED_LOSS_TYPES}."
+                )
+
+    def _align_saves(self) -> None:
+        args = self.args
+        if getattr(args.save_strategy, "value", args.save_strategy) != "steps" or not args.off_policy:
+            return
+        self.add_callback(RolloutAlignedSaves())
+        if args.save_steps >= 1 and not args.at_rollout_boundary(int(args.save_steps)):
+            if self.accelerator.is_main_process:
+                logger.warning(
+                    f"save_steps={args.save_steps} is not a multiple of the optimizer updates per rollout batch "
+                    f"(steps_per_generation={args.steps_per_generation} x num_iterations={args.num_iterations} / "
+                    f"gradient_accumulation_steps={args.gradient_accumulation_steps}): each checkpoint is saved at "
+                    "the end of its rollout batch instead, so that a resumed run keeps the rollout boundaries. Set "
+                    "save_steps to a multiple of the updates per rollout batch to save exactly there."
                 )
 
     def _warn_if_on_policy(self) -> None:

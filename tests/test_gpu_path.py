@@ -176,8 +176,14 @@ class LocalHub(CEGPPOTrainer):
 
 
 def test_every_pushed_checkpoint_carries_the_control_state(tiny_model_dir, arithmetic_dataset, tmp_path):
+    # 2 updates per rollout batch, so that save_steps=2 checkpoints at rollout boundaries (others move to the next).
     args = tiny_args(
-        tmp_path / "out", entropy_schedule="increase_decrease", save_strategy="steps", save_steps=2, max_steps=4
+        tmp_path / "out",
+        entropy_schedule="increase_decrease",
+        save_strategy="steps",
+        save_steps=2,
+        max_steps=4,
+        steps_per_generation=2,
     )
     trainer = make_trainer(LocalHub, tiny_model_dir, arithmetic_dataset, args)
     trainer.hub = tmp_path / "hub"

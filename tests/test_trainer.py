@@ -433,3 +433,15 @@ def test_bf16_autocast_runs_on_cpu(tiny_model_dir, arithmetic_dataset, tmp_path,
     for key, bound in (("entropy", 0.05), ("grad_norm", 0.05)):
         fp32, bf16 = logged(runs[False], key)[0], logged(runs[True], key)[0]
         assert 0 < abs(bf16 - fp32) < bound * abs(fp32), key
+
+
+def test_checkpoints_inside_a_rollout_batch_move_to_its_end(tiny_model_dir, arithmetic_dataset, tmp_path, caplog):
+    # 4 updates per rollout batch: save_steps=3 would checkpoint at step 3, inside the first rollout batch, and a run
+    # resumed there would generate a new batch at once. The checkpoint moves to step 4; the final one stays at 6.
+    args = tiny_args(tmp_path, save_strategy="steps", save_steps=3, max_steps=6)
+    assert [step for step in range(9) if args.at_rollout_boundary(step)] == [0, 4, 8]
+    with caplog.at_level(logging.WARNING, logger="ce_gppo_trl"):
+        trainer = train(CEGPPOTrainer, tiny_model_dir, arithmetic_dataset, args)
+    assert any("save_steps=3 is not a multiple" in record.getMessage() for record in caplog.records)
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert trainer.state.global_step == 6
