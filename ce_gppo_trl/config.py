@@ -515,6 +515,17 @@ class CEGPPOConfig(GRPOConfig):
             _fail("erc_low", self.erc_low, "expected 0 <= erc_low < 1")
         if not self.erc_high > 1:
             _fail("erc_high", self.erc_high, "expected erc_high > 1")
+        if self.importance_sampling_level == "sequence" and self.loss_type != "ce_gppo":
+            # Only ce_gppo carries the sequence ratio on each token (losses.gspo_token_log_ratio); on a (B, 1) loss
+            # broadcast over the tokens, masking a token scales its whole sequence's gradient by the kept share.
+            _fail(
+                "importance_sampling_level",
+                self.importance_sampling_level,
+                f"ERC (erc_low/erc_high) at sequence level needs loss_type='ce_gppo', whose sequence ratio is carried "
+                f"by each token so that a masked token loses its own term only; with loss_type={self.loss_type!r} "
+                "the loss is one value per sequence and ERC would scale whole sequences. Use 'token', or "
+                "loss_type='ce_gppo', or turn ERC off",
+            )
 
     def _validate_covariance(self) -> None:
         for name in ("clip_cov_ratio", "kl_cov_ratio"):

@@ -114,6 +114,12 @@ REFUSED: list[tuple[dict[str, Any], tuple[str, str], str]] = [
         "probability-dependent clip bounds are per token; a sequence ratio has one bound per sequence",
     ),
     (
+        {"loss_type": "dapo", "importance_sampling_level": "sequence", "erc_low": 0.95, "erc_high": 1.05},
+        ("importance_sampling_level", "erc_low"),
+        "ERC at sequence level needs `ce_gppo`, whose sequence ratio each token carries; a (B, 1) loss would let ERC "
+        "scale whole sequences",
+    ),
+    (
         {"entropy_schedule": "increase_decrease", "max_steps": 10, "prob_clip_high_weight": 0.5},
         ("prob_clip_high_weight", "entropy_schedule"),
         "the schedule sets the H(p) / M(p) weights itself",

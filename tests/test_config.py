@@ -38,6 +38,10 @@ def test_defaults_are_the_paper_setting():
         ({"erc_low": 1.0, "erc_high": 1.05}, "erc_low=1.0 is not allowed: expected 0 <= erc_low < 1"),
         ({"erc_low": 0.95, "erc_high": 1.0}, "erc_high=1.0 is not allowed: expected erc_high > 1"),
         ({"erc_low": math.nan, "erc_high": 1.05}, "erc_low=nan is not allowed: expected a finite number"),
+        (
+            {"loss_type": "dapo", "importance_sampling_level": "sequence", "erc_low": 0.95, "erc_high": 1.05},
+            "importance_sampling_level='sequence' is not allowed: ERC .* needs loss_type='ce_gppo'.* loss_type='dapo'",
+        ),
         ({"delta": 1.0}, r"delta=1.0 is not allowed: with loss_type='ce_gppo' the ratio cap must be > 1"),
         ({"delta": math.inf}, "delta=inf is not allowed: expected a finite number"),
         (
@@ -108,6 +112,15 @@ def test_trl_loss_types_keep_their_meaning():
 def test_trl_options_compose_with_this_librarys_loss_path(kwargs):
     """Issue 25: TRL's entropy bonus, GSPO's sequence level and delta are accepted with loss_type='ce_gppo'."""
     assert make(**kwargs).uses_own_loss
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "sapo", "cispo"])
+def test_sequence_level_erc_is_refused_off_ce_gppo_and_token_level_erc_is_not(loss_type):
+    # Issue 33: on a (B, 1) sequence loss a masked token would scale its whole sequence's gradient.
+    erc = {"erc_low": 0.95, "erc_high": 1.05, "loss_type": loss_type}
+    with pytest.raises(ValueError, match="importance_sampling_level='sequence' is not allowed: ERC"):
+        make(importance_sampling_level="sequence", **erc)
+    assert make(**erc).erc_enabled
 
 
 @pytest.mark.parametrize(
