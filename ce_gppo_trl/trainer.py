@@ -78,6 +78,16 @@ logger = logging.getLogger(__name__)
 ENTROPY_CONTROL_STATE = "entropy_control_state.json"
 _CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
 _CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
+# The config fields the saved control state was computed from: the knobs' configured values and the callbacks'
+# settings. A resume refuses a config that changed any of them, which the restored state would override.
+_CONTROL_CONFIG_FIELDS = (
+    *("ce_gppo_beta1", "ce_gppo_beta2", "epsilon", "epsilon_high", "erc_low", "erc_high"),
+    *("prob_clip_low_weight", "prob_clip_high_weight", "entropy_schedule", "entropy_schedule_split", "od_min_ratio"),
+    *(f"{beta}_{name}" for beta in ("beta1", "beta2") for name in ("schedule", "final", "steps", "values")),
+    "entropy_controller",
+    *(f"entropy_controller_{name}" for name in ("target", "target_final", "knobs", "kp", "ki", "max_delta")),
+    *("entropy_controller_max_rate", "entropy_controller_horizon", "entropy_controller_saturation_steps"),
+)
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
 ACCURACY_REWARD = "math_accuracy_reward"  # the name ce_gppo_trl.rewards.math_accuracy_reward logs under
 
@@ -757,6 +767,7 @@ class CEGPPOTrainer(GRPOTrainer):
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         state = {
+            "config": self._control_config(),
             "knobs": {name: getattr(self, name) for name in _CONTROL_KNOBS},
             "callbacks": {key: cb.state_dict() for key, cb in self._keyed_control_callbacks().items()},
         }
@@ -771,11 +782,38 @@ class CEGPPOTrainer(GRPOTrainer):
             return
         with open(path) as f:
             state = json.load(f)
+        self._check_control_config(state.get("config"), path)
         for name, value in state["knobs"].items():
             setattr(self, name, value)
         for key, callback in self._keyed_control_callbacks().items():
             if key in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][key])
+
+    def _control_config(self) -> dict[str, Any]:
+        # Through JSON, so that a value compares equal to itself read back from a checkpoint (tuples become lists).
+        return json.loads(json.dumps({name: getattr(self.args, name) for name in _CONTROL_CONFIG_FIELDS}))
+
+    def _check_control_config(self, saved: dict[str, Any] | None, path: str) -> None:
+        """Refuse a resume whose config changed a field the restored control state was computed from.
+
+        The knobs and callback states restored from `path` would silently replace the edited values. Checkpoints
+        written before the config was saved with them (no "config" entry) are not checked.
+        """
+        if saved is None:
+            return
+        current = self._control_config()
+        changed = [name for name in _CONTROL_CONFIG_FIELDS if name in saved and saved[name] != current[name]]
+        if not changed:
+            return
+        name = changed[0]
+        raise ValueError(
+            f"{name}={getattr(self.args, name)!r} is not allowed when resuming from {path}, which was saved with "
+            f"{name}={saved[name]!r}"
+            + (f" (also changed: {', '.join(changed[1:])})" if changed[1:] else "")
+            + ": the entropy-control state restored from it (the knobs' current values and the callbacks' state) "
+            "would override the edited value. Resume with the checkpoint's value; to change a knob during a run, "
+            "use its schedule (beta1_schedule / beta2_schedule='step' with beta*_steps and beta*_values)."
+        )
 
     def _keyed_control_callbacks(self) -> dict[str, Any]:
         # Class name plus rank among callbacks of that class: stable as long as the run is rebuilt the same way.

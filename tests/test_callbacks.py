@@ -221,6 +221,25 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, arithmeti
         assert output > 0 and state["knobs"]["entropy_control_coef"] == pytest.approx(0.05 * output)
 
 
+def test_resume_refuses_a_config_edited_against_the_saved_control_state(tmp_path, tiny_model_dir, arithmetic_dataset):
+    # Issue 33: the restored knobs would silently replace the edited ce_gppo_beta2; unchanged fields resume.
+    controller = dict(entropy_controller=True, entropy_controller_target=2.5, entropy_controller_knobs="betas")
+    trainer = make_trainer(tiny_model_dir, arithmetic_dataset, make_args(tmp_path / "a", max_steps=4, **controller))
+    trainer.train()
+    checkpoint = tmp_path / "a" / "checkpoint-4"
+    saved = json.loads((checkpoint / "entropy_control_state.json").read_text())["config"]
+    assert saved["ce_gppo_beta2"] == 1.0 and saved["entropy_controller_knobs"] == "betas"
+    edited = make_args(tmp_path / "b", max_steps=5, ce_gppo_beta2=0.5, entropy_controller_kp=2.0, **controller)
+    message = f"ce_gppo_beta2=0.5 is not allowed when resuming from {checkpoint}"
+    with pytest.raises(
+        ValueError, match=message + ".*saved with ce_gppo_beta2=1.0 .also changed: entropy_controller_kp"
+    ):
+        make_trainer(tiny_model_dir, arithmetic_dataset, edited).train(resume_from_checkpoint=str(checkpoint))
+    same = make_trainer(tiny_model_dir, arithmetic_dataset, make_args(tmp_path / "c", max_steps=5, **controller))
+    same.train(resume_from_checkpoint=str(checkpoint))
+    assert same.state.global_step == 5
+
+
 def test_controller_knob_values_for_each_knob_set():
     trainer = SimpleNamespace(
         ce_gppo_beta1=0.5,
