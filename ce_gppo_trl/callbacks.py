@@ -229,7 +229,8 @@ class EntropyControllerCallback(EntropyControlCallback):
     raises entropy:
 
     - `knobs="entropy"` (the default): a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus
-      form: a bonus for `u > 0`, a penalty for `u < 0`), on this library's loss path. Its direction is known by
+      form over its tokens, `top_entropy_quantile` included: a bonus for `u > 0`, a penalty for `u < 0`), on this
+      library's loss path. Its direction is known by
       construction (the term's gradient is the entropy's own), on every model.
     - `knobs="betas"` (CE-GPPO): `beta1 = max(beta1_ref - max_delta * u, 0)`,
       `beta2 = max(beta2_ref + max_delta * u, 0)`;

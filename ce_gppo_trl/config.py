@@ -311,8 +311,9 @@ class CEGPPOConfig(GRPOConfig):
         default="entropy",
         metadata={
             "help": "What the controller moves for its command u in [-1, 1]: 'entropy' (default: a signed entropy "
-            "term -max_delta * u * mean(H) in the loss, a bonus for u > 0 and a penalty for u < 0, its direction "
-            "known by construction), 'betas' (beta2 up and beta1 down for u > 0; loss_type 'ce_gppo'), 'clip' "
+            "term -max_delta * u * mean(H) in the loss over the tokens of TRL's entropy bonus, a bonus for u > 0 "
+            "and a penalty for u < 0, its direction known by construction), 'betas' (beta2 up and beta1 down for "
+            "u > 0; loss_type 'ce_gppo'), 'clip' "
             "(epsilon_high up and epsilon_low down), 'prob_clip' (the H(p) weight in epsilon_high for u > 0, the "
             "M(p) weight in epsilon_low for u < 0) or 'erc' (the ERC band's lower side towards 1 for u > 0, its "
             "upper side for u < 0; needs erc_low / erc_high). The clip-family knobs' effect depends on the model."

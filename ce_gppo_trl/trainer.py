@@ -555,8 +555,9 @@ class CEGPPOTrainer(GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         if self.entropy_control_coef:
-            # The entropy controller's signed entropy term (knobs="entropy"): TRL's bonus form L - coef * mean(H).
-            loss = loss - self.entropy_control_coef * (entropies * mask).sum() / mask.sum().clamp(min=1) / accumulation
+            # The entropy controller's signed entropy term (knobs="entropy"): TRL's bonus form L - coef * mean(H),
+            # over the same tokens as TRL's bonus (those top_entropy_quantile leaves to the policy term).
+            loss = loss - self.entropy_control_coef * _bonus_entropy(entropies, mask, entropy_mask) / accumulation
 
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
         # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
@@ -598,7 +599,7 @@ class CEGPPOTrainer(GRPOTrainer):
         """
         args, metrics = self.args, self._metrics[mode]
         effective_mask = mask if entropy_mask is None else mask * entropy_mask
-        entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation
+        entropy_loss = _bonus_entropy(entropies, mask, entropy_mask) / accumulation
         coef = self.entropy_coef
         if self.use_adaptive_entropy and self._last_world_entropy > args.entropy_target:
             coef = 0.0
@@ -990,6 +991,13 @@ class CEGPPOTrainer(GRPOTrainer):
         generator = torch.Generator().manual_seed(hash(key) % 2**62)
         indices = torch.randint(len(self.train_dataset), (num_rows // self.num_generations,), generator=generator)
         return [self.train_dataset[int(i)] for i in indices for _ in range(self.num_generations)]
+
+
+def _bonus_entropy(entropies: torch.Tensor, mask: torch.Tensor, entropy_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean entropy of the tokens the policy term acts on (`mask`, narrowed by `top_entropy_quantile`'s
+    `entropy_mask`): what TRL 1.16's entropy bonus, and so the controller's signed entropy term, multiplies."""
+    effective_mask = mask if entropy_mask is None else mask * entropy_mask
+    return (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
 
 
 def _group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:

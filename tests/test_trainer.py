@@ -445,3 +445,21 @@ def test_checkpoints_inside_a_rollout_batch_move_to_its_end(tiny_model_dir, arit
     assert any("save_steps=3 is not a multiple" in record.getMessage() for record in caplog.records)
     assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     assert trainer.state.global_step == 6
+
+
+def test_signed_entropy_term_covers_the_tokens_of_trls_bonus(scoring_trainer, monkeypatch):
+    # Issue 33: with top_entropy_quantile < 1, the controller's term -coef * mean(H) is TRL's bonus at entropy_coef
+    # = coef over the same tokens (TRL's high-entropy ones), in value and gradient, not over every token.
+    trainer, inputs = scoring_trainer
+    monkeypatch.setattr(trainer.args, "erc_low", None)
+    monkeypatch.setattr(trainer.args, "erc_high", None)
+    monkeypatch.setattr(trainer, "top_entropy_quantile", 0.5)
+    monkeypatch.setattr(trainer, "entropy_control_coef", 0.3)
+    signed_loss, signed_grads = loss_and_grads(trainer, trainer._compute_policy_loss, inputs)
+    monkeypatch.setattr(trainer, "entropy_control_coef", 0.0)
+    monkeypatch.setattr(trainer, "entropy_coef", 0.3)
+    monkeypatch.setattr(trainer, "_entropy_bonus_enabled", True)
+    bonus_loss, bonus_grads = loss_and_grads(trainer, trainer._compute_policy_loss, inputs)
+    torch.testing.assert_close(signed_loss, bonus_loss)
+    for signed, bonus in zip(signed_grads, bonus_grads, strict=True):
+        torch.testing.assert_close(signed, bonus)
