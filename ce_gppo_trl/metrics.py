@@ -116,8 +116,9 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "dynamic_sampling/rounds",
-        "Extra generation rounds of the rollout batch (0: the first round filled it). TRL's `reward`, "
-        "`frac_reward_zero_std` and `completions/*` then average over every round generated, kept groups or not.",
+        "Extra generation rounds of the rollout batch (0: the first round filled it). TRL's `reward`, `rewards/*`, "
+        "`frac_reward_zero_std` and `completions/*` describe the first round only (the rollout batch's own "
+        "prompts, as without dynamic sampling), not the refill rounds.",
         when="`dynamic_sampling: true`, once per rollout batch",
     ),
     Metric(

@@ -945,10 +945,16 @@ class CEGPPOTrainer(GRPOTrainer):
         prompts; every process runs the same number of rounds (each round's generation and reward gather are
         collective), stopping when no process is short or after `dynamic_sampling_max_rounds`. Slots still empty are
         filled with dropped groups whose completions are masked out, so that they reach neither the loss nor its
-        token count (the authors train on the fewer groups they have)."""
+        token count (the authors train on the fewer groups they have).
+
+        The refill rounds' entries in TRL's rollout metrics (`reward`, `rewards/*`, `completions/*`, ...) are
+        removed: they describe the rollout batch's own prompts, as without dynamic sampling, not an average over
+        rounds of fresh prompts whose groups were mostly dropped; `dynamic_sampling/*` counts the rounds."""
         if isinstance(self.train_dataset, IterableDataset):
             raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style train_dataset.")
         args, group = self.args, self.num_generations
+        metrics = self._metrics["train"]
+        logged = {key: len(values) for key, values in metrics.items()}
         needed = len(generation_batch) // group
         kept, batch, rounds = [], first, 0
         have = dropped = refilled = 0
@@ -966,6 +972,11 @@ class CEGPPOTrainer(GRPOTrainer):
                 break
             rounds += 1
             batch = self._scored_round(self._refill_prompts(len(generation_batch), rounds))
+        for key in list(metrics):
+            if logged.get(key, 0) == 0:
+                del metrics[key]  # logged by refill rounds only
+            else:
+                del metrics[key][logged[key] :]
         # Round 0's dropped groups are enough to fill any shortfall: round 0 alone had `needed` groups.
         spare = (~group_has_signal(first["rewards"], group)).nonzero().flatten()[:short]
         fill = select_rows(first, _group_rows(spare, group))
@@ -978,7 +989,6 @@ class CEGPPOTrainer(GRPOTrainer):
 
         device = self.accelerator.device
         totals = self.accelerator.reduce(torch.tensor([dropped, refilled, short], device=device).float(), "sum")
-        metrics = self._metrics["train"]
         metrics["dynamic_sampling/rounds"].append(float(rounds))
         for name, value in zip(("groups_dropped", "groups_refilled", "groups_masked"), totals.tolist(), strict=True):
             metrics[f"dynamic_sampling/{name}"].append(value)

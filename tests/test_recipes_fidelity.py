@@ -229,6 +229,23 @@ def test_dynamic_sampling_refills_with_mixed_groups_only(tiny_model_dir, arithme
     assert logged and all(entry["dynamic_sampling/groups_masked"] == 0 for entry in logged)
 
 
+def test_dynamic_sampling_logs_the_rollout_batchs_own_reward(
+    tiny_model_dir, arithmetic_dataset, tmp_path, monkeypatch
+):
+    # Issue 33: TRL logs reward/* once per generation round; the refill rounds' fresh prompts must not enter the mean.
+    trainer = make_trainer(
+        tiny_model_dir, arithmetic_dataset, tmp_path, dynamic_sampling=True, dynamic_sampling_max_rounds=8
+    )
+    rounds, scored_round = [], trainer._scored_round
+    monkeypatch.setattr(trainer, "_scored_round", lambda inputs: rounds.append(scored_round(inputs)) or rounds[-1])
+    trainer._rollout(first_batch(trainer))
+    metrics = trainer._metrics["train"]
+    assert len(rounds) > 1 and metrics["dynamic_sampling/rounds"] == [len(rounds) - 1]
+    assert metrics["reward"] == [pytest.approx(rounds[0]["rewards"].mean().item())]
+    assert metrics["rewards/parity_reward/mean"] == metrics["reward"]
+    assert len(metrics["completions/mean_length"]) == 1
+
+
 def test_dynamic_sampling_masks_what_it_cannot_refill(tiny_model_dir, arithmetic_dataset, tmp_path):
     trainer = make_trainer(
         tiny_model_dir,
