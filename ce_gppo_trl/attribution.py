@@ -156,6 +156,12 @@ class EntropyAttribution(TrainerCallback):
     The trainer calls `collect` from its loss for each micro-batch of an attributed step and `record_grad_norm` from
     its gradient clipping; `on_pre_optimizer_step` / `on_optimizer_step` bracket the step. Nothing it does touches
     `.grad`, the optimizer state or the RNG streams, so training is bit-for-bit the same with it on.
+
+    Memory, on attributed steps, in float32 copies of the trainable parameters (P): the gradient of the entropy
+    (1 P), one per token group that received gradient on this process (up to 8 P: E1..E4, NA&LP / PA&LP clipped,
+    dual-clipped, ERC-masked; 4 to 6 P in typical runs), and the weights and Adam's first moment before the step
+    (2 P): `3 + groups` P, at most 11 P, and 1 P more for a moment while the entropy gradient is all-reduced
+    (`tests/test_attribution.py` counts them). Steps that are not attributed hold none.
     """
 
     def __init__(self, trainer: Any, every: int):
@@ -165,7 +171,7 @@ class EntropyAttribution(TrainerCallback):
 
     def _reset(self) -> None:
         self.entropy_grads: list[torch.Tensor] | None = None  # sum over tokens of grad H, this process's micro-batches
-        self.group_grads: dict[str, list[torch.Tensor]] = {}
+        self.group_grads: dict[str, list[torch.Tensor] | None] = {}  # None: no gradient from this group yet
         self.batches: list[dict[str, Any]] = []
         self.before: dict[str, Any] | None = None
         self.grad_norm: float | None = None
@@ -205,7 +211,7 @@ class EntropyAttribution(TrainerCallback):
         for name, members in groups.items():
             weights = None if grad_logps is None else (grad_logps * members).detach()
             if weights is None or not weights.any():
-                self.group_grads.setdefault(name, [torch.zeros_like(p) for p in params])
+                self.group_grads.setdefault(name, None)  # named, so every process logs it; no zero copy held
                 continue
             part = (weights * per_token_logps).sum()
             self._add(torch.autograd.grad(part, params, retain_graph=True, allow_unused=True), params, name)
@@ -213,13 +219,16 @@ class EntropyAttribution(TrainerCallback):
         self.batches.append({**forward, "mask": mask.detach(), "entropy_sum": entropy_sum, "count": float(mask.sum())})
 
     def _add(self, grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor], name: str) -> None:
-        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params, strict=True)]
-        if name == "entropy":
-            current = self.entropy_grads
-        else:
-            current = self.group_grads.get(name)
-        if current is not None:
-            grads = [a + b for a, b in zip(current, grads, strict=True)]
+        current = self.entropy_grads if name == "entropy" else self.group_grads.get(name)
+        if current is not None:  # in place: one copy held per name
+            for total, grad in zip(current, grads, strict=True):
+                if grad is not None:
+                    total.add_(grad.detach().float())
+            return
+        grads = [
+            torch.zeros_like(p, dtype=torch.float32) if g is None else g.detach().float()
+            for g, p in zip(grads, params, strict=True)
+        ]
         if name == "entropy":
             self.entropy_grads = grads
         else:
@@ -235,10 +244,10 @@ class EntropyAttribution(TrainerCallback):
         optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate's wrapper
         params = self.params()
         states = [optimizer.state.get(p, {}) for p in params]
+        # The gradient the optimizer steps on is read at on_optimizer_step, still in `.grad` (zeroed after it).
         self.before = {
             "optimizer": optimizer,
             "theta": [p.detach().clone() for p in params],
-            "grad": [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params],
             "exp_avg": [
                 s["exp_avg"].clone() if "exp_avg" in s else torch.zeros_like(p)
                 for s, p in zip(states, params, strict=True)
@@ -262,15 +271,18 @@ class EntropyAttribution(TrainerCallback):
         count_local = sum(float(b["count"]) for b in self.batches)
         entropy_before = sum(b["entropy_sum"] for b in self.batches)
         entropy_after = self._entropy_after()
-        # grad of the mean entropy over every process's tokens: the all-reduced sums over the global token count.
+        # grad of the mean entropy over every process's tokens: the all-reduced sums over the global token count, in
+        # float32 whatever the weights' dtype (views of one buffer, no further copy).
         device = params[0].device
-        flat = [g.flatten().float() for g in self.entropy_grads] + [torch.tensor([count_local], device=device)]
+        flat = [g.flatten() for g in self.entropy_grads] + [torch.tensor([count_local], device=device)]
         flat = torch.cat(flat)
+        self.entropy_grads = None
         flat = accelerator.reduce(flat, reduction="sum")
         count = float(flat[-1])
+        flat.div_(max(count, 1.0))
         grad_entropy, offset = [], 0
         for p in params:
-            grad_entropy.append(flat[offset : offset + p.numel()].view_as(p).to(p.dtype) / max(count, 1.0))
+            grad_entropy.append(flat[offset : offset + p.numel()].view(p.shape))
             offset += p.numel()
         theta_after = [p.detach() for p in params]
         predicted = sum(
@@ -278,7 +290,7 @@ class EntropyAttribution(TrainerCallback):
             for g, a, b in zip(grad_entropy, theta_after, self.before["theta"], strict=True)
         )
         parts = self._parts(grad_entropy, params, share)
-        names = list(parts)
+        names = sorted(parts)  # one order on every process, whichever groups it saw
         local = [entropy_before, entropy_after, count_local] + [parts[n] for n in names]
         totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=device), reduction="sum").tolist()
         metrics = trainer._metrics["train"]
@@ -314,10 +326,11 @@ class EntropyAttribution(TrainerCallback):
                 continue
             opt_state = optimizer.state[p]
             exp_avg_sq = opt_state["max_exp_avg_sq"] if group.get("amsgrad") else opt_state["exp_avg_sq"]
+            grad = torch.zeros_like(p) if p.grad is None else p.grad.detach()
             local = adam_step_parts(
                 grad_entropy[i],
-                {name: grads[i] * share for name, grads in self.group_grads.items()},
-                self.before["grad"][i] * share,
+                {name: grads[i] * share for name, grads in self.group_grads.items() if grads is not None},
+                grad * share,
                 self.before["theta"][i] * share,
                 self.before["exp_avg"][i],
                 exp_avg_sq,
@@ -330,6 +343,7 @@ class EntropyAttribution(TrainerCallback):
                 clip_scale=clip_scale,
             )
             local["momentum"] *= share
+            local.update({name: 0.0 for name, grads in self.group_grads.items() if grads is None})
             for name, value in local.items():
                 parts[name] = parts.get(name, 0.0) + value
         return parts

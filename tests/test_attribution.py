@@ -175,3 +175,43 @@ def test_other_optimizers_get_the_whole_prediction_unattributed(tiny_model_dir, 
     for entry in attribution_entries(trainer):
         assert [k for k in entry if k.startswith("part/")] == ["part/unattributed"]
         assert entry["part/unattributed"] == pytest.approx(entry["predicted"], rel=1e-6)
+
+
+def test_entropy_gradient_stays_float32_and_few_parameter_copies_are_held(
+    tiny_model_dir, arithmetic_dataset, tmp_path, monkeypatch
+):
+    # Issue 33: the all-reduced entropy gradient was cast to the weights' dtype (bf16 on bf16 weights, which the
+    # trainer refuses under a plain optimizer, lifted here to reach the cast), and the callback held a zero copy per
+    # empty group and a copy of the gradient. Counted at the optimizer step: weights and first moment before it, the
+    # entropy gradient, one per group that received gradient.
+    from ce_gppo_trl import attribution
+
+    monkeypatch.setattr(CEGPPOTrainer, "_check_master_weights", lambda self: None)
+    seen, held = [], []
+    adam_parts = attribution.adam_step_parts
+    monkeypatch.setattr(
+        attribution,
+        "adam_step_parts",
+        lambda grad_entropy, *a, **k: seen.append(grad_entropy.dtype) or adam_parts(grad_entropy, *a, **k),
+    )
+    pre_step = attribution.EntropyAttribution.on_pre_optimizer_step
+
+    def count_copies(self, *args, **kwargs):
+        pre_step(self, *args, **kwargs)
+        groups = [grads for grads in self.group_grads.values() if grads is not None]
+        lists = [self.entropy_grads, *groups, self.before["theta"], self.before["exp_avg"]]
+        assert all(len(tensors) == len(self.params()) for tensors in lists)
+        held.append((len(lists), len(self.group_grads), len(groups)))
+
+    monkeypatch.setattr(attribution.EntropyAttribution, "on_pre_optimizer_step", count_copies)
+    options = dict(clip_ratio_c=3.0, erc_low=0.97, erc_high=1.03, max_steps=2, model_init_kwargs={"dtype": "bfloat16"})
+    trainer = train(tiny_model_dir, arithmetic_dataset, tiny_args(tmp_path, entropy_attribution_steps=1, **options))
+    assert all(p.dtype == torch.bfloat16 for p in trainer.model.parameters())
+    assert seen and set(seen) == {torch.float32}
+    assert len(held) == 2
+    for copies, named, non_empty in held:
+        assert named == len(TOKEN_GROUPS) == 8  # every group is in play and logged ...
+        assert copies == 3 + non_empty <= 11  # ... but only the groups with gradient hold a copy
+    assert any(non_empty < named for _, named, non_empty in held)
+    entries = attribution_entries(trainer)
+    assert len(entries) == 2 and all(set(TOKEN_GROUPS) <= {k.removeprefix("part/") for k in e} for e in entries)
