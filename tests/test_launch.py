@@ -161,6 +161,10 @@ def test_full_model_saves_reloads_generates_and_resumes(tiny_model_dir, tmp_path
             "1",
             "--save_total_limit",
             "2",
+            # One update per rollout batch, so that step 1 is a rollout boundary: a checkpoint inside a rollout
+            # batch moves to its end (RolloutAlignedSaves), and this test resumes from step 1.
+            "--steps_per_generation",
+            "1",
         )
     )
     checkpoint = out / "checkpoint-1"
@@ -174,7 +178,8 @@ def test_full_model_saves_reloads_generates_and_resumes(tiny_model_dir, tmp_path
 
     resumed = tmp_path / "resumed"
     result = launch(
-        *tiny_overrides(tiny_model_dir, resumed, "--max_steps", "3", "--resume_from_checkpoint", str(checkpoint))
+        *tiny_overrides(tiny_model_dir, resumed, "--max_steps", "3", "--steps_per_generation", "1"),
+        *("--resume_from_checkpoint", str(checkpoint)),
     )
     history = [e for e in log_history(resumed) if "loss" in e]
     assert [e["step"] for e in history] == [1, 2, 3], result.stdout[-2000:]
