@@ -6,8 +6,11 @@ process, so that each vLLM engine gets the whole GPU.
 - Arm `ours`: `CEGPPOTrainer`, `loss_type="ce_gppo"` (0.5 / 1.0), `clip_ratio_c=10`, ERC (0.95 / 1.05). It checks,
   and exits with status 1 otherwise, that the run was off-policy, that tokens fell in the CE-GPPO clip regions and
   outside the ERC band at some step (`clip_ratio/region_mean`, `entropy_ratio/clip_*_mean` > 0, entropy ratios
-  away from 1), that every loss and gradient norm is finite, and that vLLM (its importance-sampling metrics),
-  bf16 weights, LoRA (only adapter weights trainable) and, with `--liger`, Liger's layer kernels were in use.
+  away from 1), that the first update of each rollout batch, still on-policy, masks or clips under 1% of the tokens
+  (bf16 noise between TRL's scoring and training passes; every update's fractions are printed; the LM head runs in
+  float32, `cast_lm_head_to_fp32`), that every loss and gradient norm is finite, and that vLLM (its
+  importance-sampling metrics), bf16 weights, LoRA (only adapter weights trainable) and, with `--liger`, Liger's
+  layer kernels were in use.
 - Arm `trl`: `trl.GRPOTrainer(loss_type="dapo")` with the same model, data, batch layout and seed: the baseline of
   the step time. `--compare DIR` prints both arms' median step time and peak memory and their ratio.
 
@@ -96,6 +99,8 @@ def config_kwargs(opts: argparse.Namespace, arm: str) -> dict[str, Any]:
         "loss_type": "dapo",
         "disable_dropout": True,
         "use_liger_kernel": opts.liger,
+        # float32 logits, so that the first update's ERC and clip compare the same numbers (docs/methods/erc.md)
+        "cast_lm_head_to_fp32": True,
     }
     if opts.vllm:
         shared.update(
@@ -121,17 +126,27 @@ def _values(log_history: list[dict[str, Any]], key: str) -> list[float]:
     return [entry[key] for entry in log_history if key in entry]
 
 
+def first_update_noise(log_history: list[dict[str, Any]], updates_per_rollout: int) -> list[float]:
+    """ERC-masked plus clipped fraction of each rollout batch's first update, where the policy is still the rollout
+    policy and any token outside the bands is bf16 noise between the scoring and the training pass."""
+    erc = _erc_fractions(log_history)
+    clip = _values(log_history, "clip_ratio/region_mean")
+    return [erc[step] + clip[step] for step in range(0, min(len(erc), len(clip)), updates_per_rollout)]
+
+
+def _erc_fractions(log_history: list[dict[str, Any]]) -> list[float]:
+    low, high = (_values(log_history, f"entropy_ratio/clip_{side}_mean") for side in ("low", "high"))
+    return [a + b for a, b in zip(low, high, strict=True)]
+
+
 def check_run(log_history: list[dict[str, Any]], facts: dict[str, Any], opts: argparse.Namespace) -> dict[str, bool]:
     """The checks of arm `ours`: name -> passed."""
     clip = _values(log_history, "clip_ratio/region_mean")
-    erc = [
-        low + high
-        for low, high in zip(
-            _values(log_history, "entropy_ratio/clip_low_mean"),
-            _values(log_history, "entropy_ratio/clip_high_mean"),
-            strict=True,
-        )
-    ]
+    erc = _erc_fractions(log_history)
+    noise = first_update_noise(log_history, opts.updates_per_rollout)
+    for step, (masked, clipped) in enumerate(zip(erc, clip, strict=False)):
+        first = " (first of its rollout batch: bound 1%)" if step % opts.updates_per_rollout == 0 else ""
+        print(f"gpu_check: update {step}: ERC-masked {masked:.4%}, clipped {clipped:.4%}{first}", flush=True)
     rho_min, rho_max = _values(log_history, "entropy_ratio/min"), _values(log_history, "entropy_ratio/max")
     finite = _values(log_history, "loss") + _values(log_history, "grad_norm")
     checks = {
@@ -140,6 +155,7 @@ def check_run(log_history: list[dict[str, Any]], facts: dict[str, Any], opts: ar
         "ERC masks tokens: max entropy_ratio/clip_low_mean + clip_high_mean > 0": bool(erc) and max(erc) > 0,
         "entropy ratios away from 1 (old entropies from TRL's old-logps pass)": bool(rho_min)
         and (min(rho_min) < 1 or max(rho_max) > 1),
+        "first update of each rollout: ERC-masked + clipped fraction < 1%": bool(noise) and max(noise) < 0.01,
         "every loss and grad_norm finite": bool(finite) and all(math.isfinite(value) for value in finite),
         f"{opts.steps} optimizer steps done": facts["steps"] == opts.steps,
         "LoRA: a PeftModel with only adapter weights trainable": facts["lora_only"],
@@ -185,7 +201,8 @@ def run_arm(opts: argparse.Namespace, arm: str) -> int:
     trainer.train()
     seconds = time.perf_counter() - start
     trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
-    base = next(p for name, p in trainer.model.named_parameters() if "lora_" not in name)
+    # A decoder layer's weight: with tied embeddings, cast_lm_head_to_fp32 makes the embedding float32
+    base = next(p for name, p in trainer.model.named_parameters() if "lora_" not in name and ".layers." in name)
     facts = {
         "off_policy": bool(getattr(args, "off_policy", True)),
         "steps": trainer.state.global_step,

@@ -527,6 +527,17 @@ class CEGPPOConfig(GRPOConfig):
                 "the loss is one value per sequence and ERC would scale whole sequences. Use 'token', or "
                 "loss_type='ce_gppo', or turn ERC off",
             )
+        if (self.bf16 or self.fp16) and not (self.cast_lm_head_to_fp32 or self.use_cpu):
+            # TRL's fused LM head computes the logits in the autocast dtype: rounded to bf16, a confident token's
+            # entropy moves by percents with a GPU's batch arrangement, across the ERC band (docs/methods/erc.md).
+            # CPU kernels give the same numbers in any arrangement (tests/test_trainer.py): no warning there.
+            warnings.warn(
+                f"erc_low/erc_high with {'bf16' if self.bf16 else 'fp16'}=True and cast_lm_head_to_fp32=False: the "
+                "entropies ERC compares come from half-precision logits, whose rounding masks tokens on the first "
+                "(on-policy) update; set cast_lm_head_to_fp32=True for float32 logits",
+                UserWarning,
+                stacklevel=5,
+            )
 
     def _validate_covariance(self) -> None:
         for name in ("clip_cov_ratio", "kl_cov_ratio"):

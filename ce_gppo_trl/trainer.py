@@ -323,7 +323,13 @@ class CEGPPOTrainer(GRPOTrainer):
             "weights; or train LoRA adapters (use_peft: true)."
         )
 
-    # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps.
+    # ERC: the old entropies come out of TRL's own scoring pass for old_per_token_logps. In TRL 1.16 that pass runs
+    # under no_grad over the whole rollout batch in generation order, in chunks of per_device_train_batch_size rows;
+    # the new entropies come from the training pass on a shuffled micro-batch, with gradients and activation
+    # checkpointing. Both go through TRL's fused LM head (trl/kernels/chunked_logprob.py), which takes the
+    # log-softmax and the entropy in float32 from logits computed in the autocast dtype: bf16 under bf16 autocast,
+    # float32 with cast_lm_head_to_fp32 (CEGPPOConfig warns without it). On CPU both passes are bit-identical at the
+    # same weights; on a GPU the bf16 kernels depend on the batch shape (tests/test_trainer.py, ratio noise).
 
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
         capture = self.args.erc_enabled and self.args.off_policy

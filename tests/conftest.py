@@ -5,7 +5,7 @@ import pytest
 from ce_gppo_trl.toy import make_arithmetic_dataset, save_random_model
 
 
-def save_tiny_model(path, seed: int = 0) -> str:
+def save_tiny_model(path, seed: int = 0, **fields) -> str:
     """Save a 1-layer random Llama with the toy tokenizer to `path` and return it as a string."""
     return save_random_model(
         path,
@@ -16,6 +16,7 @@ def save_tiny_model(path, seed: int = 0) -> str:
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=64,
+        **fields,
     )
 
 

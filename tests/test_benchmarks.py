@@ -87,7 +87,7 @@ def test_gpu_check_script_parses_and_its_checks_run_on_cpu(tmp_path):
     # Everything but vLLM, bf16 and CUDA: a tiny random model, LoRA, CE-GPPO + ERC, 4 updates per rollout batch
     assert gpu_check.main(["--smoke", "--out", str(tmp_path / "acting")]) == 0
     checks = json.loads((tmp_path / "acting" / "ours.json").read_text())["checks"]
-    assert len(checks) == 7 and all(checks.values())
+    assert len(checks) == 8 and all(checks.values())
     # One update per rollout batch: on-policy, CE-GPPO and ERC cannot act, and the check fails
     assert gpu_check.main(["--smoke", "--updates-per-rollout", "1", "--out", str(tmp_path / "inert")]) == 1
     checks = json.loads((tmp_path / "inert" / "ours.json").read_text())["checks"]

@@ -175,3 +175,18 @@ def test_entropy_attribution_turns_on_this_librarys_loss_path():
     assert not make(loss_type="dapo").uses_own_loss
     config = make(loss_type="dapo", entropy_attribution_steps=4)
     assert config.uses_own_loss and config.own_loss_features == ["entropy_attribution_steps"]
+
+
+def test_erc_under_bf16_on_a_gpu_warns_without_float32_logits():
+    config = make(steps_per_generation=8, erc_low=0.95, erc_high=1.05, bf16=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        config._validate_erc()  # CPU kernels: the same logits in any batch arrangement, no warning
+    # A GPU config (not buildable on a CPU machine, where TrainingArguments refuses bf16 without use_cpu)
+    config.use_cpu = False
+    with pytest.warns(UserWarning, match="bf16=True and cast_lm_head_to_fp32=False.*set cast_lm_head_to_fp32=True"):
+        config._validate_erc()
+    config.cast_lm_head_to_fp32 = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        config._validate_erc()

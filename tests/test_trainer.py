@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_model
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer
 
@@ -433,6 +434,65 @@ def test_bf16_autocast_runs_on_cpu(tiny_model_dir, arithmetic_dataset, tmp_path,
     for key, bound in (("entropy", 0.05), ("grad_norm", 0.05)):
         fp32, bf16 = logged(runs[False], key)[0], logged(runs[True], key)[0]
         assert 0 < abs(bf16 - fp32) < bound * abs(fp32), key
+
+
+class RearrangedScoring(CEGPPOTrainer):
+    """Scores the rollout batch (TRL's no-grad old-logps pass) on its rows reversed, in one chunk instead of chunks of
+    per_device_train_batch_size, and with `ulp` on, with the last hidden states moved by one bf16 step (2^-8,
+    relative) on two thirds of their entries: a stand-in for a GPU's shape-dependent bf16 kernels."""
+
+    ulp = False
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        kwargs.pop("batch_size", None)
+        order = torch.arange(input_ids.size(0) - 1, -1, -1)
+        steps = torch.randint(-1, 2, (input_ids.numel(), 32), generator=torch.Generator().manual_seed(0)).float()
+
+        def one_bf16_step(module, inputs, output):
+            return output * (1 + 2.0**-8 * steps[: output.shape[:-1].numel()].view(output.shape))
+
+        hook = self.model.model.norm.register_forward_hook(one_bf16_step) if self.ulp else None
+        try:
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids[order], attention_mask[order], logits_to_keep, input_ids.size(0), **kwargs
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
+        back = torch.argsort(order)
+        if isinstance(self._old_entropies, torch.Tensor):
+            self._old_entropies, self._old_entropies_logps = self._old_entropies[back], self._old_entropies_logps[back]
+        return tuple(None if x is None or x.dim() == 0 else x[back] for x in out)
+
+
+def test_first_update_ratio_noise_is_bounded_with_float32_logits(arithmetic_dataset, tmp_path):
+    # Peaked next-token distributions (wide init: entropy about 0.5 nats), where the entropy ratio is most sensitive.
+    model_dir = save_tiny_model(tmp_path / "peaked", initializer_range=1.0)
+    erc = {"bf16": True, "model_init_kwargs": {"dtype": "float32"}, "erc_low": 0.95, "erc_high": 1.05}
+
+    def first_update(ulp, fp32_head):
+        RearrangedScoring.ulp = ulp
+        args = tiny_args(tmp_path / f"{ulp}{fp32_head}", loss_type="ce_gppo", cast_lm_head_to_fp32=fp32_head, **erc)
+        run = train(RearrangedScoring, model_dir, arithmetic_dataset, args)
+        masked = logged(run, "entropy_ratio/clip_low_mean")[0] + logged(run, "entropy_ratio/clip_high_mean")[0]
+        widest = max(1 - logged(run, "entropy_ratio/min")[0], logged(run, "entropy_ratio/max")[0] - 1)
+        return masked, logged(run, "clip_ratio/region_mean")[0], widest
+
+    # What a CPU shows: its bf16 kernels give the same numbers whatever the rows' order and chunking, so the first
+    # update's entropy ratio is exactly 1 even with bf16 logits. Whether a GPU's kernels do is for gpu_check.py.
+    assert first_update(ulp=False, fp32_head=False) == (0.0, 0.0, 0.0)
+    # One bf16 step of noise in the scoring pass. Rounded to bf16, the logits amplify it: the first update's entropy
+    # ratios reach 1 -/+ 0.047 to 0.116 and 0% to 6.8% of the tokens leave [0.95, 1.05] (seeds 0-4,
+    # OMP_NUM_THREADS=1). In float32 (cast_lm_head_to_fp32) the ratios stay within 1 -/+ 0.031 to 0.042 and none
+    # leaves the band (bound: gpu_check's 1%). CE-GPPO's ratio clip (0.2 / 0.28) is far from this noise.
+    bf16_masked, bf16_clipped, bf16_widest = first_update(ulp=True, fp32_head=False)
+    masked, clipped, widest = first_update(ulp=True, fp32_head=True)
+    assert masked < 0.01 and widest < 0.05 and clipped == bf16_clipped == 0
+    assert bf16_widest > widest and bf16_masked >= masked
 
 
 def test_checkpoints_inside_a_rollout_batch_move_to_its_end(tiny_model_dir, arithmetic_dataset, tmp_path, caplog):
