@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def load_hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+def load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-hooks = load_hooks()
+hooks = load_script("docs_hooks", ROOT / "docs" / "hooks.py")
 
 
 def test_readme_is_a_short_page_with_the_tested_command_lines():
@@ -36,13 +36,6 @@ def test_readme_is_a_short_page_with_the_tested_command_lines():
     )
     assert '\npip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest\n' in README
     assert 'python -m pip install --quiet -e ".[test,docs]"' in (ROOT / ".ci" / "run").read_text()
-
-
-def load_script(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_readme_names_the_versions_ci_runs_at_both_ends_of_the_ranges():
