@@ -362,3 +362,115 @@ class EntropyAttribution(TrainerCallback):
                 )
                 total += float((entropies * batch["mask"]).sum())
         return total
+
+
+class EntropyGainMeter(TrainerCallback):
+    """Measures the entropy plant of the measured-gain controller (`ce_gppo_trl.controller.measured_update`) every
+    `every` optimizer steps of a `CEGPPOTrainer`: `gain` and `predicted`, then hands them to the controller.
+
+    - `gain = b = g_H . P g_H`: the entropy change per step per unit of Adam's first moment of the coefficient of a
+      loss term `-c * mean(H)` (whose gradient is `-c * g_H`), with `P = lr * clip_scale / ((1 - beta1^t) * (sqrt(v_t /
+      (1 - beta2^t)) + eps))` Adam's preconditioner at this step; `>= 0` by construction.
+    - `predicted = g_H . delta_theta`: the first-order entropy change of the update the optimizer really applied (read
+      off the weights). The controller takes its own term's share `b * m` out of it to get the drift.
+
+    `g_H` is the gradient of the mean entropy over every process's completion tokens of the step (the micro-batches'
+    sums all-reduced over the global token count, as `EntropyAttribution` does), of the trainable parameters only
+    (PEFT: the adapters). Cost on measured steps: one more backward pass per micro-batch (`torch.autograd.grad` on
+    the loss's graph, `.grad` untouched) and 3 float32 copies of the trainable parameters. Adam / AdamW only; the
+    trainer refuses the measured law otherwise, and with DeepSpeed or FSDP (sharded parameters and states).
+    """
+
+    def __init__(self, trainer: Any, every: int):
+        self.trainer, self.every = trainer, every
+        self.measurement: tuple[float, float] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.entropy_grads: list[torch.Tensor] | None = None
+        self.count = 0.0
+        self.theta_before: list[torch.Tensor] | None = None
+        self.grad_norm: float | None = None
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.trainer.model.parameters() if p.requires_grad]
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
+        if not _adam_like(optimizer):
+            raise ValueError(
+                f"entropy_controller_law='measured' (or 'scaled_pi') needs torch's Adam or AdamW, whose "
+                f"preconditioner the gain is measured through; this run's optimizer is {type(optimizer).__name__}. "
+                "Set entropy_controller_law='pi' (the fixed-gain law) with this optimizer."
+            )
+
+    def wants(self) -> bool:
+        """Whether the step being computed (`global_step + 1`) is measured: the first, then every `every`."""
+        return self.trainer.state.global_step % self.every == 0
+
+    def collect(self, entropies: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add one micro-batch's gradient of its entropy sum (on the loss's graph, kept for the trainer's backward)."""
+        params = self.params()
+        mask = mask.to(entropies.dtype)
+        grads = torch.autograd.grad((entropies * mask).sum(), params, retain_graph=True, allow_unused=True)
+        grads = [
+            torch.zeros_like(p, dtype=torch.float32) if g is None else g.detach().float()
+            for g, p in zip(grads, params, strict=True)
+        ]
+        if self.entropy_grads is None:
+            self.entropy_grads = grads
+        else:
+            for total, grad in zip(self.entropy_grads, grads, strict=True):
+                total.add_(grad)
+        self.count += float(mask.sum())
+
+    def record_grad_norm(self, norm: Any) -> None:
+        if self.entropy_grads is not None:
+            self.grad_norm = float(norm)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.entropy_grads is not None:
+            self.theta_before = [p.detach().float().clone() for p in self.params()]
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        try:
+            if self.theta_before is not None and not self.trainer.accelerator.optimizer_step_was_skipped:
+                self.measurement = self._measure(args)
+        finally:
+            self._reset()
+
+    def take(self) -> tuple[float, float] | None:
+        """The last step's `(gain, predicted)`, or None if it was not measured; cleared once taken."""
+        measurement, self.measurement = self.measurement, None
+        return measurement
+
+    def _measure(self, args: Any) -> tuple[float, float]:
+        accelerator, params = self.trainer.accelerator, self.params()
+        flat = torch.cat(
+            [g.flatten() for g in self.entropy_grads] + [torch.tensor([self.count], device=params[0].device)]
+        )
+        self.entropy_grads = None
+        flat = accelerator.reduce(flat, reduction="sum")
+        flat.div_(max(float(flat[-1]), 1.0))
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate's wrapper
+        settings = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        clip_scale = 1.0
+        if args.max_grad_norm and args.max_grad_norm > 0 and self.grad_norm is not None:
+            clip_scale = min(1.0, args.max_grad_norm / (self.grad_norm + 1e-6))  # torch's clip_grad_norm_ scale
+        gain = predicted = 0.0
+        offset = 0
+        for p, before in zip(params, self.theta_before, strict=True):
+            grad_entropy = flat[offset : offset + p.numel()].view(p.shape).double()
+            offset += p.numel()
+            predicted += float((grad_entropy * (p.detach().double() - before.double())).sum())
+            group = settings.get(id(p))
+            if group is None or p not in optimizer.state:
+                continue
+            opt_state = optimizer.state[p]
+            beta1, beta2 = (float(b) for b in group["betas"])
+            step = float(opt_state["step"])
+            exp_avg_sq = opt_state["max_exp_avg_sq"] if group.get("amsgrad") else opt_state["exp_avg_sq"]
+            denom = (exp_avg_sq.double().sqrt() / math.sqrt(1 - beta2**step)).add_(float(group["eps"]))
+            scale = float(group["lr"]) * clip_scale / (1 - beta1**step)
+            gain += scale * float((grad_entropy.square() / denom).sum())
+        return gain, predicted

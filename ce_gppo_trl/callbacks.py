@@ -25,12 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
 
-from .controller import CONTROLLER_DEFAULTS, ControllerState, controller_update
+from .controller import (
+    CONTROLLER_DEFAULTS,
+    CONTROLLER_LAWS,
+    MEASURED_DEFAULTS,
+    ControllerState,
+    MeasuredState,
+    controller_update,
+    measured_update,
+    resolve_law,
+    scaled_pi_coefficient,
+)
 from .schedules import (
     ENTROPY_SCHEDULES,
     KNOB_SCHEDULES,
@@ -265,6 +276,10 @@ class EntropyControllerCallback(EntropyControlCallback):
         max_rate: float = CONTROLLER_DEFAULTS["max_rate"],
         saturation_steps: int = 10,
         horizon: float = CONTROLLER_DEFAULTS["horizon"],
+        law: str | None = None,
+        rate: float = MEASURED_DEFAULTS["rate"],
+        measure_steps: int = 1,
+        reference_gain: float | None = None,
     ) -> None:
         super().__init__()
         if target is None:
@@ -279,11 +294,35 @@ class EntropyControllerCallback(EntropyControlCallback):
             raise ValueError(
                 f"entropy_controller_saturation_steps={saturation_steps!r} is not allowed: expected an integer >= 1."
             )
+        if law not in (None, *CONTROLLER_LAWS):
+            raise ValueError(
+                f"entropy_controller_law={law!r} is not allowed: expected None or one of {CONTROLLER_LAWS}."
+            )
+        self.law = resolve_law(law, knobs)
+        if self.law != "pi" and knobs != "entropy":
+            raise ValueError(
+                f"entropy_controller_law={self.law!r} is not allowed with entropy_controller_knobs={knobs!r}: the "
+                "measured gain is the signed entropy term's. Use entropy_controller_law='pi' with this knob."
+            )
+        if not 0 < rate <= 1:
+            raise ValueError(f"entropy_controller_rate={rate!r} is not allowed: expected a share in (0, 1].")
+        if not (isinstance(measure_steps, int) and measure_steps >= 1):
+            raise ValueError(
+                f"entropy_controller_measure_steps={measure_steps!r} is not allowed: expected an integer >= 1."
+            )
+        if reference_gain is not None and not 0 < reference_gain < float("inf"):
+            raise ValueError(
+                f"entropy_controller_reference_gain={reference_gain!r} is not allowed: expected None or a gain > 0."
+            )
         self.target, self.knobs = target, knobs
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
         self.saturation_steps, self.horizon = saturation_steps, horizon
+        self.rate, self.measure_steps, self.reference_gain = rate, measure_steps, reference_gain
         self.needs_own_loss = knobs in ("prob_clip", "entropy")
         self.state = ControllerState()
+        self.measured = MeasuredState()
+        self.gain: float | None = None  # scaled_pi: the last measured gain
+        self.meter: Any = None
         self.warned = False
         self.reference: dict[str, float] = {}
 
@@ -296,8 +335,15 @@ class EntropyControllerCallback(EntropyControlCallback):
             return start + (end - start) * step / _check_total_steps(max_steps, "a target trajectory")
         return float(self.target)
 
+    @property
+    def measures(self) -> bool:
+        """Whether the law needs the trainer's measurements of the gain and drift (`EntropyGainMeter`)."""
+        return self.law != "pi"
+
     def bind(self, trainer: Any) -> None:
         super().bind(trainer)
+        if self.measures:
+            self.meter = trainer.entropy_gain_meter(self.measure_steps)
         self.reference = {name: getattr(trainer, name) for name in _CONTROLLER_KNOB_NAMES[self.knobs]}
         if self.knobs == "erc" and self.reference["erc_low"] is None:
             raise ValueError(
@@ -306,12 +352,22 @@ class EntropyControllerCallback(EntropyControlCallback):
             )
 
     def state_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.state), "warned": self.warned}
+        state = {**dataclasses.asdict(self.state), "warned": self.warned}
+        if self.measures:
+            state.update(
+                measured=dataclasses.asdict(self.measured), gain=self.gain, reference_gain=self.reference_gain
+            )
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self.warned = state.pop("warned")
+        measured = state.pop("measured", None)
+        self.gain = state.pop("gain", None)
+        self.reference_gain = state.pop("reference_gain", self.reference_gain)
         self.state = ControllerState(**state)
+        if measured is not None:  # JSON gives lists back where the state holds tuples
+            self.measured = MeasuredState(**{k: tuple(v) if isinstance(v, list) else v for k, v in measured.items()})
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.target_at(0, state.max_steps)
@@ -321,6 +377,23 @@ class EntropyControllerCallback(EntropyControlCallback):
         if entropy is None:
             return
         target = self.target_at(state.global_step - 1, state.max_steps)
+        measurement = self.meter.take() if self.meter is not None else None
+        if self.law == "measured":
+            error, output, saturated = self._measured_step(target, entropy, measurement)
+        else:
+            error, output, saturated = self._pi_step(target, entropy, measurement)
+        self._apply(output)
+        if saturated and not self.warned:
+            self.warned = True
+            self._warn_saturated(target, entropy, error, output)
+        self._log("target", target)
+        self._log("error", error)
+        self._log("output", output)
+        self._log("saturated", float(saturated))
+
+    def _pi_step(
+        self, target: float, entropy: float, measurement: tuple[float, float] | None
+    ) -> tuple[float, float, bool]:
         self.state, error = controller_update(
             self.state,
             target=target,
@@ -330,26 +403,79 @@ class EntropyControllerCallback(EntropyControlCallback):
             max_rate=self.max_rate,
             horizon=self.horizon,
         )
-        self._apply(self.state.output)
-        saturated = self.state.saturated_steps >= self.saturation_steps
-        if saturated and not self.warned:
-            self.warned = True
-            logger.warning(
-                "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
-                "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
-                "data (or, for a clip-family knob, act the other way here): widen entropy_controller_max_delta, "
-                "pick other entropy_controller_knobs, or set a reachable target.",
-                self.state.saturated_steps,
-                "upper" if self.state.output > 0 else "lower",
-                ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if self.state.output > 0 else -1.0).items()),
-                entropy,
-                "below" if error > 0 else "above",
-                target,
+        output = self.state.output
+        if self.law == "scaled_pi":
+            if measurement is not None:
+                self.gain = measurement[0]
+                self.reference_gain = self.reference_gain or self.gain
+            if self.gain is not None and self.gain > 0:
+                self._log("gain", self.gain)
+            coefficient = scaled_pi_coefficient(
+                output, max_delta=self.max_delta, gain=self.gain, reference_gain=self.reference_gain or 1.0
             )
-        self._log("target", target)
-        self._log("error", error)
-        self._log("output", self.state.output)
-        self._log("saturated", float(saturated))
+            output = coefficient / self.max_delta if self.max_delta else 0.0
+        return error, output, self.state.saturated_steps >= self.saturation_steps
+
+    def _measured_step(
+        self, target: float, entropy: float, measurement: tuple[float, float] | None
+    ) -> tuple[float, float, bool]:
+        gain = drift = None
+        if measurement is not None:
+            # The drift: the update's first-order entropy change without this term's share, gain x Adam's first
+            # moment of the coefficient as the law models it (the coefficient that acted in this step).
+            gain, predicted = measurement
+            drift = predicted - gain * self.measured.momenta[-1]
+        self.measured, error = measured_update(
+            self.measured,
+            target=target,
+            entropy=entropy,
+            gain=gain,
+            drift=drift,
+            beta1=self._adam_beta1(),
+            max_coef=self.max_delta,
+            rate=self.rate,
+        )
+        if self.measured.log_gain is not None:
+            self._log("gain", math.exp(self.measured.log_gain))
+            self._log("drift", self.measured.drift)
+            self._log("lag", self.measured.lag)
+            self._log("scale", self.measured.scale)
+        output = self.measured.output / self.max_delta if self.max_delta else 0.0
+        return error, output, self.measured.saturated_steps >= self.saturation_steps
+
+    def _adam_beta1(self) -> float:
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
+        return float(optimizer.param_groups[0]["betas"][0])
+
+    def _warn_saturated(self, target: float, entropy: float, error: float, output: float) -> None:
+        if self.law == "measured":
+            logger.warning(
+                "Entropy controller saturated: for %d steps the target (%.4g) has been out of reach of the entropy "
+                "coefficient's limit (entropy_controller_max_delta=%.4g): cancelling the measured drift alone takes "
+                "%.4g, or the coefficient sits at its %s limit while the entropy does not approach. This run "
+                "sustains about %.4g nats here: set a target near it, or raise entropy_controller_max_delta.",
+                self.measured.saturated_steps,
+                target,
+                self.max_delta,
+                abs(self.measured.drift / math.exp(self.measured.log_gain) / self.measured.scale)
+                if self.measured.log_gain is not None
+                else float("nan"),
+                "upper" if error > 0 else "lower",
+                entropy,
+            )
+            return
+        logger.warning(
+            "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
+            "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
+            "data (or, for a clip-family knob, act the other way here): widen entropy_controller_max_delta, "
+            "pick other entropy_controller_knobs, or set a reachable target.",
+            self.state.saturated_steps,
+            "upper" if output > 0 else "lower",
+            ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if output > 0 else -1.0).items()),
+            entropy,
+            "below" if error > 0 else "above",
+            target,
+        )
 
     def _apply(self, output: float) -> None:
         for name, value in self.knob_values(output).items():
@@ -425,6 +551,10 @@ def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
                 max_rate=args.entropy_controller_max_rate,
                 horizon=args.entropy_controller_horizon,
                 saturation_steps=args.entropy_controller_saturation_steps,
+                law=args.entropy_controller_law,
+                rate=args.entropy_controller_rate,
+                measure_steps=args.entropy_controller_measure_steps,
+                reference_gain=args.entropy_controller_reference_gain,
             )
         )
     return callbacks

@@ -9,7 +9,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from .controller import CONTROLLER_DEFAULTS
+from .controller import CONTROLLER_DEFAULTS, CONTROLLER_LAWS, MEASURED_DEFAULTS
 from .losses import CLIPPED_LOSS_TYPES, COVARIANCE_SELECTIONS, LIBRARY_LOSS_TYPES, POLICY_LOSSES
 from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
 
@@ -289,9 +289,8 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller: bool = field(
         default=False,
         metadata={
-            "help": "Closed-loop entropy control: after each step a PI law on the relative error "
-            "(target - H) / target moves entropy_controller_knobs to hold the measured entropy on "
-            "entropy_controller_target."
+            "help": "Closed-loop entropy control: after each step a law (entropy_controller_law) moves "
+            "entropy_controller_knobs to hold the measured entropy on entropy_controller_target."
         },
     )
     entropy_controller_target: float | None = field(
@@ -350,6 +349,35 @@ class CEGPPOConfig(GRPOConfig):
         metadata={
             "help": "Steps at a limit, the error pushing further and not shrinking by a quarter, after which "
             "entropy_control/saturated is 1 and a warning names the limit; >= 1."
+        },
+    )
+    entropy_controller_law: str | None = field(
+        default=None,
+        metadata={
+            "help": "The controller's law: 'measured' (the default with entropy_controller_knobs='entropy') divides "
+            "by the measured gain b = g_H . P g_H of the entropy term and cancels the measured drift "
+            "(ce_gppo_trl.controller.measured_update; Adam / AdamW, not DeepSpeed or FSDP); 'pi' (the default with "
+            "the other knobs) is the fixed-gain PI law on the relative error; 'scaled_pi' is that PI law times "
+            "entropy_controller_reference_gain / b (an ablation)."
+        },
+    )
+    entropy_controller_rate: float = field(
+        default=MEASURED_DEFAULTS["rate"],
+        metadata={"help": "Share of the entropy error the measured law asks to close per optimizer step, in (0, 1]."},
+    )
+    entropy_controller_measure_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Measure the gain and drift of the measured and scaled_pi laws every this many optimizer steps "
+            "(>= 1; the law holds its averages in between). A measured step costs one more backward pass per "
+            "micro-batch."
+        },
+    )
+    entropy_controller_reference_gain: float | None = field(
+        default=None,
+        metadata={
+            "help": "scaled_pi only: the gain (nats per step per unit coefficient, > 0) at which the PI gains act as "
+            "tuned; None takes the run's first measurement."
         },
     )
     entropy_diagnostics: bool = field(
@@ -668,10 +696,32 @@ class CEGPPOConfig(GRPOConfig):
         knobs = self.entropy_controller_knobs
         if knobs not in ("betas", "clip", "prob_clip", "erc", "entropy"):
             _fail("entropy_controller_knobs", knobs, "expected 'betas', 'clip', 'prob_clip', 'erc' or 'entropy'")
+        law = self.entropy_controller_law
+        if law not in (None, *CONTROLLER_LAWS):
+            _fail("entropy_controller_law", law, f"expected None or one of {CONTROLLER_LAWS}")
+        rate = self.entropy_controller_rate
+        _check_finite("entropy_controller_rate", rate)
+        if not 0 < rate <= 1:
+            _fail("entropy_controller_rate", rate, "expected a share of the error in (0, 1]")
+        every = self.entropy_controller_measure_steps
+        if not isinstance(every, int) or every < 1:
+            _fail("entropy_controller_measure_steps", every, "expected an integer >= 1")
+        reference = self.entropy_controller_reference_gain
+        if reference is not None:
+            _check_finite("entropy_controller_reference_gain", reference)
+            if reference <= 0:
+                _fail("entropy_controller_reference_gain", reference, "expected None or a gain > 0")
         if not self.entropy_controller:
             return
         if self.entropy_controller_target is None:
             _fail("entropy_controller_target", None, "entropy_controller=True needs a target entropy (nats, > 0)")
+        if law in ("measured", "scaled_pi") and knobs != "entropy":
+            _fail(
+                "entropy_controller_law",
+                law,
+                f"the measured gain is the signed entropy term's: it needs entropy_controller_knobs='entropy', not "
+                f"{knobs!r}; with {knobs!r} use entropy_controller_law='pi'",
+            )
         if knobs == "betas":
             if self.loss_type != "ce_gppo":
                 _fail(

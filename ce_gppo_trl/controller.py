@@ -119,6 +119,24 @@ def controller_update(
     return new, error
 
 
+# The laws EntropyControllerCallback can run: `measured_update`, `controller_update`, and `controller_update` scaled by
+# the measured gain (`scaled_pi_coefficient`).
+CONTROLLER_LAWS = ("measured", "pi", "scaled_pi")
+
+
+def resolve_law(law: str | None, knobs: str) -> str:
+    """The law a controller runs: `law`, or by default 'measured' for the signed entropy term (`knobs="entropy"`),
+    whose gain can be measured, and 'pi' for the clip-family knobs.
+
+    Example:
+        >>> resolve_law(None, "entropy"), resolve_law(None, "betas"), resolve_law("pi", "entropy")
+        ('measured', 'pi', 'pi')
+    """
+    if law is not None:
+        return law
+    return "measured" if knobs == "entropy" else "pi"
+
+
 # The measured-gain law (`measured_update`): its defaults, for EntropyControllerCallback and CEGPPOConfig alike, chosen
 # on the middle decade of gains of the simulated plant family in tests/test_controller_plants.py.
 MEASURED_DEFAULTS = {"rate": 0.35, "max_lag": 4, "default_lag": 1}
