@@ -408,8 +408,6 @@ class EntropyControllerCallback(EntropyControlCallback):
             if measurement is not None:
                 self.gain = measurement[0]
                 self.reference_gain = self.reference_gain or self.gain
-            if self.gain is not None and self.gain > 0:
-                self._log("gain", self.gain)
             coefficient = scaled_pi_coefficient(
                 output, max_delta=self.max_delta, gain=self.gain, reference_gain=self.reference_gain or 1.0
             )
@@ -435,8 +433,7 @@ class EntropyControllerCallback(EntropyControlCallback):
             max_coef=self.max_delta,
             rate=self.rate,
         )
-        if self.measured.log_gain is not None:
-            self._log("gain", math.exp(self.measured.log_gain))
+        if self.measured.log_gain is not None:  # the meter logs the raw gain
             self._log("drift", self.measured.drift)
             self._log("lag", self.measured.lag)
             self._log("scale", self.measured.scale)

@@ -600,7 +600,7 @@ class CEGPPOTrainer(GRPOTrainer):
             meter = self._entropy_gain_meter
             if meter is not None and entropies.requires_grad and meter.wants():
                 # The tokens of the controller's entropy term (_bonus_entropy's): the gain is that term's.
-                meter.collect(entropies, mask if entropy_mask is None else mask * entropy_mask)
+                meter.collect(entropies, mask if entropy_mask is None else mask * entropy_mask, accumulation)
         return loss
 
     def _trl_entropy_bonus(
