@@ -2,7 +2,10 @@
 runs (parts add up to the prediction, training unchanged bit for bit, PEFT, gradient accumulation, other optimizers).
 """
 
+import json
 import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -272,3 +275,42 @@ def test_gain_meter_refuses_other_optimizers_naming_the_fallback(tiny_model_dir,
         ),
     )
     assert pi._entropy_gain_meter is None
+
+
+def test_measured_controller_decides_alike_on_two_processes(tiny_model_dir, tmp_path):
+    """Issue 31 under DDP (2 gloo processes): the meter's entropy gradient and the term's gradient are reduced over
+    the processes, so both ranks set the same coefficient from the same measured state, and the measured gain is the
+    entropy term's share of the real (all-reduced) Adam step, as the attribution decomposes it."""
+    script = Path(__file__).parent / "scripts" / "controller_measured_ddp.py"
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), tiny_model_dir, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"control_rank{rank}.json").read_text()) for rank in range(2)]
+    assert len(ranks[0]) == 4 and ranks[0] == ranks[1]
+    assert any(step["coefficient"] > 0 for step in ranks[0])
+    logs = [
+        entry for entry in json.loads((tmp_path / "log_history.json").read_text()) if "entropy_control/gain" in entry
+    ]
+    assert len(logs) == 4
+    for step, entry in zip(ranks[0][:-1], logs[1:], strict=True):
+        parts = [v for k, v in entry.items() if k.startswith("entropy_attribution/part/")]
+        expected = (1 - 0.9) * step["coefficient"] * entry["entropy_control/gain"]
+        assert abs(entry["entropy_attribution/part/other"] - expected) < 1e-2 * sum(abs(v) for v in parts)
+        assert entry["entropy_control/predicted_change"] == pytest.approx(
+            entry["entropy_attribution/predicted"], rel=1e-5
+        )
+
+
+def test_measured_controller_with_peft_measures_the_adapters_only(tiny_model_dir, arithmetic_dataset, tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = tiny_args(
+        tmp_path, entropy_controller=True, entropy_controller_target=5.0, gradient_accumulation_steps=1, max_steps=3
+    )
+    trainer = train(tiny_model_dir, arithmetic_dataset, args, peft_config=lora)
+    measured = trainer._entropy_gain_meter.params()
+    assert measured and len(measured) == sum(p.requires_grad for p in trainer.model.parameters())
+    assert all("lora_" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+    gains = [entry["entropy_control/gain"] for entry in trainer.state.log_history if "entropy_control/gain" in entry]
+    assert len(gains) == 3 and all(gain > 0 for gain in gains)
+    assert trainer.entropy_control_coef > 0
