@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -314,3 +315,14 @@ def test_measured_controller_with_peft_measures_the_adapters_only(tiny_model_dir
     gains = [entry["entropy_control/gain"] for entry in trainer.state.log_history if "entropy_control/gain" in entry]
     assert len(gains) == 3 and all(gain > 0 for gain in gains)
     assert trainer.entropy_control_coef > 0
+
+
+def test_measured_law_is_refused_with_sharded_training_naming_the_fallback():
+    # DeepSpeed / FSDP shard the parameters and optimizer states the gain is measured on.
+    for sharded in (
+        {"is_deepspeed_enabled": True, "is_fsdp_enabled": False},
+        {"is_deepspeed_enabled": False, "is_fsdp_enabled": True},
+    ):
+        trainer = SimpleNamespace(_entropy_gain_meter=None, **sharded)
+        with pytest.raises(ValueError, match="DeepSpeed or FSDP.*entropy_controller_law='pi'"):
+            CEGPPOTrainer.entropy_gain_meter(trainer, 1)
