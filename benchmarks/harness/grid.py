@@ -65,6 +65,18 @@ def cli_argv(plant: Plant, fields: dict[str, Any]) -> list[str]:
     return argv
 
 
+def parse(
+    plant: str | Plant, fields: dict[str, Any], *, seed: int, output_dir: str, model_dir: str | None = None
+) -> tuple[Any, Any, Any]:
+    """`cli.parse_train_args` of the plant's recipe and fields, then `fields` (an arm's and the run's), `seed` as
+    `seed` and `data_seed`, `output_dir`: (script arguments, `CEGPPOConfig`, `ModelConfig`), as a command line."""
+    from ce_gppo_trl.cli import parse_train_args
+
+    plant = PLANTS[plant] if isinstance(plant, str) else plant
+    merged = {**plant.cli_fields(model_dir), "seed": seed, "data_seed": seed, "output_dir": output_dir, **fields}
+    return parse_train_args(cli_argv(plant, merged))
+
+
 def build(
     plant: str | Plant,
     fields: dict[str, Any],
@@ -74,18 +86,16 @@ def build(
     model_dir: str | None = None,
     train_dataset: Any = None,
 ) -> Any:
-    """A `CEGPPOTrainer` through `cli.parse_train_args` + `cli.build_trainer`: the plant's recipe and fields, then
-    `fields` (an arm's and the run's), `seed` as `seed` and `data_seed`, `output_dir`. The plant's model is built once
-    into `model_dir`; `train_dataset` (default: the plant's own data, if it has any) replaces the recipe's."""
+    """A `CEGPPOTrainer` through `parse` + `cli.build_trainer`. The plant's model is built once into `model_dir`;
+    `train_dataset` (default: the plant's own data, if it has any) replaces the recipe's."""
     from transformers import set_seed
 
-    from ce_gppo_trl.cli import build_trainer, parse_train_args
+    from ce_gppo_trl.cli import build_trainer
 
     plant = PLANTS[plant] if isinstance(plant, str) else plant
     if plant.build is not None and model_dir is not None:
         plant.build(model_dir)
-    merged = {**plant.cli_fields(model_dir), "seed": seed, "data_seed": seed, "output_dir": output_dir, **fields}
-    script_args, args, model_args = parse_train_args(cli_argv(plant, merged))
+    script_args, args, model_args = parse(plant, fields, seed=seed, output_dir=output_dir, model_dir=model_dir)
     set_seed(seed)
     trainer = build_trainer(script_args, args, model_args)
     if train_dataset is None and plant.data is not None:

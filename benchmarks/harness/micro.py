@@ -9,7 +9,7 @@ Nothing here re-implements the loss.
 
 Example:
     >>> frozen = freeze(trainer)  # doctest: +SKIP
-    >>> arm = arm_trainer(trainer, {"ce_gppo_beta1": 1.0})  # doctest: +SKIP
+    >>> arm = arm_trainer(trainer, grid.parse(plant, {**fields, **NO_DIAGNOSTICS, "ce_gppo_beta1": 1.0}, ...)[1])  # doctest: +SKIP
     >>> restore(trainer, frozen, arm)  # doctest: +SKIP
     >>> stats = [update(arm, batch) for batch in trainer_batches]  # doctest: +SKIP
 """
@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-NO_DIAGNOSTICS = {"entropy_attribution_steps": 0, "entropy_diagnostics": False, "entropy_controller": False}
-"""An arm trainer's overrides beside the arm's: it applies updates, it does not attribute or control them."""
+NO_DIAGNOSTICS = {"entropy_attribution_steps": 0, "entropy_diagnostics": False, "save_strategy": "no"}
+"""An arm trainer's overrides beside the arm's: it applies updates, it does not attribute them or save."""
 
 
 @dataclasses.dataclass
@@ -68,18 +68,13 @@ def kept_rng() -> Iterator[None]:
         torch.random.set_rng_state(states[2])
 
 
-def arm_trainer(base: Any, fields: dict[str, Any]) -> Any:
-    """A `CEGPPOTrainer` over `base`'s model object, data, rewards and tokenizer with `base.args` overridden by
-    `fields` (the diagnostics off), its optimizer created, ready for `update`."""
+def arm_trainer(base: Any, args: Any) -> Any:
+    """A `CEGPPOTrainer` with `args` (an arm's config: `grid.parse` of the base run's fields plus the arm's) over
+    `base`'s model object, data, rewards and tokenizer, its optimizer created, ready for `update`."""
     from transformers.trainer_callback import PrinterCallback
 
-    from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
+    from ce_gppo_trl import CEGPPOTrainer
 
-    config = {f.name: getattr(base.args, f.name) for f in dataclasses.fields(base.args) if f.init}
-    config.update(NO_DIAGNOSTICS)
-    config.update(fields)
-    config.update(save_strategy="no", report_to="none")
-    args = CEGPPOConfig(**config)
     with kept_rng():  # Trainer.__init__ reseeds every generator: the base run's sampling must not notice
         trainer = CEGPPOTrainer(
             model=base.model,
