@@ -78,7 +78,13 @@ COVARIANCE_ARMS: dict[str, Arm] = _arms(
 )
 """Clip-Cov / KL-Cov beside CE-GPPO on the quickstart (`cov_losses.py`)."""
 
-CONTROLLER_BASE = {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "epsilon": 0.2, "epsilon_high": 0.2}
+CONTROLLER_BASE = {
+    "loss_type": "ce_gppo",
+    "ce_gppo_beta1": 0.5,
+    "ce_gppo_beta2": 1.0,
+    "epsilon": 0.2,
+    "epsilon_high": 0.2,
+}
 """The controller study's CE-GPPO (0.5, 1), without dual clip (`controller.py`)."""
 
 # The paired micro-experiments (`micro_study.py`): CE-GPPO without dual clip, the recipe's eps 0.2 / 0.2.

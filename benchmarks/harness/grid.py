@@ -37,15 +37,13 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"{self.plant}-{slug(self.arm)}{self.tag}-seed{self.seed}"
+        prefix = f"{self.plant}-" if self.plant else ""
+        return f"{prefix}{slug(self.arm)}{self.tag}-seed{self.seed}"
 
 
 def slug(name: str) -> str:
     """A file-name form of an arm's name: `CE-GPPO (0.5, 1)` -> `ce-gppo-0-5-1`."""
-    out = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    while "--" in out:
-        out = out.replace("--", "-")
-    return out
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
 def run_path(out_dir: str, job: Job) -> str:
@@ -53,7 +51,7 @@ def run_path(out_dir: str, job: Job) -> str:
 
 
 def cli_argv(plant: Plant, fields: dict[str, Any]) -> list[str]:
-    """The `ce-gppo train` arguments of the plant's recipe plus `fields` (later ones win), as a user would type them."""
+    """The `ce-gppo train` arguments of the plant's recipe plus `fields` (later ones win), as a user types them."""
     argv = ["--config", os.path.join(ROOT, plant.recipe)] if plant.recipe else []
     for key, value in fields.items():
         if value is None:
@@ -134,34 +132,49 @@ def _run_and_save(run: Callable[[Job], dict[str, Any]], job: Job, path: str) -> 
 
 
 def run_grid(
-    jobs: Sequence[Job], run: Callable[[Job], dict[str, Any]], *, out_dir: str, workers: int = 1
+    jobs: Sequence[Job],
+    run: Callable[[Job], dict[str, Any]],
+    *,
+    out_dir: str,
+    workers: int = 1,
+    path_of: Callable[[str, Job], str] = run_path,
 ) -> list[Job]:
-    """Run `run(job)` for every job without a saved JSON under `out_dir/runs`, `workers` at a time, and save each
-    result as it finishes (an interrupted grid resumes). `run` must be a module-level function (workers are spawned
-    and import it). Returns the jobs that ran."""
+    """Run `run(job)` for every job without a saved JSON (`path_of(out_dir, job)`, default `out_dir/runs/<name>.json`),
+    `workers` at a time, and save each result as it finishes (an interrupted grid resumes). `run` must be picklable
+    (a module-level function, or a `functools.partial` of one): workers are spawned and import it. Returns the jobs
+    that ran."""
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
-    todo = [job for job in jobs if not os.path.exists(run_path(out_dir, job))]
+    todo = [job for job in jobs if not os.path.exists(path_of(out_dir, job))]
     if workers <= 1:
+        threads = None
         for job in todo:
-            _run_and_save(run, job, run_path(out_dir, job))
+            import torch
+
+            threads = threads or torch.get_num_threads()
+            try:
+                _run_and_save(run, job, path_of(out_dir, job))
+            finally:
+                torch.set_num_threads(threads)
             print(f"done {job.name}", flush=True)
         return todo
     import multiprocessing
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_and_save, run, job, run_path(out_dir, job)): job for job in todo}
+        futures = {pool.submit(_run_and_save, run, job, path_of(out_dir, job)): job for job in todo}
         for future, job in futures.items():
             future.result()
             print(f"done {job.name}", flush=True)
     return todo
 
 
-def load_runs(jobs: Sequence[Job], out_dir: str, missing_ok: bool = False) -> list[dict[str, Any]]:
+def load_runs(
+    jobs: Sequence[Job], out_dir: str, missing_ok: bool = False, path_of: Callable[[str, Job], str] = run_path
+) -> list[dict[str, Any]]:
     """The saved results of `jobs`, in their order (those not saved are left out with `missing_ok`)."""
     out = []
     for job in jobs:
-        path = run_path(out_dir, job)
+        path = path_of(out_dir, job)
         if missing_ok and not os.path.exists(path):
             continue
         with open(path) as f:

@@ -9,7 +9,8 @@ Nothing here re-implements the loss.
 
 Example:
     >>> frozen = freeze(trainer)  # doctest: +SKIP
-    >>> arm = arm_trainer(trainer, grid.parse(plant, {**fields, **NO_DIAGNOSTICS, "ce_gppo_beta1": 1.0}, ...)[1])  # doctest: +SKIP
+    >>> args = grid.parse(plant, {**fields, **NO_DIAGNOSTICS, "ce_gppo_beta1": 1.0}, seed=0, output_dir=d)[1]  # doctest: +SKIP
+    >>> arm = arm_trainer(trainer, args)  # doctest: +SKIP
     >>> restore(trainer, frozen, arm)  # doctest: +SKIP
     >>> stats = [update(arm, batch) for batch in trainer_batches]  # doctest: +SKIP
 """

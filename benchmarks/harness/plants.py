@@ -36,8 +36,19 @@ CPU_STUDY_FIELDS: dict[str, Any] = {
     "temperature": 1.0,
     "beta": 0.0,
     "gradient_checkpointing": False,
-    "disable_tqdm": True,
 }
+
+
+def cpu_config(kind: str, output_dir: str, *, seed: int, **fields: Any) -> Any:
+    """A CPU study's trainer config built in Python (the sweeps that also run TRL's own `GRPOTrainer`):
+    `CPU_STUDY_FIELDS`, `seed` as both `seed` and `data_seed`, then `fields`; `trl.GRPOConfig` for `kind == "trl"`,
+    else `CEGPPOConfig`. A field given twice is a `TypeError`."""
+    from trl import GRPOConfig
+
+    from ce_gppo_trl import CEGPPOConfig
+
+    args_class = GRPOConfig if kind == "trl" else CEGPPOConfig
+    return args_class(output_dir=output_dir, seed=seed, data_seed=seed, **CPU_STUDY_FIELDS, **fields)
 
 
 def digit_reward(completions: list[str], **kwargs: Any) -> list[float]:
@@ -192,11 +203,17 @@ RANDOM_SPECS: dict[str, dict[str, Any]] = {
 PLANTS: dict[str, Plant] = {
     "quickstart": Plant("quickstart", {}),
     "smollm2": Plant("smollm2", {}, reward="", recipe=SMOLLM2_RECIPE),
-    "testbed": Plant("testbed", {**CPU_STUDY_FIELDS, "max_completion_length": 48}, build=testbed_build()),
+    "testbed": Plant(
+        "testbed",
+        {**CPU_STUDY_FIELDS, "disable_tqdm": True, "max_completion_length": 48},
+        build=testbed_build(),
+        data=testbed_data(256, 2 * 80 * 64),
+    ),
     "toy": Plant(
         "toy",
         {
             **CPU_STUDY_FIELDS,
+            "disable_tqdm": True,
             "per_device_train_batch_size": 64,
             "num_generations": 8,
             "max_completion_length": 6,
@@ -210,6 +227,7 @@ PLANTS: dict[str, Plant] = {
             name,
             {
                 **CPU_STUDY_FIELDS,
+                "disable_tqdm": True,
                 "per_device_train_batch_size": spec["batch"],
                 "num_generations": 8,
                 "max_completion_length": spec["length"],
