@@ -12,13 +12,14 @@ updates are applied once per arm:
 Every arm's updates go through the trainer's own `compute_loss` (`benchmarks.harness.micro`): an arm is a second
 `CEGPPOTrainer` over the same model object, its config the run's command line plus the arm's fields
 (`benchmarks.harness.arms.MICRO_ARMS`). The realised change of the mean next-token entropy on a probe set (held-out
-prompts, completions sampled once per batch from the frozen policy, teacher-forced) is the measurement; paired differences between arms (same weights,
-same batch, same probe) carry no batch-to-batch spread. The first update of a rollout batch is on-policy (ratio 1, no
-token clipped, no ERC mask), so it is the same for every arm at a learning rate: it is applied once (the DAPO run's
-own first update at the recipe's rate, one update at the smaller rate) and the arms differ from the second update on.
-ERC's old entropies are the frozen policy's, as the captured scoring pass gives them in training. The run also
-logs the library's entropy attribution on its own updates (`entropy_attribution_steps=1`: `grad_theta H . delta_theta`
-against the realised change of the update's micro-batch entropy), the diagnostic's check on the real model.
+prompts, completions sampled once per batch from the frozen policy, teacher-forced) is the measurement; paired
+differences between arms (same weights, same batch, same probe) carry no batch-to-batch spread. The first update of a
+rollout batch is on-policy (ratio 1, no token clipped, no ERC mask), so it is the same for every arm at a learning
+rate: it is applied once (the DAPO run's own first update at the recipe's rate, one update at the smaller rate) and the
+arms differ from the second update on. ERC's old entropies are the frozen policy's, as the captured scoring pass gives
+them in training. The run also logs the library's entropy attribution on its own updates
+(`entropy_attribution_steps=1`: `grad_theta H . delta_theta` against the realised change of the update's micro-batch
+entropy), the diagnostic's check on the real model.
 
 The same engine runs on the toy testbed of `regime.py` (`--plant toy`, its 64 x 8 rollouts, 8 updates, lr 2e-4), so
 the two scales stand side by side; `--quick` is a tiny toy run for CI (about a minute).

@@ -87,7 +87,7 @@ CONTROLLER_BASE = {
 }
 """The controller study's CE-GPPO (0.5, 1), without dual clip (`controller.py`)."""
 
-# The paired micro-experiments (`micro_study.py`): CE-GPPO without dual clip, the recipe's eps 0.2 / 0.2.
+# The paired micro-experiments (`real_model_micro.py`): CE-GPPO without dual clip, the recipe's eps 0.2 / 0.2.
 MICRO_ARMS: dict[str, Arm] = _arms(
     Arm("beta1=0", ce_gppo(0.0, 1.0, clip_ratio_c=None)),
     Arm("beta1=0.5", ce_gppo(0.5, 1.0, clip_ratio_c=None)),

@@ -9,7 +9,8 @@ Nothing here re-implements the loss.
 
 Example:
     >>> frozen = freeze(trainer)  # doctest: +SKIP
-    >>> args = grid.parse(plant, {**fields, **NO_DIAGNOSTICS, "ce_gppo_beta1": 1.0}, seed=0, output_dir=d)[1]  # doctest: +SKIP
+    >>> overrides = {**fields, **NO_DIAGNOSTICS, "ce_gppo_beta1": 1.0}  # the run's fields plus the arm's
+    >>> args = grid.parse(plant, overrides, seed=0, output_dir=d)[1]  # doctest: +SKIP
     >>> arm = arm_trainer(trainer, args)  # doctest: +SKIP
     >>> restore(trainer, frozen, arm)  # doctest: +SKIP
     >>> stats = [update(arm, batch) for batch in trainer_batches]  # doctest: +SKIP

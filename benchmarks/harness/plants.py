@@ -114,13 +114,20 @@ def _build_random(spec: dict[str, Any]) -> Callable[[str], str]:
     return build
 
 
-def _arithmetic_data(max_operand: int, train: int, held_out: int) -> Callable[[int], tuple[Any, Any]]:
+def _arithmetic_data(
+    max_operand: int, train: int, held_out: int, exclude: bool = True
+) -> Callable[[int], tuple[Any, Any]]:
+    """(train, held-out) arithmetic problems; with `exclude`, no held-out prompt in the training set (the random-init
+    plants score format, digits or copying, not the sum, and train on the unfiltered stream)."""
+
     def data(seed: int) -> tuple[Any, Any]:
         from ce_gppo_trl.toy import make_arithmetic_dataset
 
         held = make_arithmetic_dataset(held_out, seed=10_000, max_operand=max_operand)
-        excluded = set(held["prompt"])
         rows = make_arithmetic_dataset(train, seed=seed, max_operand=max_operand)
+        if not exclude:
+            return rows, held
+        excluded = set(held["prompt"])
         return rows.filter(lambda row: row["prompt"] not in excluded), held
 
     return data
@@ -235,7 +242,7 @@ PLANTS: dict[str, Plant] = {
             },
             reward=f"benchmarks.harness.plants.{spec['reward'].__name__}",
             build=_build_random(spec),
-            data=_arithmetic_data(99, 4096, 64),
+            data=_arithmetic_data(99, 4096, 64, exclude=False),
             spec=spec,
         )
         for name, spec in RANDOM_SPECS.items()
