@@ -8,8 +8,10 @@ not saved yet, in this process (`workers=1`, the default: this machine has 2 cor
 pool of spawned processes with one torch thread each.
 
 Example:
-    >>> jobs = [Job("quickstart", "DAPO", seed) for seed in range(3)]  # doctest: +SKIP
-    >>> run_grid(jobs, my_study.run_one, out_dir="outputs/my_study", workers=1)  # doctest: +SKIP
+    >>> from functools import partial
+    >>> jobs = [Job("quickstart", arm, seed) for arm in ("GPPO (1, 1)", "CE-GPPO (0.5, 1)") for seed in range(3)]
+    >>> run = partial(train_curves, "outputs/my_study", {"max_steps": 40})
+    >>> run_grid(jobs, run, out_dir="outputs/my_study", workers=1)  # doctest: +SKIP
     >>> runs = load_runs(jobs, "outputs/my_study")  # doctest: +SKIP
 """
 
@@ -116,8 +118,25 @@ def series(history: list[dict[str, Any]], key: str) -> list[float]:
     return [entry[key] for entry in history if key in entry and "step" in entry and "train_runtime" not in entry]
 
 
-def arm_fields(arm: str | Arm) -> dict[str, Any]:
-    return dict((ARMS[arm] if isinstance(arm, str) else arm).fields)
+def train_curves(out_dir: str, fields: dict[str, Any], job: Job, arms: dict[str, Arm] = ARMS) -> dict[str, Any]:
+    """The default run of a grid: `job`'s plant with `fields` (the study's budget) and the arm's fields, built through
+    `build` and trained; returns the logged entropy, reward and clip-region curves and the wall time."""
+    import time
+
+    output_dir = os.path.join(out_dir, "trainer", job.name)
+    trainer = quiet(build(job.plant, {**fields, **arms[job.arm].fields}, seed=job.seed, output_dir=output_dir))
+    start = time.perf_counter()
+    trainer.train()
+    history = trainer.state.log_history
+    return {
+        "plant": job.plant,
+        "arm": job.arm,
+        "seed": job.seed,
+        "seconds": time.perf_counter() - start,
+        "entropy": series(history, "entropy"),
+        "reward": series(history, "reward"),
+        "clip_region": series(history, "clip_ratio/region_mean"),
+    }
 
 
 def _run_and_save(run: Callable[[Job], dict[str, Any]], job: Job, path: str) -> str:
