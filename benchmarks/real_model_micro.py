@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", help="saved batches and the DAPO run's checkpoints")
     parser.add_argument("--json", help="default benchmarks/real_model_micro.json (toy: toy_micro.json; '' skips)")
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
+    parser.add_argument("--extra", default="{}", help="JSON of more `ce-gppo train` fields (run and arms)")
     parser.add_argument("--report-only", action="store_true", help="run nothing: report the saved batches")
     opts = parser.parse_args(argv)
     if opts.quick:
@@ -122,6 +123,7 @@ def run_setup(opts: argparse.Namespace) -> tuple[Any, dict[str, Any], str | None
         probe = list(plant.data(0)[1]["prompt"][: opts.probe_prompts])
     if opts.learning_rate is not None:
         fields["learning_rate"] = opts.learning_rate
+    fields.update(json.loads(opts.extra))
     return plant, fields, model_dir, probe
 
 
