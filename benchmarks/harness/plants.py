@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,7 +84,6 @@ class Plant:
     recipe: str | None = None
     build: Callable[[str], Any] | None = None
     data: Callable[[int], tuple[Any, Any]] | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
 
     def cli_fields(self, model_dir: str | None) -> dict[str, Any]:
         out = dict(self.fields)
@@ -243,7 +242,6 @@ PLANTS: dict[str, Plant] = {
             reward=f"benchmarks.harness.plants.{spec['reward'].__name__}",
             build=_build_random(spec),
             data=_arithmetic_data(99, 4096, 64, exclude=False),
-            spec=spec,
         )
         for name, spec in RANDOM_SPECS.items()
     },
