@@ -44,7 +44,9 @@ from .harness import grid
 from .harness.arms import CONTROLLER_BASE as CE_GPPO
 from .harness.plants import PLANTS, RANDOM_SPECS, cpu_config, score_completions
 
-ARMS = ("uncontrolled", "above", "below", "falling", "trl_bonus_above")
+ARMS = ("uncontrolled", "above", "below", "falling", "trl_bonus_above", "above_pi", "below_pi")
+"""`above` / `below` / `falling`: the controller with its defaults (the measured-gain law since issue 31);
+`*_pi`: the same targets under the fixed-gain PI law (`entropy_controller_law: pi`, the ablation)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,11 +61,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--controller", default="{}", help="JSON of extra controller config fields")
     parser.add_argument("--extra", default="{}", help="JSON of extra config fields for every arm (probes)")
     parser.add_argument("--tag", default="", help="suffix of the run names (probes)")
+    parser.add_argument(
+        "--lr-scale", type=float, default=1.0, help="multiply the plant's learning rate (runs tagged -lr<scale>)"
+    )
+    parser.add_argument("--summary", nargs="+", metavar="PLANT", help="report every saved plant x lr-scale of these")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each); 1: this process")
     parser.add_argument("--toy-dir", default=os.path.join("outputs", "toy"))
     parser.add_argument("--out-dir", default=os.path.join("outputs", "controller"))
     parser.add_argument("--report-only", action="store_true")
     opts = parser.parse_args(argv)
+    if opts.lr_scale != 1.0:
+        opts.tag += f"-lr{opts.lr_scale:g}"
     if opts.steps is None:
         opts.steps = 80 if opts.plant == "toy" else 60
     return opts
@@ -124,6 +132,10 @@ def arm_fields(opts: argparse.Namespace, arm: str, reference: dict[str, float] |
         return "ours", {**CE_GPPO, **controller, "entropy_controller_target": opts.above * reference["mid"]}
     if arm == "below":
         return "ours", {**CE_GPPO, **controller, "entropy_controller_target": opts.below * reference["mid"]}
+    if arm in ("above_pi", "below_pi"):
+        ratio = opts.above if arm == "above_pi" else opts.below
+        law = {"entropy_controller_law": "pi"}
+        return "ours", {**CE_GPPO, **controller, **law, "entropy_controller_target": ratio * reference["mid"]}
     if arm == "falling":
         start, end = (ratio * reference["start"] for ratio in opts.falling)
         return "ours", {
@@ -154,6 +166,7 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
     setup = plant_setup(opts, seed)
     kind, fields = arm_fields(opts, arm, reference)
     fields = {**fields, **json.loads(opts.extra)}
+    setup["fields"]["learning_rate"] *= opts.lr_scale
     args = cpu_config(
         kind,
         os.path.join(opts.out_dir, "trainer", f"{opts.plant}-{arm}{opts.tag}-{seed}"),
@@ -174,7 +187,13 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
     )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "entropy" in log]
-    keys = ("entropy", "reward", "entropy_control/output", "entropy_control/saturated")
+    keys = ("entropy", "reward", "entropy_control/output", "entropy_control/saturated", "entropy_control/gain")
+    keys += (
+        "entropy_control/drift",
+        "entropy_control/scale",
+        "entropy_control/lag",
+        "entropy_control/predicted_change",
+    )
     curves = {key: [log.get(key) for log in logs] for key in keys}
     score = held_out_score(opts, trainer.model, tokenizer, setup["held_out"], seed)
     target = target_curve(opts, arm, fields, opts.steps)
@@ -263,8 +282,107 @@ def report(opts: argparse.Namespace, reference: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def settling_step(entropy: list[float], target: list[float], band: float = 0.10) -> int | None:
+    """The first step from which |H - target| / target stays within `band` to the end (None: never)."""
+    inside = [abs(h - t) / t <= band for h, t in zip(entropy, target, strict=True)]
+    for k in range(len(inside)):
+        if all(inside[k:]):
+            return k
+    return None
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _cell(cells: dict[str, Any], arm: str) -> str:
+    if arm not in cells:
+        return "-"
+    errors, _, settle = cells[arm]
+    steps = [k for k in settle if k is not None]
+    settled = f", settles {statistics.median(steps):.0f}" if len(steps) == len(settle) else ", unsettled"
+    return f"{statistics.fmean(errors):.1%} (max {max(errors):.1%}{settled})"
+
+
+def summary(opts: argparse.Namespace) -> str:
+    """Issue 31's table over every saved plant x learning rate: mean and p95 tracking error (2nd half) of the
+    default law, the PI ablation, TRL's adaptive bonus (above only) and the uncontrolled run against the same
+    targets; settling steps; and the measured gain, median per run, whose spread across plants is the point."""
+    rows, pooled, gains = [], {}, []
+    runs_dir = os.path.join(opts.out_dir, "runs")
+    for plant in opts.summary:
+        tags = sorted(
+            {
+                name[len(plant) + len("-uncontrolled") : name.rindex("-")]
+                for name in os.listdir(runs_dir)
+                if name.startswith(f"{plant}-uncontrolled")
+            }
+        )
+        for tag in tags:
+            view = argparse.Namespace(**{**vars(opts), "plant": plant, "tag": tag})
+            uncontrolled = load(view, "uncontrolled")
+            if not uncontrolled:
+                continue
+            view.steps = len(uncontrolled[0]["curves"]["entropy"])
+            cells = {}
+            for arm in ("above", "below", "above_pi", "below_pi", "trl_bonus_above"):
+                runs = load(view, arm)
+                if not runs:
+                    continue
+                errors = [tracking_error(r["curves"]["entropy"], r["target"], view.steps) for r in runs]
+                free = [
+                    tracking_error(u["curves"]["entropy"], r["target"], view.steps)
+                    for u, r in zip(uncontrolled, runs, strict=False)
+                ]
+                settle = [settling_step(r["curves"]["entropy"], r["target"]) for r in runs]
+                cells[arm] = (errors, free, settle)
+                side = "above" if arm.startswith("above") or arm.endswith("above") else "below"
+                law = "trl" if arm.startswith("trl") else "pi" if arm.endswith("_pi") else "measured"
+                pooled.setdefault((law, side), []).extend(errors)
+                if law == "measured":
+                    pooled.setdefault(("uncontrolled", side), []).extend(free)
+                for r in runs:
+                    measured = [g for g in r["curves"].get("entropy_control/gain") or [] if g is not None]
+                    if measured and law == "measured":
+                        gains.append((plant, tag, statistics.median(measured)))
+
+            free_above = statistics.fmean(cells["above"][1]) if "above" in cells else float("nan")
+            free_below = statistics.fmean(cells["below"][1]) if "below" in cells else float("nan")
+            lr = tag.removeprefix("-lr") or "1"
+            rows.append(
+                f"| {plant} | x{lr} | {_cell(cells, 'above')} | {_cell(cells, 'above_pi')} "
+                f"| {_cell(cells, 'trl_bonus_above')} | {free_above:.1%} | {_cell(cells, 'below')} "
+                f"| {_cell(cells, 'below_pi')} | {free_below:.1%} |"
+            )
+    lines = [
+        "| plant | lr | above: measured (default) | above: PI | above: TRL adaptive | above: uncontrolled "
+        "| below: measured (default) | below: PI | below: uncontrolled |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "| law | side | runs | mean error | p95 error |",
+        "|---|---|---|---|---|",
+    ]
+    for (law, side), errors in sorted(pooled.items()):
+        lines.append(
+            f"| {law} | {side} | {len(errors)} | {statistics.fmean(errors):.1%} | {quantile(errors, 0.95):.1%} |"
+        )
+    if gains:
+        low, high = min(gains, key=lambda g: g[2]), max(gains, key=lambda g: g[2])
+        lines += [
+            "",
+            f"Measured gain b (median per run): {low[2]:.3g} ({low[0]}{low[1]}) to {high[2]:.3g} "
+            f"({high[0]}{high[1]}), a {high[2] / low[2]:.0f}x spread over {len(gains)} runs.",
+        ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.summary:
+        print(summary(opts))
+        return 0
     if not opts.report_only:
         run_all(opts, ["uncontrolled"], None)
     reference = reference_of(opts)

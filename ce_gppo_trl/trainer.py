@@ -600,7 +600,12 @@ class CEGPPOTrainer(GRPOTrainer):
             meter = self._entropy_gain_meter
             if meter is not None and entropies.requires_grad and meter.wants():
                 # The tokens of the controller's entropy term (_bonus_entropy's): the gain is that term's.
-                meter.collect(entropies, mask if entropy_mask is None else mask * entropy_mask, accumulation)
+                meter.collect(
+                    entropies,
+                    mask if entropy_mask is None else mask * entropy_mask,
+                    accumulation,
+                    self.entropy_control_coef,
+                )
         return loss
 
     def _trl_entropy_bonus(
@@ -800,6 +805,8 @@ class CEGPPOTrainer(GRPOTrainer):
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, ENTROPY_CONTROL_STATE), "w") as f:
             json.dump(state, f, indent=2)
+        if self._entropy_gain_meter is not None:
+            self._entropy_gain_meter.save(folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -814,6 +821,8 @@ class CEGPPOTrainer(GRPOTrainer):
         for key, callback in self._keyed_control_callbacks().items():
             if key in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][key])
+        if self._entropy_gain_meter is not None:
+            self._entropy_gain_meter.load(checkpoint)
 
     def _control_config(self) -> dict[str, Any]:
         # Through JSON, so that a value compares equal to itself read back from a checkpoint (tuples become lists).

@@ -9,8 +9,9 @@ sets itself (`data`). `benchmarks.harness.grid.build` turns a plant, an arm and 
 - `quickstart`: the quickstart recipe as shipped (`builtin:toy` on `builtin:arithmetic`).
 - `testbed`: `ce_gppo_trl.testbed` (five-digit sums with a scratchpad, 256 held-out problems), `regime.py`'s plant.
 - `smollm2`: `configs/SmolLM2-135M-Instruct/ce_gppo_cpu.yaml` (LoRA, `builtin:word-problems`), the real model.
-- `toy`, `qwen2-format`, `llama-digits`, `qwen2-copy`: the controller's plants (the quickstart's toy with a fixed
-  held-out set; random-init models of other shapes with a format / digit-share / copy reward).
+- `toy`, `qwen2-format`, `llama-digits`, `qwen2-copy`, `mistral-copy`, `qwen2-digits-wide`: the controller's plants
+  (the quickstart's toy with a fixed held-out set; random-init models of other shapes with a format / digit-share /
+  copy reward; the last two added for issue 31 and used for no choice of settings).
 """
 
 from __future__ import annotations
@@ -201,6 +202,27 @@ RANDOM_SPECS: dict[str, dict[str, Any]] = {
         tied=True,
         reward=copy_reward,
         learning_rate=3e-3,
+        batch=32,
+        length=8,
+    ),
+    # Two plants added for the measured-gain controller (issue 31), never used to choose any setting.
+    "mistral-copy": dict(
+        model_type="mistral",
+        shape=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+        kv_heads=1,
+        tied=False,
+        reward=copy_reward,
+        learning_rate=2e-3,
+        batch=32,
+        length=6,
+    ),
+    "qwen2-digits-wide": dict(
+        model_type="qwen2",
+        shape=dict(hidden_size=192, intermediate_size=384, num_hidden_layers=2, num_attention_heads=6),
+        kv_heads=2,
+        tied=False,
+        reward=digit_reward,
+        learning_rate=1e-3,
         batch=32,
         length=8,
     ),
