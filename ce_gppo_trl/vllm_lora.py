@@ -60,7 +60,7 @@ def vllm_has_bitsandbytes() -> bool:
     return "bitsandbytes" in QUANTIZATION_METHODS and not current_platform.is_cpu()
 
 
-def adapter_sync_refusal(model: Any, mode: str, enable_sleep_mode: bool, distributed_fsdp: bool) -> str | None:
+def adapter_sync_refusal(model: Any, mode: str, distributed_fsdp: bool) -> str | None:
     """Why adapter-only sync cannot serve this PEFT model and vLLM setup, or None when it can."""
     fix = "or set vllm_lora_sync: merge (TRL's merged-weight sync)"
     if mode != "colocate":
@@ -68,12 +68,6 @@ def adapter_sync_refusal(model: Any, mode: str, enable_sleep_mode: bool, distrib
             f"vllm_lora_sync='adapter' needs vllm_mode='colocate' (got vllm_mode={mode!r}): TRL 1.16's vLLM server "
             "(trl vllm-serve) cannot load LoRA adapters, it only receives full weights. Use vllm_mode: colocate, "
             + fix
-        )
-    if enable_sleep_mode:
-        return (
-            "vllm_lora_sync='adapter' with vllm_enable_sleep_mode=True is not supported: sleep level 2 drops the "
-            "engine's base weights, which the adapter-only sync never sends again. Set vllm_enable_sleep_mode: "
-            "false, " + fix
         )
     if distributed_fsdp:
         return "vllm_lora_sync='adapter' is not supported under FSDP (the adapter is sharded); " + fix
@@ -100,6 +94,12 @@ class _AdapterLLM:
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("lora_request", self._generation.lora_request)
         return self._llm.generate(*args, **kwargs)
+
+    def sleep(self, level: int = 1) -> None:
+        # TRL sleeps at level 2, which drops the weights for the full re-push of its next sync. Here the base never
+        # changes after the engine's start and no sync re-pushes it: level 1 offloads it to CPU RAM and wake_up
+        # restores it (the KV cache is freed at either level).
+        self._llm.sleep(level=1)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
@@ -142,18 +142,24 @@ class AdapterSyncVLLMGeneration(VLLMGeneration):
             if kwargs.get("quantization") == "bitsandbytes" and not vllm_has_bitsandbytes():
                 kwargs["quantization"] = None
             # The checkpoint the trainer's base came from (the PeftModel's own name_or_path is the same string).
-            return LLM(**{**kwargs, **lora_kwargs})
+            return _AdapterLLM(LLM(**{**kwargs, **lora_kwargs}), self)
 
         with _module_attribute(trl_vllm_generation, "LLM", llm):
             super()._init_vllm()
-        self.llm = _AdapterLLM(self.llm, self)
-        self.sync_weights()  # the engine never generates without the adapter, from the first prompt on
+        self._hand_over_adapter()  # the engine never generates without the adapter, from the first prompt on
 
     def _adapter_parameters(self) -> list[Any]:
         return [param for name, param in self.model.named_parameters() if "lora_" in name]
 
     def sync_weights(self) -> None:
         """Write the current adapter and point generation at it under a new id; the base stays as loaded."""
+        if self.enable_sleep_mode and self._llm_weights_sleeping:  # what TRL's sync does first, kept
+            trl_vllm_generation.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+        self._hand_over_adapter()
+
+    def _hand_over_adapter(self) -> None:
         previous = self.lora_request
         lora_id = 1 if previous is None else previous.lora_int_id + 1
         path = self._adapter_dir / str(lora_id)
@@ -181,9 +187,7 @@ def vllm_generation_factory(lora_sync: str) -> Callable[..., VLLMGeneration]:
         if lora_sync != "adapter" or not is_peft_model(model):
             return VLLMGeneration(model, accelerator, *args, **kwargs)
         fsdp = str(accelerator.distributed_type).endswith("FSDP")
-        refusal = adapter_sync_refusal(
-            model, kwargs.get("mode", "colocate"), kwargs.get("enable_sleep_mode", False), fsdp
-        )
+        refusal = adapter_sync_refusal(model, kwargs.get("mode", "colocate"), fsdp)
         if refusal is not None:
             raise ValueError(refusal)
         return AdapterSyncVLLMGeneration(model, accelerator, *args, **kwargs)
