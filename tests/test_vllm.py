@@ -429,10 +429,13 @@ def toy_model_cache(tmp_path_factory):
 @pytest.mark.parametrize(
     ("quantization", "bound"), [([], 0.01), (["--load_in_4bit", "true"], 0.05)], ids=["lora", "qlora"]
 )
-def test_lora_with_vllm_trains_through_the_command_line(tmp_path, toy_model_cache, quantization, bound):
+def test_lora_with_vllm_trains_through_the_command_line(tmp_path, toy_model_cache, quantization, bound, monkeypatch):
     """The README's line, as a user runs it, no shim: LoRA (QLoRA) CE-GPPO on the toy with vLLM colocate on CPU."""
     from test_first_hour import ce_gppo
 
+    # TRL's colocate engines in this process set the rendezvous variables and hold their port: a user's shell has none
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     result = ce_gppo(
         *("train", "--config", "configs/quickstart.yaml", "--use_peft", "true", *quantization, "--use_vllm", "true"),
         *("--vllm_mode", "colocate", "--output_dir", str(tmp_path / "run"), "--toy_model_dir", str(toy_model_cache)),
