@@ -141,7 +141,7 @@ class AdapterSyncVLLMGeneration(VLLMGeneration):
             # unquantised, which the adapter-only sync allows (no 4-bit weight is ever pushed).
             if kwargs.get("quantization") == "bitsandbytes" and not vllm_has_bitsandbytes():
                 kwargs["quantization"] = None
-            # The checkpoint the trainer's base came from (the PeftModel's own name_or_path is the same string).
+            # kwargs["model"] is TRL's `model.name_or_path`: the checkpoint the trainer's base was loaded from.
             return _AdapterLLM(LLM(**{**kwargs, **lora_kwargs}), self)
 
         with _module_attribute(trl_vllm_generation, "LLM", llm):
