@@ -77,6 +77,13 @@ def adapter_sync_refusal(model: Any, mode: str, distributed_fsdp: bool) -> str |
         return f"vllm_lora_sync='adapter' serves LoRA adapters to vLLM, not {kind}; " + fix
     if getattr(config, "use_dora", False):
         return "vllm_lora_sync='adapter': vLLM cannot serve DoRA adapters (use_dora=True); " + fix
+    patterns = {name: dict(getattr(config, name, None) or {}) for name in ("rank_pattern", "alpha_pattern")}
+    if any(patterns.values()):
+        shown = ", ".join(f"{name}={value}" for name, value in patterns.items() if value)
+        return (
+            f"vllm_lora_sync='adapter': {shown} is not served faithfully, since vLLM scales every module of an "
+            "adapter by one lora_alpha / r; " + fix
+        )
     if getattr(config, "modules_to_save", None):
         return (
             f"vllm_lora_sync='adapter': modules_to_save={list(config.modules_to_save)} are trained whole, and vLLM's "
@@ -132,8 +139,7 @@ class AdapterSyncVLLMGeneration(VLLMGeneration):
         from vllm import LLM
 
         config = self.model.peft_config[self.model.active_adapter]
-        rank = max([config.r, *(config.rank_pattern or {}).values()])
-        lora_kwargs = {"enable_lora": True, "max_lora_rank": vllm_max_lora_rank(rank), "max_loras": 1}
+        lora_kwargs = {"enable_lora": True, "max_lora_rank": vllm_max_lora_rank(config.r), "max_loras": 1}
 
         def llm(**kwargs: Any) -> Any:
             # TRL asks for vLLM's bitsandbytes loader when the trainer's base is 4-bit. vLLM 0.31 has none ("Unknown

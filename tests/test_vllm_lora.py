@@ -52,6 +52,7 @@ def test_a_plain_lora_adapter_in_colocate_mode_is_served(base_dir):
         ({}, "colocate", True, "not supported under FSDP"),
         ({"use_dora": True}, "colocate", False, r"cannot serve DoRA adapters \(use_dora=True\)"),
         ({"modules_to_save": ["lm_head"]}, "colocate", False, r"modules_to_save=\['lm_head'\]"),
+        ({"rank_pattern": {"v_proj": 8}}, "colocate", False, r"rank_pattern=\{'v_proj': 8\} is not served faithfully"),
     ],
 )
 def test_what_vllm_cannot_serve_is_refused_naming_the_way_out(base_dir, lora, mode, fsdp, message):
