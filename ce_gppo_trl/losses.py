@@ -23,6 +23,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -447,8 +449,43 @@ def _ce_gppo(log_ratio: torch.Tensor, advantages: torch.Tensor, **kwargs: object
 
 PolicyLossFn = Callable[..., torch.Tensor]
 
-# loss_type -> per-token loss. Every function is called as fn(log_ratio, advantages, **knobs) with the same knobs
-# (see CEGPPOTrainer._policy_loss_knobs) and ignores the ones it does not use.
+
+@dataclass
+class PolicyLossArgs:
+    """The keyword arguments every `POLICY_LOSSES` function receives; each reads the ones its method uses.
+
+    Example:
+        >>> import torch
+        >>> log_ratio, advantages = torch.log(torch.tensor([0.5, 1.5])), torch.tensor([-1.0, 1.0])
+        >>> args = PolicyLossArgs(per_token_logps=torch.zeros(2), epsilon_low=0.2, epsilon_high=0.2, beta1=0.5)
+        >>> POLICY_LOSSES["ce_gppo"](log_ratio, advantages, **args.as_kwargs())
+        tensor([ 0.4000, -1.2000])
+    """
+
+    per_token_logps: torch.Tensor  # log pi_theta (CISPO, VESPO, Clip-Cov, KL-Cov)
+    epsilon_low: Bound  # clip half-widths: floats, or per-token tensors (probability-dependent bounds)
+    epsilon_high: Bound
+    beta1: float = 1.0  # CE-GPPO's gradient weights in NA&LP / PA&LP
+    beta2: float = 1.0
+    clip_ratio_c: float | None = None  # dual clip
+    delta: float | None = None  # INTELLECT-2's two-sided cap
+    sapo_temperature_pos: float | None = None  # SAPO
+    sapo_temperature_neg: float | None = None
+    phi_seq: torch.Tensor | None = None  # VESPO's gamma weights (B, 1)
+    mask: torch.Tensor | None = None  # loss tokens (Clip-Cov / KL-Cov centre their covariance over them)
+    clip_cov_ratio: float | None = None  # Clip-Cov / KL-Cov, with verl's names
+    clip_cov_lb: float | None = None
+    clip_cov_ub: float | None = None
+    kl_cov_ratio: float | None = None
+    ppo_kl_coef: float | None = None
+    selected: torch.Tensor | None = None  # Clip-Cov / KL-Cov tokens, drawn once for the loss and its metric
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+# loss_type -> per-token loss. Every function is called as fn(log_ratio, advantages, **PolicyLossArgs.as_kwargs())
+# and ignores the arguments it does not use.
 POLICY_LOSSES: dict[str, PolicyLossFn] = {
     "ce_gppo": _ce_gppo,
     "grpo": ppo_clip_policy_loss,

@@ -126,10 +126,10 @@ def test_per_token_bounds_reach_the_loss_knobs(tmp_path, tiny_model_dir, arithme
     args = make_args(tmp_path, prob_clip_high_weight=1.0, prob_clip_low_weight=0.5)
     trainer = make_trainer(tiny_model_dir, arithmetic_dataset, args)
     old_logps = torch.log(torch.tensor([[0.1, 0.5, 0.9]]))
-    knobs = trainer._policy_loss_knobs({"old_per_token_logps": old_logps}, old_logps + 0.1)
+    epsilon_low, epsilon_high = trainer._clip_bounds(old_logps)
     p_old = old_logps.exp()
-    torch.testing.assert_close(knobs["epsilon_high"], prob_clip_upper(p_old, alpha=-0.2, b=0.28))
-    torch.testing.assert_close(knobs["epsilon_low"], 0.5 * prob_clip_lower(p_old, alpha=-0.2, b=0.28) + 0.5 * 0.2)
+    torch.testing.assert_close(epsilon_high, prob_clip_upper(p_old, alpha=-0.2, b=0.28))
+    torch.testing.assert_close(epsilon_low, 0.5 * prob_clip_lower(p_old, alpha=-0.2, b=0.28) + 0.5 * 0.2)
     # A Python-only schedule callback moves a TRL loss type onto the library's path, where per-token bounds apply.
     dapo = make_trainer(
         tiny_model_dir,
