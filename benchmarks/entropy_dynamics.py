@@ -52,7 +52,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "CE-GPPO (0.5, 1) + ID": (
         "ours",
-        {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "entropy_schedule": "increase_decrease"},
+        {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "prob_clip_schedule": "increase_decrease"},
     ),
     # The controller's target is set per sweep from the measured start entropy (see `controller_fields`).
     "CE-GPPO (0.5, 1) + controller": (

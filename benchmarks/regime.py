@@ -46,8 +46,8 @@ from _study import cpu_config  # noqa: E402 - the config every CPU study trains 
 CE_GPPO_05 = {**ed.METHODS["CE-GPPO (0.5, 1)"][1]}
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: ed.METHODS[name] for name in list(ed.METHODS)[:9] if "controller" not in name},
-    "CE-GPPO (0.5, 1) + DID": ("ours", {**CE_GPPO_05, "entropy_schedule": "decrease_increase_decrease"}),
-    "CE-GPPO (0.5, 1) + OD": ("ours", {**CE_GPPO_05, "entropy_schedule": "oscillatory_decay"}),
+    "CE-GPPO (0.5, 1) + DID": ("ours", {**CE_GPPO_05, "prob_clip_schedule": "decrease_increase_decrease"}),
+    "CE-GPPO (0.5, 1) + OD": ("ours", {**CE_GPPO_05, "prob_clip_schedule": "oscillatory_decay"}),
 }
 QUICK_METHODS = ["DAPO", "CE-GPPO (0.5, 1)", "DAPO + ERC"]
 # Micro-experiment settings (beta1, beta2): the beta1 sweep at beta2 = 1 and the beta2 sweep at beta1 = 0.5.

@@ -15,11 +15,17 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .validation import check_finite, fail
 
 # Its defaults, for EntropyControllerCallback and CEGPPOConfig's entropy_controller_* fields alike: chosen on the plant
 # family of benchmarks/controller.py and checked on a plant kept out of the choice (benchmarks/RESULTS.md, section 13).
 CONTROLLER_DEFAULTS = {"kp": 0.5, "ki": 0.03, "max_delta": 1.0, "max_rate": 0.2, "horizon": 8}
+# What the command moves (`entropy_controller_actuator`): CE-GPPO's betas, the clip half-widths, the weights of the
+# probability-dependent bounds, the ERC band, or a signed entropy term in the loss.
+CONTROLLER_ACTUATORS = ("betas", "clip", "prob_clip", "erc", "entropy")
 # Weight of the newest entropy change in the measured slope (an exponential average over about 2 steps).
 SLOPE_WEIGHT = 0.5
 # The integral skips an error beyond this share of the target while the entropy is already closing it (the
@@ -116,3 +122,50 @@ def controller_update(
         step=state.step + 1,
     )
     return new, error
+
+
+def check_controller_settings(
+    *,
+    targets: Sequence[float | None],
+    actuator: str,
+    kp: float,
+    ki: float,
+    max_delta: float,
+    max_rate: float,
+    horizon: float,
+    saturation_steps: int,
+    require_target: bool = True,
+) -> None:
+    """Refuse controller settings `controller_update` cannot run, under the config's `entropy_controller_*` names.
+
+    `targets`: the target entropy and, for a linear trajectory, its final value (None where unset).
+
+    Example:
+        >>> check_controller_settings(targets=[1.0], actuator="clip", kp=-0.5, ki=0.03, max_delta=1.0, max_rate=0.2,
+        ...     horizon=8, saturation_steps=10)
+        Traceback (most recent call last):
+        ...
+        ValueError: entropy_controller_kp=-0.5 is not allowed: expected a finite number >= 0.
+    """
+    if require_target and (not targets or targets[0] is None):
+        fail("entropy_controller_target", None, "the entropy controller needs a target entropy (nats, > 0)")
+    for name, value in zip(("entropy_controller_target", "entropy_controller_target_final"), targets, strict=False):
+        if value is not None:
+            check_finite(name, value)
+            if value <= 0:
+                fail(name, value, "expected an entropy > 0 (nats)")
+    gains = {"kp": kp, "ki": ki, "max_delta": max_delta, "max_rate": max_rate, "horizon": horizon}
+    for name, value in gains.items():
+        check_finite(f"entropy_controller_{name}", value)
+        if value < 0:
+            fail(f"entropy_controller_{name}", value, "expected a finite number >= 0")
+    if not isinstance(saturation_steps, int) or isinstance(saturation_steps, bool) or saturation_steps < 1:
+        fail("entropy_controller_saturation_steps", saturation_steps, "expected an integer >= 1")
+    if actuator not in CONTROLLER_ACTUATORS:
+        fail("entropy_controller_actuator", actuator, f"expected one of {list(CONTROLLER_ACTUATORS)}")
+
+
+def check_erc_actuator(actuator: str, erc_enabled: bool) -> None:
+    """The ERC band can only be moved with ERC on."""
+    if actuator == "erc" and not erc_enabled:
+        fail("entropy_controller_actuator", actuator, "the ERC band only acts with ERC on: set erc_low and erc_high")

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .validation import check_finite, check_range, fail
+
 Bound = float | torch.Tensor
 
 # Ratios are computed from log-ratios clamped here, so exp() stays finite in float32 (e^20 ~ 4.9e8) for any drift
@@ -111,6 +113,18 @@ def prob_clip_lower(p_old: torch.Tensor, *, alpha: float, b: float) -> torch.Ten
         tensor([0.2800, 0.1000])
     """
     return 1 - (1 - b) / (1 + alpha * p_old)
+
+
+def check_prob_clip_bound(side: str, alpha: float, b: float) -> None:
+    """Refuse `prob_clip_{side}_alpha` / `prob_clip_{side}_b` for which `prob_clip_upper` / `prob_clip_lower` would
+    not stay a valid half-width: `0 < b < 1` and `-b <= alpha < 0` (tighter bounds for likelier tokens)."""
+    b_name, alpha_name = f"prob_clip_{side}_b", f"prob_clip_{side}_alpha"
+    check_range(b_name, b, 0.0, 1.0)
+    if b == 0:
+        fail(b_name, b, "expected 0 < b < 1")
+    check_finite(alpha_name, alpha)
+    if not -b <= alpha < 0:
+        fail(alpha_name, alpha, f"expected -{b_name} = {-b} <= alpha < 0 (tighter bounds for likelier tokens)")
 
 
 def mix_bound(eps_std: Bound, eps_p: torch.Tensor, weight: float) -> Bound:

@@ -49,7 +49,7 @@ from trl.trainer.utils import (
 from . import rollout
 from .attribution import EntropyAttribution, attribution_groups
 from .callbacks import callbacks_from_config
-from .config import CEGPPOConfig, on_policy_message
+from .config import RENAMED_FIELDS, CEGPPOConfig, on_policy_message
 from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
 from .losses import (
     AGGREGATION,
@@ -84,10 +84,16 @@ _CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_con
 # settings. A resume refuses a config that changed any of them, which the restored state would override.
 _CONTROL_CONFIG_FIELDS = (
     *("ce_gppo_beta1", "ce_gppo_beta2", "epsilon", "epsilon_high", "erc_low", "erc_high"),
-    *("prob_clip_low_weight", "prob_clip_high_weight", "entropy_schedule", "entropy_schedule_split", "od_min_ratio"),
+    *(
+        "prob_clip_weight_low",
+        "prob_clip_weight_high",
+        "prob_clip_schedule",
+        "prob_clip_schedule_split",
+        "od_min_ratio",
+    ),
     *(f"{beta}_{name}" for beta in ("beta1", "beta2") for name in ("schedule", "final", "steps", "values")),
     "entropy_controller",
-    *(f"entropy_controller_{name}" for name in ("target", "target_final", "knobs", "kp", "ki", "max_delta")),
+    *(f"entropy_controller_{name}" for name in ("target", "target_final", "actuator", "kp", "ki", "max_delta")),
     *("entropy_controller_max_rate", "entropy_controller_horizon", "entropy_controller_saturation_steps"),
 )
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -212,8 +218,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self.ce_gppo_beta2 = args.ce_gppo_beta2
         self.erc_low = args.erc_low
         self.erc_high = args.erc_high
-        self.prob_clip_weight_low = args.prob_clip_low_weight
-        self.prob_clip_weight_high = args.prob_clip_high_weight
+        self.prob_clip_weight_low = args.prob_clip_weight_low
+        self.prob_clip_weight_high = args.prob_clip_weight_high
         self.entropy_control_coef = 0.0
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
@@ -246,10 +252,10 @@ class CEGPPOTrainer(GRPOTrainer):
         for callback in self._control_callbacks:
             callback.bind(self)
         if self._entropy_bonus_enabled and any(
-            getattr(cb, "knobs", None) == "entropy" for cb in self._control_callbacks
+            getattr(cb, "actuator", None) == "entropy" for cb in self._control_callbacks
         ):
             raise ValueError(
-                "entropy_controller_knobs='entropy' (an entropy controller callback) and TRL's entropy bonus "
+                "entropy_controller_actuator='entropy' (an entropy controller callback) and TRL's entropy bonus "
                 f"(entropy_coef={self.entropy_coef!r}, use_adaptive_entropy={self.use_adaptive_entropy!r}) would "
                 "both put an entropy term in the loss; use one of them."
             )
@@ -547,7 +553,7 @@ class CEGPPOTrainer(GRPOTrainer):
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
         if self.entropy_control_coef:
-            # The entropy controller's signed entropy term (entropy_controller_knobs="entropy"): TRL's bonus form
+            # The entropy controller's signed entropy term (entropy_controller_actuator="entropy"): TRL's bonus form
             # L - coef * mean(H), over the same tokens as TRL's bonus (those top_entropy_quantile leaves).
             loss = loss - self.entropy_control_coef * _bonus_entropy(entropies, mask, entropy_mask) / accumulation
 
@@ -776,9 +782,12 @@ class CEGPPOTrainer(GRPOTrainer):
         self._check_control_config(state.get("config"), path)
         for name, value in state["knobs"].items():
             setattr(self, name, value)
+        saved = state["callbacks"]
         for key, callback in self._keyed_control_callbacks().items():
-            if key in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][key])
+            # Checkpoints written before the rename keep ProbClipScheduleCallback's state under its old name.
+            key = key if key in saved else key.replace("ProbClipScheduleCallback", "EntropyScheduleCallback")
+            if key in saved:
+                callback.load_state_dict(saved[key])
 
     def _control_config(self) -> dict[str, Any]:
         # Through JSON, so that a value compares equal to itself read back from a checkpoint (tuples become lists).
@@ -792,6 +801,7 @@ class CEGPPOTrainer(GRPOTrainer):
         """
         if saved is None:
             return
+        saved = {RENAMED_FIELDS.get(name, name): value for name, value in saved.items()}  # older checkpoints
         current = self._control_config()
         changed = [name for name in _CONTROL_CONFIG_FIELDS if name in saved and saved[name] != current[name]]
         if not changed:
