@@ -1,25 +1,10 @@
 """`CEGPPOTrainer`: TRL's `GRPOTrainer` with CE-GPPO, the dual clip and Entropy Ratio Clipping.
 
-The trainer reuses all of TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and overrides
-these methods:
-
-- `_compute_loss`: when the config needs this library's loss (`CEGPPOConfig.uses_own_loss`), the per-token loss
-  comes from the `losses.POLICY_LOSSES` registry and is aggregated by `losses.aggregate_loss`; otherwise TRL's own
-  `_compute_loss` runs untouched, so every TRL loss type behaves exactly as in TRL.
-- `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
-  that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
-  forward pass is made. With vLLM, the same rollout gives the trainer-vs-vLLM log-prob gap right after TRL's weight
-  sync, which warns above `vllm_logp_difference_bound` (stale engine weights).
-- `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
-  training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
-  completion's accuracy reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the
-  left-truncating prompt cap and verl's warm-up counted in rollout batches.
-
-Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
-`epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
-for, binds every callback that has a `bind` method, turns the probability-dependent weights into per-token clip
-bounds, logs `entropy_control/*` and `entropy_dynamics/*`, and saves the callbacks' state in each checkpoint
-(`_save_checkpoint` / `_load_optimizer_and_scheduler`, TRL's pattern for its adaptive entropy state).
+The trainer reuses TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and is glue only: the
+per-token losses and the clip bounds are `ce_gppo_trl.losses`, the metrics' one reduction `ce_gppo_trl.step_metrics`,
+the rollout-side additions (NLL rewards, dynamic sampling, prompt cap, vLLM and ERC checks) `ce_gppo_trl.rollout`,
+time-varying control `ce_gppo_trl.callbacks`. Its overrides of TRL / transformers methods, each with its reason, are
+listed in `CEGPPOTrainer`'s docstring.
 """
 
 from __future__ import annotations
@@ -192,6 +177,27 @@ class CEGPPOTrainer(GRPOTrainer):
     """GRPO trainer with CE-GPPO (arXiv 2509.20712), the dual clip and Entropy Ratio Clipping (arXiv 2512.05591).
 
     Takes the same arguments as `trl.GRPOTrainer`; `args` must be a [`CEGPPOConfig`].
+
+    Overrides of TRL / transformers methods, and why each is needed:
+
+    - `_compute_loss`: this library's loss path (`_compute_policy_loss`) when the config needs it
+      (`CEGPPOConfig.uses_own_loss`); otherwise TRL's own, untouched, so every TRL loss type behaves as in TRL.
+    - `_generate_and_score_completions`: keeps ERC's old entropies from TRL's own no-grad scoring pass (no extra
+      forward pass) and checks the trainer-vs-vLLM log-prob gap right after TRL's weight sync.
+    - `_get_per_token_logps_and_entropies`: asks that scoring pass for the entropies it otherwise skips.
+    - `_calculate_rewards`: keeps each completion's per-function rewards, which TRL reduces to advantages, for the
+      NLL term and dynamic sampling.
+    - `_prepare_inputs`: TRL's training branch with `_rollout` (rewards in the batch, dynamic sampling's extra
+      rounds) in place of its single `_generate_and_score_completions` call; only with those features on.
+    - `_tokenize_prompts`: the authors' left-truncating prompt cap (`max_prompt_length`), which TRL 1.16 dropped.
+    - `create_scheduler`: verl's warm-up counted in rollout batches (`warmup_rollout_batches`).
+    - `_clip_grad_norm`: hands the pre-clip gradient norm to the entropy attribution.
+    - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the entropy-control state (knob values,
+      callback states), TRL's pattern for its adaptive entropy state.
+
+    Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
+    `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`, `entropy_control_coef`); the trainer attaches
+    the callbacks its config asks for and binds every callback that has a `bind` method.
 
     Example:
         ```python
