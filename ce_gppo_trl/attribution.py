@@ -362,3 +362,134 @@ class EntropyAttribution(TrainerCallback):
                 )
                 total += float((entropies * batch["mask"]).sum())
         return total
+
+
+class EntropyGainMeter(TrainerCallback):
+    """Measures the entropy plant of the measured-gain controller (`ce_gppo_trl.controller.measured_update`) every
+    `every` optimizer steps of a `CEGPPOTrainer`, logs it and hands it to the controller (`take`).
+
+    - `gain = b = g_H . P g_c`: the entropy change per step per unit of Adam's first moment of the coefficient `c` of
+      the loss term `-c * mean(H)` (`_bonus_entropy`), with `g_c` that term's gradient per unit `c` as the optimizer
+      receives it (per micro-batch token means, over the accumulation steps, averaged over processes) and `P = lr *
+      clip_scale / ((1 - beta1^t) * (sqrt(v_t / (1 - beta2^t)) + eps))` Adam's preconditioner at this step. With one
+      micro-batch on one process `g_c = g_H` and `b = g_H . P g_H >= 0`; otherwise the two differ by the micro-batches'
+      token counts only.
+    - `predicted = g_H . delta_theta`: the first-order entropy change of the update the optimizer really applied (read
+      off the weights). The controller takes its own term's share `b * m` out of it to get the drift.
+
+    `g_H` is the gradient of the mean entropy over every process's tokens of the step (the micro-batches' sums
+    all-reduced over the global token count, as `EntropyAttribution` does), of the trainable parameters only (PEFT:
+    the adapters). Logs `entropy_control/gain` and `entropy_control/predicted_change` on measured steps. Cost on
+    measured steps: one more backward pass per micro-batch (`torch.autograd.grad` on the loss's graph, `.grad` and
+    the optimizer untouched) and 3 float32 copies of the trainable parameters. Adam / AdamW only (checked when
+    training starts); the trainer refuses it with DeepSpeed or FSDP (sharded parameters and states).
+    """
+
+    def __init__(self, trainer: Any, every: int):
+        self.trainer, self.every = trainer, every
+        self.measurement: tuple[float, float] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.entropy_sums: list[torch.Tensor] | None = None  # sum over tokens of grad H, this process
+        self.term_grads: list[torch.Tensor] | None = None  # grad of the loss term's mean(H) / accumulation
+        self.count = 0.0
+        self.theta_before: list[torch.Tensor] | None = None
+        self.grad_norm: float | None = None
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.trainer.model.parameters() if p.requires_grad]
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
+        if not _adam_like(optimizer):
+            raise ValueError(
+                f"entropy_controller_law='measured' (or 'scaled_pi') needs torch's Adam or AdamW, whose "
+                f"preconditioner the gain is measured through; this run's optimizer is {type(optimizer).__name__}. "
+                "Set entropy_controller_law='pi' (the fixed-gain law) with this optimizer."
+            )
+
+    def wants(self) -> bool:
+        """Whether the step being computed (`global_step + 1`) is measured: the first, then every `every`."""
+        return self.trainer.state.global_step % self.every == 0
+
+    def collect(self, entropies: torch.Tensor, mask: torch.Tensor, accumulation: float) -> None:
+        """Add one micro-batch (the tokens of the loss's entropy term; `accumulation`: what the loss divides by)."""
+        params = self.params()
+        mask = mask.to(entropies.dtype)
+        grads = torch.autograd.grad((entropies * mask).sum(), params, retain_graph=True, allow_unused=True)
+        grads = [
+            torch.zeros_like(p, dtype=torch.float32) if g is None else g.detach().float()
+            for g, p in zip(grads, params, strict=True)
+        ]
+        count = float(mask.sum())
+        weight = 1.0 / (max(count, 1.0) * accumulation)  # _bonus_entropy's token mean, over the accumulation
+        if self.entropy_sums is None:
+            self.entropy_sums = grads
+            self.term_grads = [g * weight for g in grads]
+        else:
+            for total, term, grad in zip(self.entropy_sums, self.term_grads, grads, strict=True):
+                total.add_(grad)
+                term.add_(grad, alpha=weight)
+        self.count += count
+
+    def record_grad_norm(self, norm: Any) -> None:
+        if self.entropy_sums is not None:
+            self.grad_norm = float(norm)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.entropy_sums is not None:
+            self.theta_before = [p.detach().float().clone() for p in self.params()]
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        try:
+            if self.theta_before is not None and not self.trainer.accelerator.optimizer_step_was_skipped:
+                self.measurement = self._measure(args)
+                metrics = self.trainer._metrics["train"]
+                metrics["entropy_control/gain"].append(self.measurement[0])
+                metrics["entropy_control/predicted_change"].append(self.measurement[1])
+        finally:
+            self._reset()
+
+    def take(self) -> tuple[float, float] | None:
+        """The last step's `(gain, predicted)`, or None if it was not measured; cleared once taken."""
+        measurement, self.measurement = self.measurement, None
+        return measurement
+
+    def _reduced(self, grads: list[torch.Tensor], extra: float, divide_by_extra: bool) -> list[torch.Tensor]:
+        """All-reduce (sum) `grads` and `extra` in one buffer; divide by the summed `extra` or the process count."""
+        accelerator, params = self.trainer.accelerator, self.params()
+        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([extra], device=params[0].device)])
+        flat = accelerator.reduce(flat, reduction="sum")
+        flat.div_(max(float(flat[-1]), 1.0) if divide_by_extra else accelerator.num_processes)
+        out, offset = [], 0
+        for p in params:
+            out.append(flat[offset : offset + p.numel()].view(p.shape))
+            offset += p.numel()
+        return out
+
+    def _measure(self, args: Any) -> tuple[float, float]:
+        params = self.params()
+        grad_entropy = self._reduced(self.entropy_sums, self.count, divide_by_extra=True)
+        grad_term = self._reduced(self.term_grads, 0.0, divide_by_extra=False)  # DDP averages gradients
+        self.entropy_sums = self.term_grads = None
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate's wrapper
+        settings = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        clip_scale = 1.0
+        if args.max_grad_norm and args.max_grad_norm > 0 and self.grad_norm is not None:
+            clip_scale = min(1.0, args.max_grad_norm / (self.grad_norm + 1e-6))  # torch's clip_grad_norm_ scale
+        gain = predicted = 0.0
+        for p, before, g_h, g_c in zip(params, self.theta_before, grad_entropy, grad_term, strict=True):
+            g_h = g_h.double()
+            predicted += float((g_h * (p.detach().double() - before.double())).sum())
+            group = settings.get(id(p))
+            if group is None or p not in optimizer.state:
+                continue
+            opt_state = optimizer.state[p]
+            beta1, beta2 = (float(b) for b in group["betas"])
+            step = float(opt_state["step"])
+            exp_avg_sq = opt_state["max_exp_avg_sq"] if group.get("amsgrad") else opt_state["exp_avg_sq"]
+            denom = (exp_avg_sq.double().sqrt() / math.sqrt(1 - beta2**step)).add_(float(group["eps"]))
+            scale = float(group["lr"]) * clip_scale / (1 - beta1**step)
+            gain += scale * float((g_h * g_c.double() / denom).sum())
+        return gain, predicted

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,10 +34,16 @@ from transformers import TrainerCallback
 
 from .controller import (
     CONTROLLER_DEFAULTS,
+    MEASURED_DEFAULTS,
     ControllerState,
+    MeasuredState,
+    check_controller_law,
     check_controller_settings,
     check_erc_actuator,
     controller_update,
+    measured_update,
+    resolve_law,
+    scaled_pi_coefficient,
 )
 from .schedules import (
     check_knob_schedule,
@@ -271,6 +278,10 @@ class EntropyControllerCallback(EntropyControlCallback):
         max_rate: float = CONTROLLER_DEFAULTS["max_rate"],
         saturation_steps: int = 10,
         horizon: float = CONTROLLER_DEFAULTS["horizon"],
+        law: str | None = None,
+        rate: float = MEASURED_DEFAULTS["rate"],
+        measure_steps: int = 1,
+        reference_gain: float | None = None,
         knobs: str | None = None,
     ) -> None:
         super().__init__()
@@ -297,11 +308,17 @@ class EntropyControllerCallback(EntropyControlCallback):
             saturation_steps=saturation_steps,
             require_target=not callable(target),
         )
+        check_controller_law(law, actuator, rate=rate, measure_steps=measure_steps, reference_gain=reference_gain)
+        self.law = resolve_law(law, actuator)
         self.target, self.actuator = target, actuator
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
         self.saturation_steps, self.horizon = saturation_steps, horizon
+        self.rate, self.measure_steps, self.reference_gain = rate, measure_steps, reference_gain
         self.needs_own_loss = actuator in ("prob_clip", "entropy")
         self.state = ControllerState()
+        self.measured = MeasuredState()
+        self.gain: float | None = None  # scaled_pi: the last measured gain
+        self.meter: Any = None
         self.warned = False
         self.reference: dict[str, float] = {}
 
@@ -314,18 +331,35 @@ class EntropyControllerCallback(EntropyControlCallback):
             return start + (end - start) * step / check_total_steps(max_steps, "a target trajectory")
         return float(self.target)
 
+    @property
+    def measures(self) -> bool:
+        """Whether the law needs the trainer's measurements of the gain and drift (`EntropyGainMeter`)."""
+        return self.law != "pi"
+
     def bind(self, trainer: Any) -> None:
         super().bind(trainer)
+        if self.measures:
+            self.meter = trainer.entropy_gain_meter(self.measure_steps)
         self.reference = {name: getattr(trainer, name) for name in _ACTUATOR_KNOBS[self.actuator]}
         check_erc_actuator(self.actuator, self.reference.get("erc_low", 0.0) is not None)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.state), "warned": self.warned}
+        state = {**dataclasses.asdict(self.state), "warned": self.warned}
+        if self.measures:
+            state.update(
+                measured=dataclasses.asdict(self.measured), gain=self.gain, reference_gain=self.reference_gain
+            )
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self.warned = state.pop("warned")
+        measured = state.pop("measured", None)
+        self.gain = state.pop("gain", None)
+        self.reference_gain = state.pop("reference_gain", self.reference_gain)
         self.state = ControllerState(**state)
+        if measured is not None:  # JSON gives lists back where the state holds tuples
+            self.measured = MeasuredState(**{k: tuple(v) if isinstance(v, list) else v for k, v in measured.items()})
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.target_at(0, state.max_steps)
@@ -335,6 +369,23 @@ class EntropyControllerCallback(EntropyControlCallback):
         if entropy is None:
             return
         target = self.target_at(state.global_step - 1, state.max_steps)
+        measurement = self.meter.take() if self.meter is not None else None
+        if self.law == "measured":
+            error, output, saturated = self._measured_step(target, entropy, measurement)
+        else:
+            error, output, saturated = self._pi_step(target, entropy, measurement)
+        self._apply(output)
+        if saturated and not self.warned:
+            self.warned = True
+            self._warn_saturated(target, entropy, error, output)
+        self._log("target", target)
+        self._log("error", error)
+        self._log("output", output)
+        self._log("saturated", float(saturated))
+
+    def _pi_step(
+        self, target: float, entropy: float, measurement: tuple[float, float] | None
+    ) -> tuple[float, float, bool]:
         self.state, error = controller_update(
             self.state,
             target=target,
@@ -344,26 +395,76 @@ class EntropyControllerCallback(EntropyControlCallback):
             max_rate=self.max_rate,
             horizon=self.horizon,
         )
-        self._apply(self.state.output)
-        saturated = self.state.saturated_steps >= self.saturation_steps
-        if saturated and not self.warned:
-            self.warned = True
-            logger.warning(
-                "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
-                "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
-                "data (or, for a clip-family knob, act the other way here): widen entropy_controller_max_delta, "
-                "pick other entropy_controller_actuator, or set a reachable target.",
-                self.state.saturated_steps,
-                "upper" if self.state.output > 0 else "lower",
-                ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if self.state.output > 0 else -1.0).items()),
-                entropy,
-                "below" if error > 0 else "above",
-                target,
+        output = self.state.output
+        if self.law == "scaled_pi":
+            if measurement is not None:
+                self.gain = measurement[0]
+                self.reference_gain = self.reference_gain or self.gain
+            coefficient = scaled_pi_coefficient(
+                output, max_delta=self.max_delta, gain=self.gain, reference_gain=self.reference_gain or 1.0
             )
-        self._log("target", target)
-        self._log("error", error)
-        self._log("output", self.state.output)
-        self._log("saturated", float(saturated))
+            output = coefficient / self.max_delta if self.max_delta else 0.0
+        return error, output, self.state.saturated_steps >= self.saturation_steps
+
+    def _measured_step(
+        self, target: float, entropy: float, measurement: tuple[float, float] | None
+    ) -> tuple[float, float, bool]:
+        gain = drift = None
+        if measurement is not None:
+            # The drift: the update's first-order entropy change without this term's share, gain x Adam's first
+            # moment of the coefficient as the law models it (the coefficient that acted in this step).
+            gain, predicted = measurement
+            drift = predicted - gain * self.measured.momenta[-1]
+        self.measured, error = measured_update(
+            self.measured,
+            target=target,
+            entropy=entropy,
+            gain=gain,
+            drift=drift,
+            beta1=self._adam_beta1(),
+            max_coef=self.max_delta,
+            rate=self.rate,
+        )
+        if self.measured.log_gain is not None:  # the meter logs the raw gain
+            self._log("drift", self.measured.drift)
+            self._log("lag", self.measured.lag)
+            self._log("scale", self.measured.scale)
+        output = self.measured.output / self.max_delta if self.max_delta else 0.0
+        return error, output, self.measured.saturated_steps >= self.saturation_steps
+
+    def _adam_beta1(self) -> float:
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
+        return float(optimizer.param_groups[0]["betas"][0])
+
+    def _warn_saturated(self, target: float, entropy: float, error: float, output: float) -> None:
+        if self.law == "measured":
+            logger.warning(
+                "Entropy controller saturated: for %d steps the target (%.4g) has been out of reach of the entropy "
+                "coefficient's limit (entropy_controller_max_delta=%.4g): cancelling the measured drift alone takes "
+                "%.4g, or the coefficient sits at its %s limit while the entropy does not approach. This run "
+                "sustains about %.4g nats here: set a target near it, or raise entropy_controller_max_delta.",
+                self.measured.saturated_steps,
+                target,
+                self.max_delta,
+                abs(self.measured.drift / math.exp(self.measured.log_gain) / self.measured.scale)
+                if self.measured.log_gain is not None
+                else float("nan"),
+                "upper" if error > 0 else "lower",
+                entropy,
+            )
+            return
+        logger.warning(
+            "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
+            "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
+            "data (or, for a clip-family knob, act the other way here): widen entropy_controller_max_delta, "
+            "pick another entropy_controller_actuator, or set a reachable target.",
+            self.state.saturated_steps,
+            "upper" if output > 0 else "lower",
+            ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if output > 0 else -1.0).items()),
+            entropy,
+            "below" if error > 0 else "above",
+            target,
+        )
 
     def _apply(self, output: float) -> None:
         for name, value in self.knob_values(output).items():
@@ -439,6 +540,10 @@ def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
                 max_rate=args.entropy_controller_max_rate,
                 horizon=args.entropy_controller_horizon,
                 saturation_steps=args.entropy_controller_saturation_steps,
+                law=args.entropy_controller_law,
+                rate=args.entropy_controller_rate,
+                measure_steps=args.entropy_controller_measure_steps,
+                reference_gain=args.entropy_controller_reference_gain,
             )
         )
     return callbacks

@@ -8,7 +8,13 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from .controller import CONTROLLER_DEFAULTS, check_controller_settings, check_erc_actuator
+from .controller import (
+    CONTROLLER_DEFAULTS,
+    MEASURED_DEFAULTS,
+    check_controller_law,
+    check_controller_settings,
+    check_erc_actuator,
+)
 from .losses import (
     CLIPPED_LOSS_TYPES,
     COVARIANCE_SELECTIONS,
@@ -66,7 +72,7 @@ def on_policy_message(config: CEGPPOConfig) -> str | None:
         ("probability-dependent clip bounds (prob_clip_schedule, prob_clip_weight_*)", config.prob_clip_enabled),
         # The signed entropy term acts on-policy too; the clip-family knobs only through the ratio.
         (
-            f"entropy_controller (knobs={config.entropy_controller_actuator!r})",
+            f"entropy_controller (actuator={config.entropy_controller_actuator!r})",
             config.entropy_controller and config.entropy_controller_actuator != "entropy",
         ),
     ]
@@ -309,9 +315,8 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller: bool = field(
         default=False,
         metadata={
-            "help": "Closed-loop entropy control: after each step a PI law on the relative error "
-            "(target - H) / target moves entropy_controller_actuator to hold the measured entropy on "
-            "entropy_controller_target."
+            "help": "Closed-loop entropy control: after each step a law (entropy_controller_law) moves "
+            "entropy_controller_actuator to hold the measured entropy on entropy_controller_target."
         },
     )
     entropy_controller_target: float | None = field(
@@ -371,6 +376,35 @@ class CEGPPOConfig(GRPOConfig):
         metadata={
             "help": "Steps at a limit, the error pushing further and not shrinking by a quarter, after which "
             "entropy_control/saturated is 1 and a warning names the limit; >= 1."
+        },
+    )
+    entropy_controller_law: str | None = field(
+        default=None,
+        metadata={
+            "help": "The controller's law: 'measured' (the default with entropy_controller_actuator='entropy') "
+            "divides by the measured gain b = g_H . P g_H of the entropy term and cancels the measured drift "
+            "(ce_gppo_trl.controller.measured_update; Adam / AdamW, not DeepSpeed or FSDP); 'pi' (the default with "
+            "the other actuators) is the fixed-gain PI law on the relative error; 'scaled_pi' is that PI law times "
+            "entropy_controller_reference_gain / b (an ablation)."
+        },
+    )
+    entropy_controller_rate: float = field(
+        default=MEASURED_DEFAULTS["rate"],
+        metadata={"help": "Share of the entropy error the measured law asks to close per optimizer step, in (0, 1]."},
+    )
+    entropy_controller_measure_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Measure the gain and drift of the measured and scaled_pi laws every this many optimizer steps "
+            "(>= 1; the law holds its averages in between). A measured step costs one more backward pass per "
+            "micro-batch."
+        },
+    )
+    entropy_controller_reference_gain: float | None = field(
+        default=None,
+        metadata={
+            "help": "scaled_pi only: the gain (nats per step per unit coefficient, > 0) at which the PI gains act as "
+            "tuned; None takes the run's first measurement."
         },
     )
     entropy_diagnostics: bool = field(
@@ -664,6 +698,14 @@ class CEGPPOConfig(GRPOConfig):
             actuator=actuator,
             require_target=self.entropy_controller,
             **{name: getattr(self, f"entropy_controller_{name}") for name in _CONTROLLER_SETTINGS},
+        )
+        check_controller_law(
+            self.entropy_controller_law,
+            actuator,
+            rate=self.entropy_controller_rate,
+            measure_steps=self.entropy_controller_measure_steps,
+            reference_gain=self.entropy_controller_reference_gain,
+            enabled=self.entropy_controller,
         )
         if not self.entropy_controller:
             return

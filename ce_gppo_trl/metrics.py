@@ -183,6 +183,32 @@ METRICS: tuple[Metric, ...] = (
         when=("`entropy_controller`"),
     ),
     Metric(
+        "entropy_control/gain",
+        "Measured gain `b = g_H . P g_c`: the entropy change per step per unit of Adam's first moment of the entropy "
+        "coefficient, through the optimizer's preconditioner `P` (`EntropyGainMeter`), on measured steps.",
+        when="`entropy_controller` with `entropy_controller_law` 'measured' (default) or 'scaled_pi'",
+    ),
+    Metric(
+        "entropy_control/predicted_change",
+        "First-order entropy change `g_H . delta_theta` of the update the optimizer applied, on measured steps.",
+        when="`entropy_controller` with `entropy_controller_law` 'measured' (default) or 'scaled_pi'",
+    ),
+    Metric(
+        "entropy_control/drift",
+        "The measured law's averaged drift `d`: the entropy change per step without its own term's share.",
+        when="`entropy_controller` with `entropy_controller_law` 'measured' (default)",
+    ),
+    Metric(
+        "entropy_control/lag",
+        "The measured law's delay (steps) between a coefficient and its effect, identified from realised changes.",
+        when="`entropy_controller` with `entropy_controller_law` 'measured' (default)",
+    ),
+    Metric(
+        "entropy_control/scale",
+        "The measured law's scale of its first-order prediction against the realised entropy changes.",
+        when="`entropy_controller` with `entropy_controller_law` 'measured' (default)",
+    ),
+    Metric(
         "entropy_control/saturated",
         "1 while the command has sat at a limit, the error not shrinking, for `entropy_controller_saturation_steps` "
         "steps.",

@@ -32,7 +32,7 @@ from trl.trainer.utils import (
 )
 
 from . import rollout
-from .attribution import EntropyAttribution, attribution_groups
+from .attribution import EntropyAttribution, EntropyGainMeter, attribution_groups
 from .callbacks import callbacks_from_config
 from .config import RENAMED_FIELDS, CEGPPOConfig, on_policy_message
 from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
@@ -227,6 +227,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self.prob_clip_weight_low = args.prob_clip_weight_low
         self.prob_clip_weight_high = args.prob_clip_weight_high
         self.entropy_control_coef = 0.0
+        self._entropy_gain_meter: EntropyGainMeter | None = None
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
         self._warned_vllm_logp_difference = False
@@ -252,6 +253,19 @@ class CEGPPOTrainer(GRPOTrainer):
         self._positive_nll_reward_index = rollout.positive_nll_reward_index(
             list(self.reward_func_names), args.positive_nll_coef, args.positive_nll_reward
         )
+
+    def entropy_gain_meter(self, every: int) -> EntropyGainMeter:
+        """The `EntropyGainMeter` of the measured-gain controller, attached on first call (by its `bind`)."""
+        if self._entropy_gain_meter is None:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError(
+                    "entropy_controller_law='measured' (or 'scaled_pi') is not supported with DeepSpeed or FSDP: the "
+                    "gain is measured on whole parameters and optimizer states, which they shard. Set "
+                    "entropy_controller_law='pi' (the fixed-gain law), or use DDP or one process."
+                )
+            self._entropy_gain_meter = EntropyGainMeter(self, every)
+            self.add_callback(self._entropy_gain_meter)
+        return self._entropy_gain_meter
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]
@@ -590,6 +604,10 @@ class CEGPPOTrainer(GRPOTrainer):
         if mode == "train" and attribution is not None and per_token_logps.requires_grad and attribution.wants():
             forward = {"input_ids": input_ids, "attention_mask": attention_mask}
             self._collect_attribution(inputs, forward, step)
+        meter = self._entropy_gain_meter
+        if mode == "train" and meter is not None and entropies.requires_grad and meter.wants():
+            # The tokens of the controller's entropy term (_bonus_entropy's): the gain is that term's.
+            meter.collect(entropies, mask if entropy_mask is None else mask * entropy_mask, accumulation)
         return loss
 
     def _clip_bounds(self, old_per_token_logps: torch.Tensor) -> tuple[Bound, Bound]:
@@ -753,8 +771,9 @@ class CEGPPOTrainer(GRPOTrainer):
     def _clip_grad_norm(self, model: Any) -> Any:
         # The pre-clip norm gives the entropy attribution the clipping scale (torch's max_norm / (norm + 1e-6)).
         norm = super()._clip_grad_norm(model)
-        if self._entropy_attribution is not None:
-            self._entropy_attribution.record_grad_norm(norm)
+        for recorder in (self._entropy_attribution, self._entropy_gain_meter):
+            if recorder is not None:
+                recorder.record_grad_norm(norm)
         return norm
 
     # Entropy-control state in checkpoints.

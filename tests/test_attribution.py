@@ -2,7 +2,11 @@
 runs (parts add up to the prediction, training unchanged bit for bit, PEFT, gradient accumulation, other optimizers).
 """
 
+import json
 import logging
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -215,3 +219,110 @@ def test_entropy_gradient_stays_float32_and_few_parameter_copies_are_held(
     assert any(non_empty < named for _, named, non_empty in held)
     entries = attribution_entries(trainer)
     assert len(entries) == 2 and all(set(TOKEN_GROUPS) <= {k.removeprefix("part/") for k in e} for e in entries)
+
+
+def test_gain_meter_measures_the_entropy_terms_share_of_the_adam_step(tiny_model_dir, arithmetic_dataset, tmp_path):
+    """Issue 31: the measured-gain controller's meter against the attribution's decomposition of the same steps.
+    With the controller's entropy term `-c * mean(H)` in the loss and nothing else outside the token groups, the
+    attribution's `other` part is that term's share of Adam's step: `(1 - beta1) * c * b`, with `b` the meter's
+    gain, to Adam's rounding (measured: within 0.4%, with and without clipping and accumulation); and both measure
+    the same first-order change `g_H . delta_theta`. Two micro-batches per step (the accumulation) and gradient
+    clipping (max_grad_norm below the norm) are in play."""
+    args = tiny_args(
+        tmp_path,
+        entropy_attribution_steps=1,
+        entropy_controller=True,
+        entropy_controller_target=5.0,  # above the entropy: the coefficient rises from 0
+        entropy_controller_max_delta=1.0,  # a coefficient large enough for its share to stand out of the rounding
+        max_grad_norm=0.3,
+        max_steps=5,
+    )
+    trainer = train(tiny_model_dir, arithmetic_dataset, args)
+    logs = [entry for entry in trainer.state.log_history if "entropy_control/gain" in entry]
+    assert len(logs) == 5
+    beta1 = args.adam_beta1
+    checked = 0
+    for before, entry in zip(logs[:-1], logs[1:], strict=True):
+        coefficient = before["entropy_control/output"]  # set after the step before, acting in this one
+        assert entry["entropy_control/gain"] > 0
+        assert entry["entropy_control/predicted_change"] == pytest.approx(
+            entry["entropy_attribution/predicted"], rel=1e-5, abs=1e-9
+        )
+        if coefficient > 0:
+            # `other` also holds Adam's rounding where it divides by a near-zero second moment: within 1% of the
+            # parts' scale, as the attribution test above allows (0.2% measured there on step 1).
+            parts = [v for k, v in entry.items() if k.startswith("entropy_attribution/part/")]
+            expected = (1 - beta1) * coefficient * entry["entropy_control/gain"]
+            assert abs(entry["entropy_attribution/part/other"] - expected) < 1e-2 * sum(abs(v) for v in parts)
+            assert abs(expected) > 0.1 * sum(abs(v) for v in parts)  # and the term's share is not lost in it
+            checked += 1
+    assert checked >= 3
+
+
+def test_gain_meter_refuses_other_optimizers_naming_the_fallback(tiny_model_dir, arithmetic_dataset, tmp_path):
+    args = tiny_args(tmp_path, entropy_controller=True, entropy_controller_target=5.0, optim="sgd")
+    with pytest.raises(ValueError, match="entropy_controller_law='pi'"):
+        train(tiny_model_dir, arithmetic_dataset, args)
+    pi = train(
+        tiny_model_dir,
+        arithmetic_dataset,
+        tiny_args(
+            tmp_path,
+            entropy_controller=True,
+            entropy_controller_target=5.0,
+            entropy_controller_law="pi",
+            optim="sgd",
+            max_steps=1,
+        ),
+    )
+    assert pi._entropy_gain_meter is None
+
+
+def test_measured_controller_decides_alike_on_two_processes(tiny_model_dir, tmp_path):
+    """Issue 31 under DDP (2 gloo processes): the meter's entropy gradient and the term's gradient are reduced over
+    the processes, so both ranks set the same coefficient from the same measured state, and the measured gain is the
+    entropy term's share of the real (all-reduced) Adam step, as the attribution decomposes it."""
+    script = Path(__file__).parent / "scripts" / "controller_measured_ddp.py"
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), tiny_model_dir, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"control_rank{rank}.json").read_text()) for rank in range(2)]
+    assert len(ranks[0]) == 4 and ranks[0] == ranks[1]
+    assert any(step["coefficient"] > 0 for step in ranks[0])
+    logs = [
+        entry for entry in json.loads((tmp_path / "log_history.json").read_text()) if "entropy_control/gain" in entry
+    ]
+    assert len(logs) == 4
+    for step, entry in zip(ranks[0][:-1], logs[1:], strict=True):
+        parts = [v for k, v in entry.items() if k.startswith("entropy_attribution/part/")]
+        expected = (1 - 0.9) * step["coefficient"] * entry["entropy_control/gain"]
+        assert abs(entry["entropy_attribution/part/other"] - expected) < 1e-2 * sum(abs(v) for v in parts)
+        assert entry["entropy_control/predicted_change"] == pytest.approx(
+            entry["entropy_attribution/predicted"], rel=1e-5
+        )
+
+
+def test_measured_controller_with_peft_measures_the_adapters_only(tiny_model_dir, arithmetic_dataset, tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = tiny_args(
+        tmp_path, entropy_controller=True, entropy_controller_target=5.0, gradient_accumulation_steps=1, max_steps=3
+    )
+    trainer = train(tiny_model_dir, arithmetic_dataset, args, peft_config=lora)
+    measured = trainer._entropy_gain_meter.params()
+    assert measured and len(measured) == sum(p.requires_grad for p in trainer.model.parameters())
+    assert all("lora_" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+    gains = [entry["entropy_control/gain"] for entry in trainer.state.log_history if "entropy_control/gain" in entry]
+    assert len(gains) == 3 and all(gain > 0 for gain in gains)
+    assert trainer.entropy_control_coef > 0
+
+
+def test_measured_law_is_refused_with_sharded_training_naming_the_fallback():
+    # DeepSpeed / FSDP shard the parameters and optimizer states the gain is measured on.
+    for sharded in (
+        {"is_deepspeed_enabled": True, "is_fsdp_enabled": False},
+        {"is_deepspeed_enabled": False, "is_fsdp_enabled": True},
+    ):
+        trainer = SimpleNamespace(_entropy_gain_meter=None, **sharded)
+        with pytest.raises(ValueError, match="DeepSpeed or FSDP.*entropy_controller_law='pi'"):
+            CEGPPOTrainer.entropy_gain_meter(trainer, 1)
