@@ -146,7 +146,7 @@ class LossStep:
     erc_kept: torch.Tensor | None = None  # ERC: tokens inside the band
     per_token_kl: torch.Tensor | None = None
     positive: torch.Tensor | None = None  # the NLL term's correct responses
-    policy_loss: torch.Tensor | None = None  # the reduced policy term, before the additions TRL's bonus logs apart
+    policy_loss: torch.Tensor | None = None  # the reduced policy term alone (logged with TRL's bonus, as TRL does)
     aux_loss: torch.Tensor | None = None
 
 
@@ -577,10 +577,13 @@ class CEGPPOTrainer(GRPOTrainer):
             # L - coef * mean(H), over the same tokens as TRL's bonus (those top_entropy_quantile leaves).
             loss = loss - self.entropy_control_coef * _bonus_entropy(entropies, mask, entropy_mask) / accumulation
 
-        # Metrics, and the entropy attribution's token groups.
+        # Metrics, the entropy attribution and the controller's gain meter.
         ratio = safe_ratio(log_ratio.detach())
         if args.delta is not None and self.loss_type in CLIPPED_LOSS_TYPES and self.loss_type != "ce_gppo":
             ratio = ratio.clamp(max=args.delta)  # TRL's two-sided clip; TRL's clip metrics read the capped ratio
+        clipped = (None, None)
+        if self.loss_type in CLIPPED_LOSS_TYPES:
+            clipped = clip_regions(ratio, advantages, epsilon_low, epsilon_high)
         step = LossStep(
             loss=loss,
             per_token_logps=per_token_logps,
@@ -589,7 +592,7 @@ class CEGPPOTrainer(GRPOTrainer):
             mask=mask,
             ratio=ratio,
             loss_args=loss_args,
-            clipped=(None, None),
+            clipped=clipped,
             entropy_ratio=rho,
             erc_kept=erc_kept,
             per_token_kl=per_token_kl,
@@ -597,8 +600,6 @@ class CEGPPOTrainer(GRPOTrainer):
             policy_loss=policy_loss,
             aux_loss=aux_loss if self.aux_loss_enabled else None,
         )
-        if self.loss_type in CLIPPED_LOSS_TYPES:
-            step.clipped = clip_regions(ratio, advantages, epsilon_low, epsilon_high)
         self._log_loss_metrics(mode, step)
         attribution = self._entropy_attribution
         if mode == "train" and attribution is not None and per_token_logps.requires_grad and attribution.wants():
