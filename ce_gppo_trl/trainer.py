@@ -3,16 +3,14 @@
 The trainer reuses TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and is glue only: the
 per-token losses and the clip bounds are `ce_gppo_trl.losses`, the metrics' one reduction `ce_gppo_trl.step_metrics`,
 the rollout-side additions (NLL rewards, dynamic sampling, prompt cap, vLLM and ERC checks) `ce_gppo_trl.rollout`,
-time-varying control `ce_gppo_trl.callbacks`. Its overrides of TRL / transformers methods, each with its reason, are
-listed in `CEGPPOTrainer`'s docstring.
+time-varying control `ce_gppo_trl.callbacks` and its checkpointed state `ce_gppo_trl.control_state`. Its overrides of
+TRL / transformers methods, each with its reason, are listed in `CEGPPOTrainer`'s docstring.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -31,10 +29,10 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from . import rollout
+from . import control_state, rollout
 from .attribution import EntropyAttribution, EntropyGainMeter, attribution_groups
 from .callbacks import callbacks_from_config
-from .config import RENAMED_FIELDS, CEGPPOConfig, on_policy_message
+from .config import CEGPPOConfig, on_policy_message
 from .diagnostics import entropy_dynamics_metrics, entropy_dynamics_sums
 from .losses import (
     AGGREGATION,
@@ -61,26 +59,6 @@ from .step_metrics import StepMetrics
 
 logger = logging.getLogger(__name__)
 
-# Written into each checkpoint folder: the current knob values and every entropy-control callback's state.
-ENTROPY_CONTROL_STATE = "entropy_control_state.json"
-_CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
-_CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
-# The config fields the saved control state was computed from: the knobs' configured values and the callbacks'
-# settings. A resume refuses a config that changed any of them, which the restored state would override.
-_CONTROL_CONFIG_FIELDS = (
-    *("ce_gppo_beta1", "ce_gppo_beta2", "epsilon", "epsilon_high", "erc_low", "erc_high"),
-    *(
-        "prob_clip_weight_low",
-        "prob_clip_weight_high",
-        "prob_clip_schedule",
-        "prob_clip_schedule_split",
-        "od_min_ratio",
-    ),
-    *(f"{beta}_{name}" for beta in ("beta1", "beta2") for name in ("schedule", "final", "steps", "values")),
-    "entropy_controller",
-    *(f"entropy_controller_{name}" for name in ("target", "target_final", "actuator", "kp", "ki", "max_delta")),
-    *("entropy_controller_max_rate", "entropy_controller_horizon", "entropy_controller_saturation_steps"),
-)
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
 # Clip-Cov / KL-Cov settings passed to the per-token loss under their config names (verl's).
 _COVARIANCE_FIELDS = ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef")
@@ -193,7 +171,7 @@ class CEGPPOTrainer(GRPOTrainer):
     - `create_scheduler`: verl's warm-up counted in rollout batches (`warmup_rollout_batches`).
     - `_clip_grad_norm`: hands the pre-clip gradient norm to the entropy attribution.
     - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the entropy-control state (knob values,
-      callback states), TRL's pattern for its adaptive entropy state.
+      callback states; `ce_gppo_trl.control_state`), TRL's pattern for its adaptive entropy state.
 
     Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
     `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`, `entropy_control_coef`); the trainer attaches
@@ -777,80 +755,20 @@ class CEGPPOTrainer(GRPOTrainer):
                 recorder.record_grad_norm(norm)
         return norm
 
-    # Entropy-control state in checkpoints.
+    # Entropy-control state in checkpoints (ce_gppo_trl.control_state).
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         # Written first: transformers' _save_checkpoint pushes the folder to the Hub (push_to_hub, hub_strategy
         # "checkpoint" / "all_checkpoints") before it returns, and the push must carry the controller's state.
-        self._save_entropy_control_state(trial)
+        if self._control_callbacks and self.args.should_save:
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            control_state.save(os.path.join(self._get_output_dir(trial=trial), folder), self, self._control_callbacks)
         super()._save_checkpoint(model, trial)
-
-    def _save_entropy_control_state(self, trial: Any) -> None:
-        if not self._control_callbacks or not self.args.should_save:
-            return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        state = {
-            "config": self._control_config(),
-            "knobs": {name: getattr(self, name) for name in _CONTROL_KNOBS},
-            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_control_callbacks().items()},
-        }
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, ENTROPY_CONTROL_STATE), "w") as f:
-            json.dump(state, f, indent=2)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = None if checkpoint is None else os.path.join(checkpoint, ENTROPY_CONTROL_STATE)
-        if not self._control_callbacks or path is None or not os.path.exists(path):
-            return
-        with open(path) as f:
-            state = json.load(f)
-        self._check_control_config(state.get("config"), path)
-        for name, value in state["knobs"].items():
-            setattr(self, name, value)
-        saved = state["callbacks"]
-        for key, callback in self._keyed_control_callbacks().items():
-            # Checkpoints written before the rename keep ProbClipScheduleCallback's state under its old name.
-            key = key if key in saved else key.replace("ProbClipScheduleCallback", "EntropyScheduleCallback")
-            if key in saved:
-                callback.load_state_dict(saved[key])
-
-    def _control_config(self) -> dict[str, Any]:
-        # Through JSON, so that a value compares equal to itself read back from a checkpoint (tuples become lists).
-        return json.loads(json.dumps({name: getattr(self.args, name) for name in _CONTROL_CONFIG_FIELDS}))
-
-    def _check_control_config(self, saved: dict[str, Any] | None, path: str) -> None:
-        """Refuse a resume whose config changed a field the restored control state was computed from.
-
-        The knobs and callback states restored from `path` would silently replace the edited values. Checkpoints
-        written before the config was saved with them (no "config" entry) are not checked.
-        """
-        if saved is None:
-            return
-        saved = {RENAMED_FIELDS.get(name, name): value for name, value in saved.items()}  # older checkpoints
-        current = self._control_config()
-        changed = [name for name in _CONTROL_CONFIG_FIELDS if name in saved and saved[name] != current[name]]
-        if not changed:
-            return
-        name = changed[0]
-        raise ValueError(
-            f"{name}={getattr(self.args, name)!r} is not allowed when resuming from {path}, which was saved with "
-            f"{name}={saved[name]!r}"
-            + (f" (also changed: {', '.join(changed[1:])})" if changed[1:] else "")
-            + ": the entropy-control state restored from it (the knobs' current values and the callbacks' state) "
-            "would override the edited value. Resume with the checkpoint's value; to change a knob during a run, "
-            "use its schedule (beta1_schedule / beta2_schedule='step' with beta*_steps and beta*_values)."
-        )
-
-    def _keyed_control_callbacks(self) -> dict[str, Any]:
-        # Class name plus rank among callbacks of that class: stable as long as the run is rebuilt the same way.
-        keyed: dict[str, Any] = {}
-        counts: Counter[str] = Counter()
-        for callback in self._control_callbacks:
-            name = type(callback).__name__
-            keyed[f"{name}.{counts[name]}"] = callback
-            counts[name] += 1
-        return keyed
+        if self._control_callbacks and checkpoint is not None:
+            control_state.load(checkpoint, self, self._control_callbacks)
 
     # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
 

@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from ce_gppo_trl import CEGPPOTrainer
-from ce_gppo_trl.trainer import ENTROPY_CONTROL_STATE, active_dropout
+from ce_gppo_trl.control_state import ENTROPY_CONTROL_STATE
+from ce_gppo_trl.trainer import active_dropout
 
 
 def make_trainer(trainer_class, model, dataset, args, **kwargs):
