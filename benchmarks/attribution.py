@@ -15,9 +15,9 @@ Task: by default the regime testbed of `regime.py` (built once under `--model-di
 `ce-gppo train` recipes take, run through `ce_gppo_trl.cli` with `--config` (default: the quickstart for
 `builtin:toy`, `configs/SmolLM2-135M-Instruct/ce_gppo_cpu.yaml` otherwise) and the attribution on.
 
-    python benchmarks/attribution.py                       # the testbed: check, cost, beta1 over 5 seeds
-    python benchmarks/attribution.py --model builtin:toy --steps 16 --beta1-seeds 0
-    python benchmarks/attribution.py --model builtin:smollm2-135m-instruct --steps 24 --beta1-seeds 0 --no-cost
+    python -m benchmarks.attribution                       # the testbed: check, cost, beta1 over 5 seeds
+    python -m benchmarks.attribution --model builtin:toy --steps 16 --beta1-seeds 0
+    python -m benchmarks.attribution --model builtin:smollm2-135m-instruct --steps 24 --beta1-seeds 0 --no-cost
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ import sys
 import time
 from typing import Any
 
+from . import regime
+from .harness import stats
+from .harness.arms import ARMS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import regime  # noqa: E402 - the sibling study: its testbed, trainer config and statistics
 
 TESTBED = "testbed"
 PREFIX = "entropy_attribution/"
@@ -139,7 +141,7 @@ def cached(opts: argparse.Namespace, name: str, fields: dict[str, Any], seed: in
 
 
 def method_fields(opts: argparse.Namespace, beta1: float | None = None) -> dict[str, Any]:
-    fields: dict[str, Any] = dict(regime.CE_GPPO_05) if opts.model == TESTBED else {}
+    fields: dict[str, Any] = dict(ARMS["CE-GPPO (0.5, 1)"].fields) if opts.model == TESTBED else {}
     if beta1 is not None:
         fields["ce_gppo_beta1"] = beta1
     return fields
@@ -148,9 +150,9 @@ def method_fields(opts: argparse.Namespace, beta1: float | None = None) -> dict[
 def check(updates: list[dict]) -> dict[str, Any]:
     x = [u["predicted"] for u in updates]
     y = [u["realised"] for u in updates]
-    r, slope, intercept = regime.pearson_slope(x, y)
+    r, slope, intercept = stats.pearson_slope(x, y)
     tab = [(u["tabular"], u["realised"]) for u in updates if not math.isnan(u["tabular"])]
-    r_tab, slope_tab, _ = regime.pearson_slope([a for a, _ in tab], [b for _, b in tab]) if len(tab) > 2 else (0, 0, 0)
+    r_tab, slope_tab, _ = stats.pearson_slope([a for a, _ in tab], [b for _, b in tab]) if len(tab) > 2 else (0, 0, 0)
     gap = max(abs(sum(v for k, v in u.items() if k.startswith("part/")) - u["predicted"]) for u in updates)
     return {
         "updates": len(updates),
@@ -186,9 +188,9 @@ def beta1_pairs(opts: argparse.Namespace) -> dict[str, Any]:
         totals = {b: [sum(u.get(name, 0.0) for u in run["updates"]) for run in runs[b]] for b in runs}
         diffs = [hi - lo for hi, lo in zip(totals[1.0], totals[0.0], strict=True)]
         out[name] = {
-            "beta1_0": list(regime.mean_se(totals[0.0])),
-            "beta1_1": list(regime.mean_se(totals[1.0])),
-            "difference": list(regime.mean_se(diffs)),
+            "beta1_0": list(stats.mean_se(totals[0.0])),
+            "beta1_1": list(stats.mean_se(totals[1.0])),
+            "difference": list(stats.mean_se(diffs)),
         }
     return out
 

@@ -21,9 +21,11 @@ target (`--falling` start and end ratios of the uncontrolled run's first-step en
 (`use_adaptive_entropy`, `entropy_target` = the "above" target) on TRL's `grpo` loss with the same clip widths.
 The score is the mean |H - target| / target over the second half of the run (steps > max_steps / 2).
 
-    python benchmarks/controller.py --plant toy --seeds 3 --out-dir outputs/controller
-    python benchmarks/controller.py --plant toy --arms uncontrolled --seeds 1 --steps 20   # a quick look
-    python benchmarks/controller.py --plant qwen2-copy --arms uncontrolled above below trl_bonus_above --steps 40
+    python -m benchmarks.controller --plant toy --seeds 3 --out-dir outputs/controller
+    python -m benchmarks.controller --plant toy --arms uncontrolled --seeds 1 --steps 20   # a quick look
+    python -m benchmarks.controller --plant qwen2-copy --arms uncontrolled above below trl_bonus_above --steps 40
+
+The plants are `benchmarks.harness.plants.PLANTS` (`toy`, `qwen2-format`, `llama-digits`, `qwen2-copy`).
 
 Runs already saved under `--out-dir` are reused.
 """
@@ -31,24 +33,25 @@ Runs already saved under `--out-dir` are reused.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from _study import cpu_config  # noqa: E402 - the sibling helper: the config every CPU study trains with
+from .harness import grid
+from .harness.arms import CONTROLLER_BASE as CE_GPPO
+from .harness.plants import PLANTS, RANDOM_SPECS, cpu_config, score_completions
 
-ARMS = ("uncontrolled", "above", "below", "falling", "trl_bonus_above")
-CE_GPPO = {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "epsilon": 0.2, "epsilon_high": 0.2}
+ARMS = ("uncontrolled", "above", "below", "falling", "trl_bonus_above", "above_pi", "below_pi")
+"""`above` / `below` / `falling`: the controller with its defaults (the measured-gain law since issue 31);
+`*_pi`: the same targets under the fixed-gain PI law (`entropy_controller_law: pi`, the ablation)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plant", choices=("toy", *PLANTS), default="toy")
+    parser.add_argument("--plant", choices=("toy", *RANDOM_SPECS), default="toy")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="default: 80 (toy), 60 (qwen2-format)")
@@ -58,13 +61,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--controller", default="{}", help="JSON of extra controller config fields")
     parser.add_argument("--extra", default="{}", help="JSON of extra config fields for every arm (probes)")
     parser.add_argument("--tag", default="", help="suffix of the run names (probes)")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--lr-scale", type=float, default=1.0, help="multiply the plant's learning rate (runs tagged -lr<scale>)"
+    )
+    parser.add_argument("--summary", nargs="+", metavar="PLANT", help="report every saved plant x lr-scale of these")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each); 1: this process")
     parser.add_argument("--toy-dir", default=os.path.join("outputs", "toy"))
     parser.add_argument("--out-dir", default=os.path.join("outputs", "controller"))
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    opts.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process is started with
+    if opts.lr_scale != 1.0:
+        opts.tag += f"-lr{opts.lr_scale:g}"
     if opts.steps is None:
         opts.steps = 80 if opts.plant == "toy" else 60
     return opts
@@ -73,106 +80,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Plants.
 
 
-def digit_reward(completions: list[str], **kwargs: Any) -> list[float]:
-    """The share of digits among the completion's characters (0 for an empty completion)."""
-    return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
-
-
-def copy_reward(completions: list[str], prompts: list[str], **kwargs: Any) -> list[float]:
-    """The share of the prompt's characters that the completion repeats at the same position."""
-    pairs = zip(prompts, completions, strict=True)
-    return [sum(a == b for a, b in zip(p, c, strict=False)) / len(p) for p, c in pairs]
-
-
-def format_reward(completions: list[str], **kwargs: Any) -> list[float]:
-    """1 for exactly four digits, else the share of the first four characters that are digits, minus 0.25 per extra
-    character."""
-    rewards = []
-    for completion in completions:
-        digits = sum(ch.isdigit() for ch in completion[:4]) / 4
-        rewards.append(1.0 if len(completion) == 4 and digits == 1 else digits - 0.25 * max(len(completion) - 4, 0))
-    return rewards
-
-
-# The random-init plants: model type, shape, reward, learning rate, batch size, completion length.
-PLANTS: dict[str, dict[str, Any]] = {
-    "qwen2-format": dict(
-        model_type="qwen2",
-        shape=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-        kv_heads=2,
-        tied=True,
-        reward=format_reward,
-        learning_rate=5e-3,
-        batch=32,
-        length=8,
-    ),
-    "llama-digits": dict(
-        model_type="llama",
-        shape=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4),
-        kv_heads=4,
-        tied=False,
-        reward=digit_reward,
-        learning_rate=3e-3,
-        batch=32,
-        length=6,
-    ),
-    "qwen2-copy": dict(
-        model_type="qwen2",
-        shape=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=8),
-        kv_heads=4,
-        tied=True,
-        reward=copy_reward,
-        learning_rate=3e-3,
-        batch=32,
-        length=8,
-    ),
-}
-
-
-def build_plant_model(path: str, plant: str, seed: int = 0) -> str:
-    from ce_gppo_trl.toy import save_random_model
-
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    spec = PLANTS[plant]
-    return save_random_model(
-        path,
-        spec["model_type"],
-        seed=seed,
-        num_key_value_heads=spec["kv_heads"],
-        max_position_embeddings=64,
-        tie_word_embeddings=spec["tied"],
-        **spec["shape"],
-    )
-
-
-def score_completions(opts: argparse.Namespace, prompts: list[str], texts: list[str]) -> float:
-    reward = PLANTS[opts.plant]["reward"]
-    return statistics.fmean(reward(texts, prompts=prompts))
-
-
 def plant_setup(opts: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Model dir, reward, datasets and the plant's training fields."""
-    from ce_gppo_trl.rewards import math_accuracy_reward
-    from ce_gppo_trl.toy import make_arithmetic_dataset
-
+    """Model dir, reward, datasets and the plant's training fields (from the plant registry)."""
+    plant = PLANTS[opts.plant]
+    model = opts.toy_dir if opts.plant == "toy" else os.path.join(opts.out_dir, f"{opts.plant}-model")
+    plant.build(model)
+    train, held_out = plant.data(seed)
+    names = ("per_device_train_batch_size", "num_generations", "max_completion_length", "learning_rate")
+    fields = {name: plant.fields[name] for name in names}
     if opts.plant == "toy":
-        held_out = make_arithmetic_dataset(20, seed=10_000)
-        excluded = set(held_out["prompt"])
-        train = make_arithmetic_dataset(4096, seed=seed).filter(lambda row: row["prompt"] not in excluded)
-        fields = dict(per_device_train_batch_size=64, num_generations=8, max_completion_length=6, learning_rate=2e-4)
-        return dict(model=opts.toy_dir, reward=math_accuracy_reward, train=train, held_out=held_out, fields=fields)
-    spec = PLANTS[opts.plant]
-    model = build_plant_model(os.path.join(opts.out_dir, f"{opts.plant}-model"), opts.plant)
-    train = make_arithmetic_dataset(4096, seed=seed, max_operand=99)
-    held_out = make_arithmetic_dataset(64, seed=10_000, max_operand=99)
-    fields = dict(
-        per_device_train_batch_size=spec["batch"],
-        num_generations=8,
-        max_completion_length=spec["length"],
-        learning_rate=spec["learning_rate"],
-    )
-    return dict(model=model, reward=spec["reward"], train=train, held_out=held_out, fields=fields)
+        from ce_gppo_trl.rewards import math_accuracy_reward as reward
+    else:
+        reward = RANDOM_SPECS[opts.plant]["reward"]
+    return dict(model=model, reward=reward, train=train, held_out=held_out, fields=fields)
 
 
 def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_out: Any, seed: int) -> float:
@@ -188,7 +108,7 @@ def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_ou
         model.eval()
         output = model.generate(
             **inputs,
-            max_new_tokens=PLANTS[opts.plant]["length"],
+            max_new_tokens=RANDOM_SPECS[opts.plant]["length"],
             do_sample=True,
             temperature=0.6,
             top_k=0,
@@ -196,7 +116,7 @@ def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_ou
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return score_completions(opts, list(held_out["prompt"]), texts)
+        return score_completions(opts.plant, list(held_out["prompt"]), texts)
 
 
 # Arms.
@@ -212,6 +132,10 @@ def arm_fields(opts: argparse.Namespace, arm: str, reference: dict[str, float] |
         return "ours", {**CE_GPPO, **controller, "entropy_controller_target": opts.above * reference["mid"]}
     if arm == "below":
         return "ours", {**CE_GPPO, **controller, "entropy_controller_target": opts.below * reference["mid"]}
+    if arm in ("above_pi", "below_pi"):
+        ratio = opts.above if arm == "above_pi" else opts.below
+        law = {"entropy_controller_law": "pi"}
+        return "ours", {**CE_GPPO, **controller, **law, "entropy_controller_target": ratio * reference["mid"]}
     if arm == "falling":
         start, end = (ratio * reference["start"] for ratio in opts.falling)
         return "ours", {
@@ -242,6 +166,7 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
     setup = plant_setup(opts, seed)
     kind, fields = arm_fields(opts, arm, reference)
     fields = {**fields, **json.loads(opts.extra)}
+    setup["fields"]["learning_rate"] *= opts.lr_scale
     args = cpu_config(
         kind,
         os.path.join(opts.out_dir, "trainer", f"{opts.plant}-{arm}{opts.tag}-{seed}"),
@@ -262,41 +187,36 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
     )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "entropy" in log]
-    keys = ("entropy", "reward", "entropy_control/output", "entropy_control/saturated")
+    keys = ("entropy", "reward", "entropy_control/output", "entropy_control/saturated", "entropy_control/gain")
+    keys += (
+        "entropy_control/drift",
+        "entropy_control/scale",
+        "entropy_control/lag",
+        "entropy_control/predicted_change",
+    )
     curves = {key: [log.get(key) for log in logs] for key in keys}
     score = held_out_score(opts, trainer.model, tokenizer, setup["held_out"], seed)
     target = target_curve(opts, arm, fields, opts.steps)
     return {"arm": arm, "seed": seed, "fields": fields, "curves": curves, "target": target, "held_out": score}
 
 
+def job_path(out_dir: str, job: grid.Job) -> str:
+    return os.path.join(out_dir, "runs", f"{job.plant}-{job.arm}{job.tag}-{job.seed}.json")
+
+
 def run_path(opts: argparse.Namespace, arm: str, seed: int) -> str:
-    return os.path.join(opts.out_dir, "runs", f"{opts.plant}-{arm}{opts.tag}-{seed}.json")
+    return job_path(opts.out_dir, grid.Job(opts.plant, arm, seed, opts.tag))
 
 
-def worker(opts: argparse.Namespace) -> None:
-    arm, seed, reference = opts.worker[0], int(opts.worker[1]), json.loads(opts.worker[2])
-    result = run_one(opts, arm, seed, reference or None)
-    path = run_path(opts, arm, seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f)
+def run_job(opts: argparse.Namespace, reference: dict[str, float] | None, job: grid.Job) -> dict[str, Any]:
+    return run_one(opts, job.arm, job.seed, reference)
 
 
 def run_all(opts: argparse.Namespace, arms: list[str], reference: dict[str, float] | None) -> None:
-    """Run the missing (arm, seed) pairs, `--jobs` at a time, each in its own process with one torch thread."""
-    todo = [(arm, seed) for arm in arms for seed in range(opts.seeds) if not os.path.exists(run_path(opts, arm, seed))]
-    argv = [a for a in opts.argv if a != "--report-only"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    running: list[subprocess.Popen] = []
-    while todo or running:
-        while todo and len(running) < opts.jobs:
-            arm, seed = todo.pop(0)
-            command = [sys.executable, __file__, *argv, "--worker", arm, str(seed), json.dumps(reference or {})]
-            running.append(subprocess.Popen(command, env=env))
-        running[0].wait()
-        if running[0].returncode:
-            raise RuntimeError(f"worker failed: {running[0].args}")
-        running.pop(0)
+    """Run the missing (arm, seed) pairs, `--jobs` at a time, each with one torch thread."""
+    jobs = [grid.Job(opts.plant, arm, seed, opts.tag) for arm in arms for seed in range(opts.seeds)]
+    run = functools.partial(run_job, opts, reference)
+    grid.run_grid(jobs, run, out_dir=opts.out_dir, workers=opts.jobs, path_of=job_path)
 
 
 # Report.
@@ -362,15 +282,107 @@ def report(opts: argparse.Namespace, reference: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def settling_step(entropy: list[float], target: list[float], band: float = 0.10) -> int | None:
+    """The first step from which |H - target| / target stays within `band` to the end (None: never)."""
+    inside = [abs(h - t) / t <= band for h, t in zip(entropy, target, strict=True)]
+    for k in range(len(inside)):
+        if all(inside[k:]):
+            return k
+    return None
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _cell(cells: dict[str, Any], arm: str) -> str:
+    if arm not in cells:
+        return "-"
+    errors, _, settle = cells[arm]
+    steps = [k for k in settle if k is not None]
+    settled = f", settles {statistics.median(steps):.0f}" if len(steps) == len(settle) else ", unsettled"
+    return f"{statistics.fmean(errors):.1%} (max {max(errors):.1%}{settled})"
+
+
+def summary(opts: argparse.Namespace) -> str:
+    """Issue 31's table over every saved plant x learning rate: mean and p95 tracking error (2nd half) of the
+    default law, the PI ablation, TRL's adaptive bonus (above only) and the uncontrolled run against the same
+    targets; settling steps; and the measured gain, median per run, whose spread across plants is the point."""
+    rows, pooled, gains = [], {}, []
+    runs_dir = os.path.join(opts.out_dir, "runs")
+    for plant in opts.summary:
+        tags = sorted(
+            {
+                name[len(plant) + len("-uncontrolled") : name.rindex("-")]
+                for name in os.listdir(runs_dir)
+                if name.startswith(f"{plant}-uncontrolled")
+            }
+        )
+        for tag in tags:
+            view = argparse.Namespace(**{**vars(opts), "plant": plant, "tag": tag})
+            uncontrolled = load(view, "uncontrolled")
+            if not uncontrolled:
+                continue
+            view.steps = len(uncontrolled[0]["curves"]["entropy"])
+            cells = {}
+            for arm in ("above", "below", "above_pi", "below_pi", "trl_bonus_above"):
+                runs = load(view, arm)
+                if not runs:
+                    continue
+                errors = [tracking_error(r["curves"]["entropy"], r["target"], view.steps) for r in runs]
+                free = [
+                    tracking_error(u["curves"]["entropy"], r["target"], view.steps)
+                    for u, r in zip(uncontrolled, runs, strict=False)
+                ]
+                settle = [settling_step(r["curves"]["entropy"], r["target"]) for r in runs]
+                cells[arm] = (errors, free, settle)
+                side = "above" if arm.startswith("above") or arm.endswith("above") else "below"
+                law = "trl" if arm.startswith("trl") else "pi" if arm.endswith("_pi") else "measured"
+                pooled.setdefault((law, side), []).extend(errors)
+                if law == "measured":
+                    pooled.setdefault(("uncontrolled", side), []).extend(free)
+                for r in runs:
+                    measured = [g for g in r["curves"].get("entropy_control/gain") or [] if g is not None]
+                    if measured and law == "measured":
+                        gains.append((plant, tag, statistics.median(measured)))
+
+            free_above = statistics.fmean(cells["above"][1]) if "above" in cells else float("nan")
+            free_below = statistics.fmean(cells["below"][1]) if "below" in cells else float("nan")
+            lr = tag.removeprefix("-lr") or "1"
+            rows.append(
+                f"| {plant} | x{lr} | {_cell(cells, 'above')} | {_cell(cells, 'above_pi')} "
+                f"| {_cell(cells, 'trl_bonus_above')} | {free_above:.1%} | {_cell(cells, 'below')} "
+                f"| {_cell(cells, 'below_pi')} | {free_below:.1%} |"
+            )
+    lines = [
+        "| plant | lr | above: measured (default) | above: PI | above: TRL adaptive | above: uncontrolled "
+        "| below: measured (default) | below: PI | below: uncontrolled |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "| law | side | runs | mean error | p95 error |",
+        "|---|---|---|---|---|",
+    ]
+    for (law, side), errors in sorted(pooled.items()):
+        lines.append(
+            f"| {law} | {side} | {len(errors)} | {statistics.fmean(errors):.1%} | {quantile(errors, 0.95):.1%} |"
+        )
+    if gains:
+        low, high = min(gains, key=lambda g: g[2]), max(gains, key=lambda g: g[2])
+        lines += [
+            "",
+            f"Measured gain b (median per run): {low[2]:.3g} ({low[0]}{low[1]}) to {high[2]:.3g} "
+            f"({high[0]}{high[1]}), a {high[2] / low[2]:.0f}x spread over {len(gains)} runs.",
+        ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    if opts.worker:
-        worker(opts)
+    if opts.summary:
+        print(summary(opts))
         return 0
-    if opts.plant == "toy" and not os.path.exists(os.path.join(opts.toy_dir, "config.json")):
-        from ce_gppo_trl.toy import build_toy_model
-
-        build_toy_model(opts.toy_dir)
     if not opts.report_only:
         run_all(opts, ["uncontrolled"], None)
     reference = reference_of(opts)

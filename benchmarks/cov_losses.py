@@ -1,40 +1,32 @@
 """Clip-Cov and KL-Cov (arXiv 2505.22617, verl's `clip_cov` / `kl_cov`) beside CE-GPPO on the quickstart.
 
-Each run is `ce-gppo train --config configs/quickstart.yaml` in its own process with `--loss_type ARM` and one seed,
+Each run is the quickstart recipe (`configs/quickstart.yaml`) with the arm's `loss_type`
+(`benchmarks.harness.arms.COVARIANCE_ARMS`) and one seed, built as `ce-gppo train` builds it (`cli.build_trainer`),
 one run at a time; Clip-Cov and KL-Cov take verl's defaults (`clip_cov_ratio` 2e-4, band (1, 5); `kl_cov_ratio` 2e-4,
 `ppo_kl_coef` 1) and the quickstart's clip width (epsilon 0.2). Each finished run is saved as JSON under `--out-dir`
 and reused, so an interrupted study resumes where it stopped. The script prints a Markdown table (means over seeds,
 +- standard error) and writes a plot of the reward and entropy curves.
 
-    python benchmarks/cov_losses.py                                  # 3 seeds x {ce_gppo, clip_cov, kl_cov}
-    python benchmarks/cov_losses.py --seeds 1 --max-steps 8          # a quick look
-    python benchmarks/cov_losses.py --report-only                    # the table and plot from saved runs
-    python benchmarks/cov_losses.py --arms ce_gppo clip_cov kl_cov dapo kl_cov_no_penalty   # with the controls
+    python -m benchmarks.cov_losses                                  # 3 seeds x {ce_gppo, clip_cov, kl_cov}
+    python -m benchmarks.cov_losses --seeds 1 --max-steps 8          # a quick look
+    python -m benchmarks.cov_losses --report-only                    # the table and plot from saved runs
+    python -m benchmarks.cov_losses --arms ce_gppo clip_cov kl_cov dapo kl_cov_no_penalty   # with the controls
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import functools
 import statistics
-import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
+from .harness import grid, stats
+from .harness.arms import COVARIANCE_ARMS
+
 ROOT = Path(__file__).resolve().parents[1]
-# arm -> loss_type and overrides. The two controls remove what each method adds: `dapo` is Clip-Cov's PPO surrogate
-# without the detached tokens, `kl_cov_no_penalty` is KL-Cov's unclipped surrogate without the |log r| penalty.
-ARM_FIELDS = {
-    "ce_gppo": ("--loss_type", "ce_gppo"),
-    "clip_cov": ("--loss_type", "clip_cov"),
-    "kl_cov": ("--loss_type", "kl_cov"),
-    "dapo": ("--loss_type", "dapo"),
-    "kl_cov_no_penalty": ("--loss_type", "kl_cov", "--ppo_kl_coef", "0.0"),
-}
-ARMS = tuple(ARM_FIELDS)
+ARMS = tuple(COVARIANCE_ARMS)
 METRICS = ("reward", "entropy", "clip_ratio/region_mean", "clip_cov/selected_mean", "kl_cov/selected_mean")
 
 
@@ -42,25 +34,27 @@ def run_path(out_dir: Path, arm: str, seed: int, max_steps: int) -> Path:
     return out_dir / f"{arm}_seed{seed}_steps{max_steps}.json"
 
 
-def run(arm: str, seed: int, out_dir: Path, max_steps: int, logging_steps: int) -> dict:
-    output = out_dir / f"{arm}_seed{seed}"
-    command = [sys.executable, "-m", "ce_gppo_trl.cli", "train", "--config", str(ROOT / "configs" / "quickstart.yaml")]
-    command += ["--output_dir", str(output), "--seed", str(seed), "--logging_steps", str(logging_steps)]
-    command += ["--save_strategy", "no", "--max_steps", str(max_steps), *ARM_FIELDS[arm]]
+def run(out_dir: Path, max_steps: int, logging_steps: int, job: grid.Job) -> dict:
+    """The quickstart recipe with the arm's loss type, built as `ce-gppo train` builds it, trained in this process."""
+    fields = {"logging_steps": logging_steps, "save_strategy": "no", "max_steps": max_steps}
+    fields.update(COVARIANCE_ARMS[job.arm].fields)
+    output = str(out_dir / f"{job.arm}_seed{job.seed}")
     start = time.perf_counter()
-    with open(f"{output}.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
-    rows = [entry for entry in history if "reward" in entry]
-    result = {"arm": arm, "seed": seed, "wall_s": time.perf_counter() - start, "steps": [e["step"] for e in rows]}
+    trainer = grid.build("quickstart", fields, seed=job.seed, output_dir=output)
+    trainer.train()
+    rows = [entry for entry in trainer.state.log_history if "reward" in entry]
+    result = {
+        "arm": job.arm,
+        "seed": job.seed,
+        "wall_s": time.perf_counter() - start,
+        "steps": [e["step"] for e in rows],
+    }
     result.update({name: [e[name] for e in rows] for name in METRICS if name in rows[0]})
     return result
 
 
 def mean_se(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{statistics.fmean(values):.3f}"
-    return f"{statistics.fmean(values):.3f} +- {statistics.stdev(values) / math.sqrt(len(values)):.3f}"
+    return stats.cell(stats.mean_se(values), sep=" +- ")
 
 
 def seed_means(arm_runs: list[dict], name: str, part: slice = slice(None)) -> str:
@@ -85,10 +79,11 @@ def report(runs: dict[str, list[dict]]) -> str:
         if not arm_runs:
             continue
         per_seed = partial(seed_means, arm_runs)
+        selected = per_seed(f"{COVARIANCE_ARMS[arm].fields['loss_type']}/selected_mean")
         lines.append(
             f"| {arm} | {len(arm_runs)} | {per_seed('reward', early)} | {per_seed('reward', late)} | "
             f"{per_seed('entropy', early)} | {per_seed('entropy', late)} | {per_seed('entropy', slice(-1, None))} | "
-            f"{per_seed('clip_ratio/region_mean')} | {per_seed(f'{ARM_FIELDS[arm][1]}/selected_mean')} | "
+            f"{per_seed('clip_ratio/region_mean')} | {selected} | "
             f"{statistics.median(r['wall_s'] for r in arm_runs):.1f} |"
         )
     return "\n".join(lines)
@@ -131,14 +126,18 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    # arms alternate per seed, so load on the shared machine falls on all of them
+    jobs = [grid.Job("quickstart", arm, seed) for seed in range(args.seeds) for arm in args.arms]
+
+    def path_of(out_dir: str, job: grid.Job) -> str:
+        return str(run_path(Path(out_dir), job.arm, job.seed, args.max_steps))
+
+    if not args.report_only:
+        job = functools.partial(run, args.out_dir, args.max_steps, args.logging_steps)
+        grid.run_grid(jobs, job, out_dir=str(args.out_dir), path_of=path_of)
     runs: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    for seed in range(args.seeds):
-        for arm in args.arms:  # arms alternate per seed, so load on the shared machine falls on all of them
-            path = run_path(args.out_dir, arm, seed, args.max_steps)
-            if not path.exists() and not args.report_only:
-                path.write_text(json.dumps(run(arm, seed, args.out_dir, args.max_steps, args.logging_steps)))
-            if path.exists():
-                runs[arm].append(json.loads(path.read_text()))
+    for result in grid.load_runs(jobs, str(args.out_dir), missing_ok=True, path_of=path_of):
+        runs[result["arm"]].append(result)
     print(report(runs))
     if args.plot and any(runs.values()):
         plot(runs, args.plot)

@@ -13,8 +13,8 @@ Every run is off-policy after its first update: one rollout batch (`--prompts-pe
 `--num-generations` completions) feeds `--steps-per-generation` optimizer updates, as in the papers' 8 updates per
 rollout batch, so the clip regions, CE-GPPO's gradient-preserving terms and ERC act.
 
-    python benchmarks/entropy_dynamics.py                       # all methods, 3 seeds, 2 worker processes
-    python benchmarks/entropy_dynamics.py --methods GRPO DAPO --seeds 1 --steps 20 --out-dir /tmp/ed
+    python -m benchmarks.entropy_dynamics --jobs 2              # all methods, 3 seeds, 2 worker processes
+    python -m benchmarks.entropy_dynamics --methods GRPO DAPO --seeds 1 --steps 20 --out-dir /tmp/ed
 
 Runs already saved under `--out-dir/runs` are reused, so an interrupted sweep resumes where it stopped.
 """
@@ -22,43 +22,25 @@ Runs already saved under `--out-dir/runs` are reused, so an interrupted sweep re
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _study import cpu_config  # noqa: E402 - the sibling helper: the config every CPU study trains with
+from .harness import grid, stats
+from .harness.arms import ARMS
+from .harness.plants import cpu_config
+from .harness.results import write_results
+from .harness.stats import FAILS, HOLDS, UNRESOLVED  # noqa: F401 - the verdicts, as this study's tests read them
 
 # Method name -> (trainer, config fields). "trl" runs trl.GRPOTrainer with a plain GRPOConfig, i.e. TRL's own loss.
-# CE-GPPO settings follow the paper: eps 0.2 / 0.2 and the authors' dual clip 10; DAPO's clip-higher is 0.2 / 0.28.
-CE_GPPO = {"loss_type": "ce_gppo", "epsilon": 0.2, "epsilon_high": 0.2, "clip_ratio_c": 10.0}
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "GRPO": ("trl", {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2}),
-    "DAPO": ("trl", {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28}),
-    "GPPO (1, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 1.0, "ce_gppo_beta2": 1.0}),
-    "CE-GPPO (0.5, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0}),
-    "CE-GPPO (0.75, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 0.75, "ce_gppo_beta2": 1.0}),
-    "CE-GPPO (1, 0.5)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 1.0, "ce_gppo_beta2": 0.5}),
-    "CE-GPPO (0, 1)": ("ours", {**CE_GPPO, "ce_gppo_beta1": 0.0, "ce_gppo_beta2": 1.0}),
-    "DAPO + ERC": (
-        "ours",
-        {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "erc_low": 0.95, "erc_high": 1.05},
-    ),
-    "CE-GPPO (0.5, 1) + ID": (
-        "ours",
-        {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "prob_clip_schedule": "increase_decrease"},
-    ),
-    # The controller's target is set per sweep from the measured start entropy (see `controller_fields`).
-    "CE-GPPO (0.5, 1) + controller": (
-        "ours",
-        {**CE_GPPO, "ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "entropy_controller": True},
-    ),
+    name: (arm.trainer, arm.fields) for name, arm in list(ARMS.items())[:10]
 }
 RESULTS_START = "<!-- entropy_dynamics:start -->"
 RESULTS_END = "<!-- entropy_dynamics:end -->"
@@ -82,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-k", type=int, default=4, help="samples per problem for the final avg@k")
     parser.add_argument("--eval-temperature", type=float, default=0.6, help="papers: 0.6 (top_p 0.95, not used)")
     parser.add_argument("--controller-target-ratio", type=float, nargs=2, default=(1.0, 0.6), metavar=("START", "END"))
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each); 1: this process")
     parser.add_argument("--toy-dir", default=os.path.join("outputs", "bench-toy-9"), help="toy model (cached)")
     parser.add_argument("--toy-max-operand", type=int, default=9, help="operands of the toy task, 0..N")
     parser.add_argument("--toy-sft-steps", type=int, default=200)
@@ -92,7 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: report the runs already saved in --out-dir"
     )
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -242,36 +223,17 @@ def controller_fields(opts: argparse.Namespace, start_entropy: float | None) -> 
     return {"entropy_controller_target": start * start_entropy, "entropy_controller_target_final": end * start_entropy}
 
 
-def slug(method: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in method.lower()).strip("-").replace("--", "-")
+slug = grid.slug
 
 
 def run_path(opts: argparse.Namespace, method: str, seed: int) -> str:
-    return os.path.join(opts.out_dir, "runs", f"{slug(method)}-seed{seed}.json")
+    return grid.run_path(opts.out_dir, grid.Job("", method, seed))
 
 
-def worker(opts: argparse.Namespace) -> None:
-    """Run the `method|seed` jobs given on the command line one after the other, saving each as it finishes."""
-    import torch
-
-    torch.set_num_threads(1)
-    run_jobs(opts, json.loads(opts.worker[0]), opts.worker[1:])
-
-
-def run_jobs(opts: argparse.Namespace, start_entropy: float, jobs: list[str]) -> None:
-    for job in jobs:
-        method, seed = job.rsplit("|", 1)
-        path = run_path(opts, method, int(seed))
-        if os.path.exists(path):  # another sweep finished it meanwhile
-            continue
-        result = run_one(opts, method, int(seed), start_entropy)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f)
-        os.replace(path + ".tmp", path)
-        print(
-            f"done {method} seed {seed}: {result['seconds']:.0f}s, avg@{opts.eval_k} {result['final_accuracy']:.3f}",
-            flush=True,
-        )
+def run_job(opts: argparse.Namespace, start_entropy: float, job: grid.Job) -> dict[str, Any]:
+    result = run_one(opts, job.arm, job.seed, start_entropy)
+    print(f"{job.arm} seed {job.seed}: {result['seconds']:.0f}s, avg@{opts.eval_k} {result['final_accuracy']:.3f}")
+    return result
 
 
 def measure_start_entropy(opts: argparse.Namespace) -> float:
@@ -310,7 +272,7 @@ def measure_start_entropy(opts: argparse.Namespace) -> float:
 # Sweep, table, plot, claims.
 
 
-def run_sweep(opts: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
+def run_sweep(opts: argparse.Namespace) -> list[dict[str, Any]]:
     os.makedirs(os.path.join(opts.out_dir, "runs"), exist_ok=True)
     record = build_toy(opts)
     start_entropy = measure_start_entropy(opts)
@@ -319,40 +281,11 @@ def run_sweep(opts: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]
         f"{record['accuracy_sampled']:.2f}; start entropy {start_entropy:.3f} nats",
         flush=True,
     )
-    jobs = [
-        (method, seed)
-        for seed in range(opts.seeds)
-        for method in opts.methods
-        if not os.path.exists(run_path(opts, method, seed)) and not opts.report_only
-    ]
-    if opts.jobs <= 1 and jobs:  # in this process: no second interpreter to start (and torch to import)
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            run_jobs(opts, start_entropy, [f"{method}|{seed}" for method, seed in jobs])
-        finally:
-            torch.set_num_threads(threads)
-        jobs = []
-    forwarded = [token for token in argv if token != "--worker"]
-    procs = []
-    for rank in range(min(opts.jobs, len(jobs))):
-        mine = [f"{method}|{seed}" for method, seed in jobs[rank :: opts.jobs]]
-        command = [sys.executable, os.path.abspath(__file__), *forwarded, "--worker", json.dumps(start_entropy), *mine]
-        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
-        procs.append(subprocess.Popen(command, env=env))
-    failed = [proc.args for proc in procs if proc.wait() != 0]
-    if failed:
-        raise RuntimeError(f"{len(failed)} worker(s) failed; see their output above")
-    results = []
-    for seed in range(opts.seeds):
-        for method in opts.methods:
-            if opts.report_only and not os.path.exists(run_path(opts, method, seed)):
-                continue
-            with open(run_path(opts, method, seed)) as f:
-                results.append(json.load(f))
-    return results
+    jobs = [grid.Job("", method, seed) for seed in range(opts.seeds) for method in opts.methods]
+    if not opts.report_only:
+        run = functools.partial(run_job, opts, start_entropy)
+        grid.run_grid(jobs, run, out_dir=opts.out_dir, workers=opts.jobs)
+    return grid.load_runs(jobs, opts.out_dir, missing_ok=opts.report_only)
 
 
 def end_value(values: list[float]) -> float:
@@ -432,21 +365,16 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]], opts: argpa
     return "\n".join(lines)
 
 
-HOLDS, FAILS, UNRESOLVED = "holds", "does not hold", "not resolved (difference within 2 standard errors)"
-
-
 def check_claims(summary: dict[str, dict[str, tuple[float, float]]]) -> list[tuple[str, str, str]]:
     """The papers' qualitative claims, each with a verdict on the seed means: `HOLDS` or `FAILS` when the difference
     exceeds twice its standard error, `UNRESOLVED` otherwise. Claims whose methods were not run are left out."""
 
-    def below(a: str, b: str, name: str = "end") -> bool | None:
-        """True if `name` of `a` is below `b`'s beyond noise, False if above beyond noise, None if within."""
+    def below(a: str, b: str, name: str = "end") -> str:
+        """Whether `name` of `a` is below `b`'s: the verdict on `b - a` with its standard error."""
         se = math.hypot(summary[a][f"{name}_se"][0], summary[b][f"{name}_se"][0])
-        diff = summary[b][name][0] - summary[a][name][0]
-        return None if abs(diff) <= 2 * se else diff > 0
+        return stats.verdict((summary[b][name][0] - summary[a][name][0], se), expected_sign=1)
 
-    def verdict(checks: list[bool | None]) -> str:
-        return FAILS if False in checks else HOLDS if all(checks) else UNRESOLVED
+    verdict = stats.combine
 
     def fmt(method: str, name: str = "end") -> str:
         return f"{method}: {summary[method][name][0]:.3f} ± {summary[method][name + '_se'][0]:.3f}"
@@ -535,38 +463,22 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str, opts: arg
     plt.close(fig)
 
 
-def write_results(path: str, block: str, start: str = RESULTS_START, end: str = RESULTS_END) -> None:
-    """Replace the block of `path` between the markers `start` and `end` (this script's by default), or append it."""
-    text = open(path).read() if os.path.exists(path) else ""
-    block = f"{start}\n{block}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     opts = parse_args(argv)
-    if opts.worker:
-        worker(opts)
-        return {}
     start = time.perf_counter()
-    results = run_sweep(opts, argv)
+    results = run_sweep(opts)
     summary = per_method(results, opts.methods)
     claims = check_claims(summary)
     table = format_table(summary, opts)
     plot(results, opts.methods, opts.plot, opts)
-    command = shlex.join(["python", "benchmarks/entropy_dynamics.py", *argv])
+    command = shlex.join(["python", "-m", "benchmarks.entropy_dynamics", *argv])
     verdicts = "\n".join(f"- {verdict}: {claim}. {detail}." for claim, verdict, detail in claims)
     block = f"Command: `{command}`\n\n{table}\n\nClaims, on the seed means (± standard error):\n\n{verdicts}"
     print(block)
     print(f"\nsweep took {time.perf_counter() - start:.0f}s; plot: {opts.plot}")
     if opts.results_md:
-        write_results(opts.results_md, block)
+        write_results(opts.results_md, block, RESULTS_START, RESULTS_END)
     return {"summary": summary, "claims": claims, "table": table}
 
 

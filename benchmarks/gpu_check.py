@@ -10,7 +10,10 @@ process, so that each vLLM engine gets the whole GPU.
   (bf16 noise between TRL's scoring and training passes; every update's fractions are printed; the LM head runs in
   float32, `cast_lm_head_to_fp32`), that every loss and gradient norm is finite, and that vLLM (its
   importance-sampling metrics), bf16 weights, LoRA (only adapter weights trainable) and, with `--liger`, Liger's
-  layer kernels were in use.
+  layer kernels were in use; with vLLM, that the adapter-only sync ran (`vllm_lora_sync: adapter`) and kept the
+  engine's log-probs within `vllm_logp_difference_bound` of the trainer's at every rollout batch. `--qlora` puts a
+  bitsandbytes 4-bit base under the adapters and vLLM's sleep mode, as the QLoRA recipe (results in
+  `ours-qlora.json`), and checks that the base is 4-bit.
 - Arm `trl`: `trl.GRPOTrainer(loss_type="dapo")` with the same model, data, batch layout and seed: the baseline of
   the step time. `--compare DIR` prints both arms' median step time and peak memory and their ratio.
 
@@ -76,7 +79,7 @@ def resolve_model(opts: argparse.Namespace) -> tuple[str, str]:
 def config_kwargs(opts: argparse.Namespace, arm: str) -> dict[str, Any]:
     """Config fields of one arm; everything but the loss settings is shared."""
     shared: dict[str, Any] = {
-        "output_dir": os.path.join(opts.out, f"run-{arm}"),
+        "output_dir": os.path.join(opts.out, f"run-{arm}{'-qlora' if opts.qlora else ''}"),
         "report_to": "none",
         "save_strategy": "no",
         "logging_steps": 1,
@@ -108,6 +111,7 @@ def config_kwargs(opts: argparse.Namespace, arm: str) -> dict[str, Any]:
             vllm_mode="colocate",
             vllm_gpu_memory_utilization=opts.vllm_gpu_memory_utilization,
             vllm_max_model_length=1024,
+            vllm_enable_sleep_mode=opts.qlora,  # as the QLoRA recipe: the adapter sync's level-1 sleep and wake-up
         )
     if arm == "trl":
         return shared
@@ -164,7 +168,14 @@ def check_run(log_history: list[dict[str, Any]], facts: dict[str, Any], opts: ar
         checks["vLLM colocate generated (sampling/importance_sampling_ratio/mean logged)"] = bool(
             _values(log_history, "sampling/importance_sampling_ratio/mean")
         )
-    if opts.bf16:
+        checks["vLLM synced by adapter only (vllm_lora_sync: adapter)"] = facts["sync"] == "AdapterSyncVLLMGeneration"
+        gaps = _values(log_history, "sampling/sampling_logp_difference/mean")
+        checks[f"engine in sync: sampling_logp_difference/mean < {facts['logp_bound']} at every rollout"] = (
+            bool(gaps) and max(gaps) < facts["logp_bound"]
+        )
+    if opts.qlora:
+        checks["QLoRA: the trainer's base is bitsandbytes 4-bit"] = facts["base_dtype"] == "torch.uint8"
+    elif opts.bf16:
         checks["base weights in bfloat16"] = facts["base_dtype"] == "torch.bfloat16"
     if opts.liger:
         checks["Liger layer kernels on, fused linear cross-entropy off"] = facts["liger_config"] == {
@@ -177,7 +188,7 @@ def run_arm(opts: argparse.Namespace, arm: str) -> int:
     """Train one arm, write `<out>/<arm>.json`, print the checks (arm `ours`); return the exit status."""
     import torch
     from peft import LoraConfig
-    from transformers import set_seed
+    from transformers import BitsAndBytesConfig, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
     from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
@@ -194,6 +205,13 @@ def run_arm(opts: argparse.Namespace, arm: str) -> int:
         args=args,
         train_dataset=make_arithmetic_dataset(completions_per_step * opts.steps, seed=opts.seed),
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16 if opts.bf16 else torch.float32,
+        )
+        if opts.qlora
+        else None,
     )
     if opts.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -209,6 +227,8 @@ def run_arm(opts: argparse.Namespace, arm: str) -> int:
         "lora_only": bool(trainable) and all("lora_" in name for name in trainable),
         "base_dtype": str(base.dtype),
         "liger_config": args.liger_kernel_config,
+        "sync": type(getattr(trainer, "vllm_generation", None)).__name__,
+        "logp_bound": getattr(args, "vllm_logp_difference_bound", None) or 0.1,
     }
     step_times = _values(trainer.state.log_history, "step_time")
     result = {
@@ -230,7 +250,7 @@ def run_arm(opts: argparse.Namespace, arm: str) -> int:
         for name, passed in result["checks"].items():
             print(f"gpu_check: {'PASS' if passed else 'FAIL'}  {name}", flush=True)
         status = 0 if all(result["checks"].values()) else 1
-    with open(os.path.join(opts.out, f"{arm}.json"), "w") as f:
+    with open(os.path.join(opts.out, f"{arm}{'-qlora' if opts.qlora else ''}.json"), "w") as f:
         json.dump(result, f, indent=2, default=str)
     return status
 
@@ -272,6 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="generate with transformers")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     parser.add_argument("--liger", action="store_true", help="use_liger_kernel=True (needs liger-kernel)")
+    parser.add_argument("--qlora", action="store_true", help="4-bit (bitsandbytes nf4) base under the LoRA adapters")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps (default 16)")
     parser.add_argument("--batch-size", type=int, default=8, help="completions per micro-batch")
     parser.add_argument("--accumulation", type=int, default=2, help="gradient_accumulation_steps")

@@ -9,21 +9,24 @@ updates are applied once per arm:
 - DAPO (eps 0.2 / 0.28, no gradient outside the band) without and with ERC (0.95, 1.05);
 - beta1 in {0, 1} again at the learning rate divided by `--lr-factor` (10: a decade apart), the step-size question.
 
-The realised change of the mean next-token entropy on a probe set (held-out prompts, completions sampled once per
-batch from the frozen policy, teacher-forced) is the measurement; paired differences between arms (same weights,
-same batch, same probe) carry no batch-to-batch spread. The first update of a rollout batch is on-policy (ratio 1, no
-token clipped, no ERC mask), so it is the same for every arm at a learning rate: it is applied once (the DAPO run's
-own first update at the recipe's rate, one update at the smaller rate) and the arms differ from the second update on.
-ERC's old entropies are the frozen policy's, as the captured scoring pass gives them in training. The run also
-logs the library's entropy attribution on its own updates (`entropy_attribution_steps=1`: `grad_theta H . delta_theta`
-against the realised change of the update's micro-batch entropy), the diagnostic's check on the real model.
+Every arm's updates go through the trainer's own `compute_loss` (`benchmarks.harness.micro`): an arm is a second
+`CEGPPOTrainer` over the same model object, its config the run's command line plus the arm's fields
+(`benchmarks.harness.arms.MICRO_ARMS`). The realised change of the mean next-token entropy on a probe set (held-out
+prompts, completions sampled once per batch from the frozen policy, teacher-forced) is the measurement; paired
+differences between arms (same weights, same batch, same probe) carry no batch-to-batch spread. The first update of a
+rollout batch is on-policy (ratio 1, no token clipped, no ERC mask), so it is the same for every arm at a learning
+rate: it is applied once (the DAPO run's own first update at the recipe's rate, one update at the smaller rate) and the
+arms differ from the second update on. ERC's old entropies are the frozen policy's, as the captured scoring pass gives
+them in training. The run also logs the library's entropy attribution on its own updates
+(`entropy_attribution_steps=1`: `grad_theta H . delta_theta` against the realised change of the update's micro-batch
+entropy), the diagnostic's check on the real model.
 
 The same engine runs on the toy testbed of `regime.py` (`--plant toy`, its 64 x 8 rollouts, 8 updates, lr 2e-4), so
 the two scales stand side by side; `--quick` is a tiny toy run for CI (about a minute).
 
-    python benchmarks/real_model_micro.py                       # real model, 10 batches (~80 min on 1 thread)
-    python benchmarks/real_model_micro.py --plant toy --batches 20
-    python benchmarks/real_model_micro.py --report-only         # tables, JSON and RESULTS.md from saved batches
+    python -m benchmarks.real_model_micro                       # real model, 10 batches (~80 min on 1 thread)
+    python -m benchmarks.real_model_micro --plant toy --batches 20
+    python -m benchmarks.real_model_micro --report-only         # tables, JSON and RESULTS.md from saved batches
 
 Each finished batch is saved under `--out-dir/batches`; the DAPO run checkpoints at every rollout batch, so an
 interrupted study resumes where it stopped.
@@ -33,36 +36,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import regime  # noqa: E402 - the toy study's machinery: snapshots, probe, updates, statistics
-from entropy_dynamics import FAILS, HOLDS, UNRESOLVED, write_results  # noqa: E402
+from . import regime
+from .harness import grid, micro, stats
+from .harness.arms import DAPO_OWN_LOSS, ERC, MICRO_ARMS, SMALL_LR_ARMS
+from .harness.results import write_results
+from .harness.stats import FAILS, HOLDS, UNRESOLVED
 
-RECIPE = os.path.join("configs", "SmolLM2-135M-Instruct", "ce_gppo_cpu.yaml")
-CE_GPPO = {"epsilon_low": 0.2, "epsilon_high": 0.2, "clip_ratio_c": None}
-DAPO = {"beta1": 0.0, "beta2": 0.0, "epsilon_low": 0.2, "epsilon_high": 0.28, "clip_ratio_c": None}
-ERC_BAND = (0.95, 1.05)
-# name -> (update knobs, learning-rate divisor)
-ARMS: dict[str, tuple[dict[str, Any], float]] = {
-    "beta1=0": ({**CE_GPPO, "beta1": 0.0, "beta2": 1.0}, 1.0),
-    "beta1=0.5": ({**CE_GPPO, "beta1": 0.5, "beta2": 1.0}, 1.0),
-    "beta1=1": ({**CE_GPPO, "beta1": 1.0, "beta2": 1.0}, 1.0),
-    "beta2=0.5": ({**CE_GPPO, "beta1": 0.5, "beta2": 0.5}, 1.0),
-    "beta2=1.5": ({**CE_GPPO, "beta1": 0.5, "beta2": 1.5}, 1.0),
-    "dapo": (DAPO, 1.0),
-    "dapo+erc": ({**DAPO, "erc": ERC_BAND}, 1.0),
-    "small_lr/beta1=0": ({**CE_GPPO, "beta1": 0.0, "beta2": 1.0}, 0.0),  # 0: divided by --lr-factor
-    "small_lr/beta1=1": ({**CE_GPPO, "beta1": 1.0, "beta2": 1.0}, 0.0),
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+ERC_BAND = (ERC["erc_low"], ERC["erc_high"])
+ARM_NAMES = [*MICRO_ARMS, *(f"small_lr/{name}" for name in SMALL_LR_ARMS)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", help="saved batches and the DAPO run's checkpoints")
     parser.add_argument("--json", help="default benchmarks/real_model_micro.json (toy: toy_micro.json; '' skips)")
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
+    parser.add_argument("--extra", default="{}", help="JSON of more `ce-gppo train` fields (run and arms)")
     parser.add_argument("--report-only", action="store_true", help="run nothing: report the saved batches")
     opts = parser.parse_args(argv)
     if opts.quick:
@@ -101,91 +89,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
-# The plants: a trainer running DAPO on this library's loss path, its tokenizer and the probe prompts.
+# The plants: the fields of the DAPO run (this library's loss path), and the probe prompts.
 
 
-def dapo_fields(opts: argparse.Namespace) -> dict[str, Any]:
-    """DAPO's gradient on this library's loss path (the micro engine reads the buffered rollout): CE-GPPO with
-    beta1 = beta2 = 0 and DAPO's clip-higher bound; with the diagnostics, the entropy attribution on every update
-    (`grad_theta H . delta_theta` against the realised change of the update's own micro-batch) and the tabular
-    `entropy_dynamics/predicted_delta` beside it."""
-    fields = {"loss_type": "ce_gppo", "ce_gppo_beta1": 0.0, "ce_gppo_beta2": 0.0, "epsilon": 0.2, "epsilon_high": 0.28}
+def run_setup(opts: argparse.Namespace) -> tuple[Any, dict[str, Any], str | None, list]:
+    """(plant, the DAPO run's fields, the plant's model directory, the probe prompts)."""
+    fields: dict[str, Any] = dict(DAPO_OWN_LOSS)
     if not opts.no_diagnostics:
+        # The entropy attribution on every update (grad_theta H . delta_theta against the realised change of the
+        # update's own micro-batch) and the tabular entropy_dynamics/predicted_delta beside it.
         fields.update(entropy_attribution_steps=1, entropy_diagnostics=True)
-    return fields
+    if opts.plant == "real":
+        from ce_gppo_trl.word_problems import make_word_problems
 
-
-def real_plant(opts: argparse.Namespace, callbacks: list) -> tuple[Any, Any, list[str]]:
-    from transformers import AutoTokenizer
-    from trl import get_peft_config
-
-    from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.builtin_models import resolve_model
-    from ce_gppo_trl.cli import build_reward_funcs, load_datasets, parse_train_args
-    from ce_gppo_trl.word_problems import make_word_problems
-
-    overrides = {
-        **dapo_fields(opts),
-        "output_dir": os.path.join(opts.out_dir, "run"),
-        "per_device_train_batch_size": opts.prompts_per_rollout * 8 // 4,
-        "max_steps": opts.batches * 4,
-        "save_steps": 4,
-        "save_total_limit": 1,
-        "logging_steps": 1,
-        "disable_tqdm": True,
-    }
+        fields.update(
+            per_device_train_batch_size=opts.prompts_per_rollout * 8 // 4,
+            max_steps=opts.batches * 4,
+            save_steps=4,
+            save_total_limit=1,
+            logging_steps=1,
+            disable_tqdm=True,
+        )
+        probe = list(make_word_problems("test", opts.probe_prompts)["prompt"])
+        plant, model_dir = "smollm2", None
+    else:
+        ropts = regime.parse_args(["--quick"] if opts.quick else [])
+        ropts.prompts_per_rollout = opts.prompts_per_rollout
+        ropts.model_dir = opts.model_dir or ropts.model_dir
+        spg = ropts.steps_per_generation
+        fields.update(regime.run_fields(ropts))
+        fields.update(max_steps=opts.batches * spg, save_strategy="steps", save_steps=spg, save_total_limit=1)
+        plant, model_dir = regime.testbed_plant(ropts), ropts.model_dir
+        probe = list(plant.data(0)[1]["prompt"][: opts.probe_prompts])
     if opts.learning_rate is not None:
-        overrides["learning_rate"] = opts.learning_rate
-    argv = ["--config", os.path.join(ROOT, RECIPE)]
-    for key, value in overrides.items():
-        argv += [f"--{key}", str(value)]
-    script_args, args, model_args = parse_train_args(argv)
-    if args.num_generations != 8 or args.steps_per_generation != 4:
-        raise ValueError("the recipe's rollout changed: update real_plant's batch arithmetic")
-    model = resolve_model(model_args.model_name_or_path, args)
-    train, _ = load_datasets(script_args, args)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    trainer = CEGPPOTrainer(
-        model=model,
-        reward_funcs=build_reward_funcs(script_args, args),
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
-    held_out = make_word_problems("test", opts.probe_prompts)
-    probe = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in held_out["prompt"]]
-    return trainer, tokenizer, probe
-
-
-def toy_plant(opts: argparse.Namespace, callbacks: list) -> tuple[Any, Any, list[str]]:
-    from transformers import AutoTokenizer
-
-    from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.rewards import math_accuracy_reward
-
-    ropts = regime.parse_args(["--quick"] if opts.quick else [])
-    ropts.prompts_per_rollout = opts.prompts_per_rollout
-    ropts.out_dir = opts.out_dir
-    ropts.model_dir = opts.model_dir or ropts.model_dir
-    ropts.learning_rate = opts.learning_rate or ropts.learning_rate
-    regime.build(ropts)
-    args = regime.trainer_args(ropts, "ours", dapo_fields(opts), 0, "micro-dapo")
-    args.output_dir = os.path.join(opts.out_dir, "run")
-    args.max_steps = opts.batches * ropts.steps_per_generation
-    args.save_strategy, args.save_steps, args.save_total_limit = "steps", ropts.steps_per_generation, 1
-    train, held_out = regime.task_data(ropts, 0)
-    tokenizer = AutoTokenizer.from_pretrained(ropts.model_dir)
-    trainer = CEGPPOTrainer(
-        model=ropts.model_dir,
-        reward_funcs=math_accuracy_reward,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    return trainer, tokenizer, list(held_out["prompt"][: opts.probe_prompts])
+        fields["learning_rate"] = opts.learning_rate
+    fields.update(json.loads(opts.extra))
+    return plant, fields, model_dir, probe
 
 
 # The micro engine.
@@ -195,40 +134,30 @@ def batch_path(opts: argparse.Namespace, index: int) -> str:
     return os.path.join(opts.out_dir, "batches", f"{index:03d}.json")
 
 
-@contextmanager
-def scaled_lr(optimizer: Any, factor: float) -> Iterator[None]:
-    """The optimizer's learning rates times `factor` inside the block, restored after it."""
-    saved = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] *= factor
-    try:
-        yield
-    finally:
-        for group, lr in zip(optimizer.param_groups, saved, strict=True):
-            group["lr"] = lr
-
-
-def probe_entropy(trainer: Any, probe: dict[str, Any]) -> float:
-    total, count = regime.token_entropy(trainer, trainer.model, probe)
-    return total / count
-
-
 def micro_experiment(
-    trainer: Any, tokenizer: Any, prompts: list[str], snapshot: tuple, opts: argparse.Namespace, index: int
+    trainer: Any,
+    arms: dict[str, Any],
+    probe_prompts: list[str],
+    snapshot: micro.Frozen,
+    opts: argparse.Namespace,
+    index: int,
 ) -> dict[str, Any]:
     """Every arm from the frozen state of this rollout batch; called after the run's own first update of the batch
-    (the shared on-policy update at the recipe's rate), and restores the run's state afterwards."""
+    (the shared on-policy update at the run's rate), and restores the run's state afterwards."""
     import torch
 
-    optimizer = trainer.optimizer.optimizer
-    first = regime.state_of(trainer)  # after the shared first update at the recipe's rate
-    batches = [dict(b) for b in trainer._buffered_inputs]
-    regime.load_state(trainer, snapshot)
+    first = micro.freeze(trainer)  # after the shared first update at the run's rate
+    batches = [dict(b) for b in trainer._buffered_inputs]  # the rollout batch TRL buffered for this batch's updates
+    micro.restore(trainer, snapshot)
+    temperature = trainer.args.temperature
     for b in batches:
-        b["old_entropies"] = regime.token_entropies(trainer, trainer.model, b)
-    probe = regime.probe_batch(trainer, tokenizer, prompts, opts, 10_000 + index)
-    before = probe_entropy(trainer, probe)
+        b["old_entropies"] = micro.token_entropies(trainer.model, b, temperature)  # the frozen policy's
+    probe = micro.probe_batch(
+        trainer.model, trainer.processing_class, probe_prompts, trainer.args.max_completion_length, 10_000 + index
+    )
+    before = micro.mean_entropy(trainer.model, probe, temperature)
     advantages = torch.cat([b["advantages"] for b in batches])
+    step_lr = micro.inner_optimizer(trainer).param_groups[0]["lr"]
     record: dict[str, Any] = {
         "index": index,
         "step": trainer.state.global_step,
@@ -236,47 +165,74 @@ def micro_experiment(
         "train_entropy": trainer._metrics["train"]["entropy"][-1],
         "frac_zero_advantage": float((advantages == 0).float().mean()),
         "lr": trainer.args.learning_rate,  # nominal (the step's own rate is scaled during a warm-up)
-        "step_lr": optimizer.param_groups[0]["lr"],
+        "step_lr": step_lr,
         "delta": {},
         "clipped": {},
     }
-    # The shared first update at the small rate.
-    with scaled_lr(optimizer, 1 / opts.lr_factor):
-        regime.policy_update(trainer, optimizer, batches[0], **ARMS["small_lr/beta1=0"][0])
-    first_small = regime.state_of(trainer)
+    # The shared first update at the small rate (beta1 = 0's config: on-policy, every arm's first update is this).
+    small = arms["beta1=0"]
+    micro.restore(trainer, snapshot, small)
+    with micro.scaled_lr(small, 1 / opts.lr_factor):
+        micro.update(small, batches[0])
+    first_small = micro.freeze(small)
     with torch.random.fork_rng():
-        for name, (knobs, lr_scale) in ARMS.items():
-            regime.load_state(trainer, first if lr_scale else first_small)
-            with scaled_lr(optimizer, lr_scale or 1 / opts.lr_factor):
-                outs = [regime.policy_update(trainer, optimizer, b, **knobs) for b in batches[1:]]
-            record["delta"][name] = probe_entropy(trainer, probe) - before
+        for name in ARM_NAMES:
+            slow = name.startswith("small_lr/")
+            arm = arms[name.removeprefix("small_lr/")]
+            micro.restore(trainer, first_small if slow else first, arm)
+            outs, bins = [], []
+            with micro.scaled_lr(arm, 1 / opts.lr_factor if slow else 1.0):
+                for b in batches[1:]:
+                    if arm.args.erc_enabled:
+                        bins.append(
+                            micro.erc_masked_by_entropy_bin(trainer.model, b, ERC_BAND, temperature=temperature)
+                        )
+                    outs.append(micro.update(arm, b))
+            record["delta"][name] = micro.mean_entropy(trainer.model, probe, temperature) - before
             record["clipped"][name] = sum(o["clipped"] for o in outs) / len(outs)
-            if "erc" in knobs:
+            if bins:
                 record["erc_masked"] = sum(o["erc_masked"] for o in outs) / len(outs)
-                bins = [o["erc_masked_by_entropy_bin"] for o in outs]
                 record["erc_masked_by_entropy_bin"] = [sum(col) / len(col) for col in zip(*bins, strict=True)]
-    regime.load_state(trainer, first)
+    micro.restore(trainer, first)
     return record
 
 
 def run(opts: argparse.Namespace) -> None:
-    from transformers import TrainerCallback, set_seed
+    from transformers import TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     os.makedirs(os.path.join(opts.out_dir, "batches"), exist_ok=True)
     if all(os.path.exists(batch_path(opts, index)) for index in range(opts.batches)):
         return  # every batch is saved: nothing to run
     diagnostics_path = os.path.join(opts.out_dir, "diagnostics.jsonl")
+    plant, fields, model_dir, prompts = run_setup(opts)
+    run_dir = os.path.join(opts.out_dir, "run")
+    common = {"seed": 0, "model_dir": model_dir}
+    trainer = grid.build(plant, fields, output_dir=run_dir, **common)
+    if trainer.args.num_generations != 8 or (plant == "smollm2" and trainer.args.steps_per_generation != 4):
+        raise ValueError("the recipe's rollout changed: update run_setup's batch arithmetic")
+    tokenizer = trainer.processing_class
+    if plant == "smollm2":
+        prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    arms: dict[str, Any] = {}
+
+    def arm_trainers() -> dict[str, Any]:
+        if not arms:
+            for name, arm in MICRO_ARMS.items():
+                overrides = {**fields, **micro.NO_DIAGNOSTICS, **arm.fields}
+                args = grid.parse(plant, overrides, output_dir=os.path.join(opts.out_dir, "arm"), **common)[1]
+                arms[name] = micro.arm_trainer(trainer, args)
+        return arms
 
     class Micro(TrainerCallback):
-        snapshot: tuple | None = None
+        snapshot: micro.Frozen | None = None
         started = time.perf_counter()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             spg = args.steps_per_generation
             index = state.global_step // spg
             if state.global_step % spg == 0 and not os.path.exists(batch_path(opts, index)):
-                self.snapshot = regime.state_of(trainer)
+                self.snapshot = micro.freeze(trainer)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             spg = args.steps_per_generation
@@ -293,7 +249,7 @@ def run(opts: argparse.Namespace) -> None:
             if self.snapshot is not None and state.global_step % spg == 1:
                 index = state.global_step // spg
                 start = time.perf_counter()
-                record = micro_experiment(trainer, tokenizer, prompts, self.snapshot, opts, index)
+                record = micro_experiment(trainer, arm_trainers(), prompts, self.snapshot, opts, index)
                 record["seconds"] = time.perf_counter() - start
                 with open(batch_path(opts, index) + ".tmp", "w") as f:
                     json.dump(record, f)
@@ -306,12 +262,9 @@ def run(opts: argparse.Namespace) -> None:
                     flush=True,
                 )
 
-    set_seed(0)
-    trainer, tokenizer, prompts = (real_plant if opts.plant == "real" else toy_plant)(opts, [Micro()])
-    tokenizer.padding_side = "left"  # the probe's generation continues each prompt
-    opts.max_completion_length = trainer.args.max_completion_length  # the probe's completions, as the rollouts'
-    regime.quiet(trainer)
-    last = get_last_checkpoint(trainer.args.output_dir) if os.path.isdir(trainer.args.output_dir) else None
+    trainer.add_callback(Micro())
+    grid.quiet(trainer)
+    last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     trainer.train(resume_from_checkpoint=last)
 
 
@@ -319,8 +272,8 @@ def run(opts: argparse.Namespace) -> None:
 
 
 def paired(batches: list[dict], high: str, low: str, absolute: bool = False) -> list[float]:
-    f = abs if absolute else (lambda x: x)
-    return [f(b["delta"][high]) - f(b["delta"][low]) for b in batches]
+    """Per batch, arm `high`'s probe-entropy change minus arm `low`'s."""
+    return stats.paired_differences([b["delta"][high] for b in batches], [b["delta"][low] for b in batches], absolute)
 
 
 def summarize(opts: argparse.Namespace) -> dict[str, Any]:
@@ -334,13 +287,10 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no saved batches under {folder}: run the study first")
 
     def stat(values: list[float]) -> list[float]:
-        return [round(v, 6) for v in regime.mean_se(values)]
+        return [round(v, 6) for v in stats.mean_se(values)]
 
-    def signs(values: list[float]) -> list[int]:
-        """[batches where the difference is < 0, where it is > 0]: the sign test beside the mean."""
-        return [sum(v < 0 for v in values), sum(v > 0 for v in values)]
-
-    arms = {name: [b["delta"][name] for b in batches] for name in ARMS}
+    signs = stats.sign_counts
+    arms = {name: [b["delta"][name] for b in batches] for name in ARM_NAMES}
     lr = batches[0]["lr"]
     small = lr / opts.lr_factor
     summary: dict[str, Any] = {
@@ -371,7 +321,7 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
         },
         "small_lr_beta1": {f"{b:.1f}": stat(arms[f"small_lr/beta1={b:g}"]) for b in (0.0, 1.0)},
         "arms": {name: stat(values) for name, values in arms.items()},
-        "clipped": {name: round(sum(b["clipped"][name] for b in batches) / len(batches), 4) for name in ARMS},
+        "clipped": {name: round(sum(b["clipped"][name] for b in batches) / len(batches), 4) for name in ARM_NAMES},
         "erc_masked_by_entropy_quintile": [
             round(sum(col) / len(col), 4)
             for col in zip(*(b["erc_masked_by_entropy_bin"] for b in batches), strict=True)
@@ -391,7 +341,7 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
         with open(diagnostics) as f:
             rows = [json.loads(line) for line in f]
         if len(rows) > 2:
-            r, slope, _ = regime.pearson_slope(
+            r, slope, _ = stats.pearson_slope(
                 [x["predicted_param_space"] for x in rows], [x["realised_delta"] for x in rows]
             )
             summary["diagnostics"] = {
@@ -399,7 +349,7 @@ def summarize(opts: argparse.Namespace) -> dict[str, Any]:
                 "param_space_r": round(r, 3),
                 "param_space_slope": round(slope, 3),
             }
-            r, slope, _ = regime.pearson_slope(
+            r, slope, _ = stats.pearson_slope(
                 [x.get("predicted_tabular", x.get("predicted_recomputed")) for x in rows],
                 [x["realised_delta"] for x in rows],
             )
@@ -413,26 +363,26 @@ def claims(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = [
         (
             "larger beta1 -> entropy down (CE-GPPO)",
-            verdict_of(p["beta1_1_minus_0"], -1),
+            stats.verdict(p["beta1_1_minus_0"], -1),
             fmt(p["beta1_1_minus_0"], "beta1 1 - 0") + count(s, "beta1_1_minus_0"),
         ),
         (
             "larger beta2 -> entropy up (CE-GPPO)",
-            verdict_of(p["beta2_1.5_minus_0.5"], 1),
+            stats.verdict(p["beta2_1.5_minus_0.5"], 1),
             fmt(p["beta2_1.5_minus_0.5"], "beta2 1.5 - 0.5") + count(s, "beta2_1.5_minus_0.5"),
         ),
         (
             "ERC keeps entropy from falling (DAPO + ERC above DAPO)",
-            verdict_of(p["erc_on_minus_off"], 1),
+            stats.verdict(p["erc_on_minus_off"], 1),
             fmt(p["erc_on_minus_off"], "ERC on - off") + count(s, "erc_on_minus_off"),
         ),
         (
             "ERC damps the entropy change (|change| smaller with ERC)",
-            verdict_of(p["erc_abs_on_minus_off"], -1),
+            stats.verdict(p["erc_abs_on_minus_off"], -1),
             fmt(p["erc_abs_on_minus_off"], "|on| - |off|") + count(s, "erc_abs_on_minus_off"),
         ),
     ]
-    signs = [sign_of(s["lr"][lr]["beta1_1_minus_0"]) for lr in lrs]
+    signs = [stats.sign_of(s["lr"][lr]["beta1_1_minus_0"]) for lr in lrs]
     same = (
         "the same sign"
         if signs[0] == signs[1] != 0
@@ -455,16 +405,6 @@ def claims(s: dict[str, Any]) -> list[tuple[str, str, str]]:
 def count(s: dict[str, Any], name: str) -> str:
     below, above = s["paired_signs"][name]
     return f" (below 0 in {below}, above 0 in {above} of {s['batches']} batches)"
-
-
-def verdict_of(pair: list[float], sign: int) -> str:
-    measured = sign_of(pair)
-    return UNRESOLVED if measured == 0 else (HOLDS if measured == sign else FAILS)
-
-
-def sign_of(pair: list[float]) -> int:
-    mean, se = pair
-    return 0 if math.isnan(se) or abs(mean) <= 2 * se else (1 if mean > 0 else -1)
 
 
 def fmt(pair: list[float], label: str) -> str:
@@ -509,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run(opts)
     summary = summarize(opts)
     run_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
-    summary["command"] = "python benchmarks/real_model_micro.py " + " ".join(run_argv)
+    summary["command"] = "python -m benchmarks.real_model_micro " + " ".join(run_argv)
     summary["wall_seconds_this_call"] = round(time.perf_counter() - start)
     report = table(summary)
     print(report)

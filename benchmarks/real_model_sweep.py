@@ -17,31 +17,21 @@ Finished runs and evaluations are saved under `--out-dir` and skipped on a rerun
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import real_model  # noqa: E402 - the recipe, the held-out evaluation, the cache helper
-from regime import mean_se  # noqa: E402
+from . import real_model
+from .harness import grid
+from .harness.arms import RECIPE_ARMS
+from .harness.stats import mean_se
 
-METHODS = {
-    "DAPO": {"ce_gppo_beta1": 0.0, "ce_gppo_beta2": 0.0, "epsilon_high": 0.28},
-    "CE-GPPO (0.5, 1)": {"ce_gppo_beta1": 0.5, "ce_gppo_beta2": 1.0, "epsilon_high": 0.2},
-    "GPPO": {"ce_gppo_beta1": 1.0, "ce_gppo_beta2": 1.0, "epsilon_high": 0.2},
-    "DAPO + ERC": {
-        "ce_gppo_beta1": 0.0,
-        "ce_gppo_beta2": 0.0,
-        "epsilon_high": 0.28,
-        "erc_low": 0.95,
-        "erc_high": 1.05,
-    },
-}
+HERE = Path(__file__).resolve().parent
+METHODS = {name: arm.fields for name, arm in RECIPE_ARMS.items()}
 DEVICES = {
     "cpu": {"use_cpu": "true", "bf16": "false"},
     "cuda": {"use_cpu": "false", "bf16": "true"},
@@ -110,6 +100,10 @@ def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict:
     return {"method": method, "seed": seed, **run, "heldout": evaluation}
 
 
+def run_job(opts: argparse.Namespace, job: grid.Job) -> dict:
+    return run_one(opts, job.arm, job.seed)
+
+
 def summarize(runs: list[dict], methods: list[str]) -> dict:
     summary = {}
     for method in methods:
@@ -129,9 +123,9 @@ def summarize(runs: list[dict], methods: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     opts = parse_args(argv)
-    jobs = [(m, s) for s in range(opts.seeds) for m in opts.methods]
-    with ThreadPoolExecutor(opts.jobs) as pool:
-        runs = list(pool.map(lambda job: run_one(opts, *job), jobs))
+    jobs = [grid.Job("", m, s) for s in range(opts.seeds) for m in opts.methods]
+    grid.run_grid(jobs, functools.partial(run_job, opts), out_dir=opts.out_dir, workers=opts.jobs)
+    runs = grid.load_runs(jobs, opts.out_dir)
     summary = {"device": opts.device, "methods": summarize(runs, opts.methods), "argv": argv or sys.argv[1:]}
     for method, s in summary["methods"].items():
         acc, se = s["heldout_accuracy"]

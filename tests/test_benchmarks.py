@@ -1,6 +1,8 @@
-"""The benchmark scripts, run for real at a toy size: they must produce their figures, tables, plots and JSON
-(gpu_check: its CPU smoke run)."""
+"""The study harness (`benchmarks.harness`) and the benchmark studies, run for real at a toy size: they must produce
+their figures, tables, plots and JSON (gpu_check: its CPU smoke run)."""
 
+import functools
+import importlib
 import importlib.util
 import json
 import math
@@ -11,15 +13,121 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.harness import grid, micro, stats
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+TINY_RUN = {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4, "steps_per_generation": 2}
+TINY_RUN |= {"max_completion_length": 4, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True}
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """A study as `python -m benchmarks.<name>` imports it; gpu_check and overhead, run as scripts, by path."""
+    if name in ("gpu_check", "overhead"):
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+# The harness.
+
+
+def test_stats_mean_se_paired_differences_and_verdicts_by_hand():
+    # mean 2, sd 1 -> se 1 / sqrt(3)
+    assert stats.mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1 / math.sqrt(3)))
+    mean, se = stats.mean_se([5.0])
+    assert mean == 5.0 and math.isnan(se)
+    assert all(math.isnan(x) for x in stats.mean_se([]))
+    # Paired: the batches share a spread of 10 that the differences do not carry.
+    high, low = [10.3, 20.2, 30.4, 40.1], [10.0, 20.0, 30.0, 40.0]
+    diffs = stats.paired_differences(high, low)
+    assert diffs == pytest.approx([0.3, 0.2, 0.4, 0.1])
+    assert stats.paired(high, low) == pytest.approx((0.25, math.sqrt(0.05 / 3) / 2))
+    assert stats.paired([-2.0, 1.0], [1.0, -1.0], absolute=True) == pytest.approx((0.5, 0.5))
+    assert stats.sign_counts([-1.0, 0.0, 2.0, 3.0]) == [1, 2]
+    assert stats.verdict(stats.paired(high, low), expected_sign=1) == stats.HOLDS  # 0.25 > 2 x 0.0645
+    assert stats.verdict(stats.paired(high, low), expected_sign=-1) == stats.FAILS
+    assert stats.verdict((0.1, 0.05), expected_sign=1) == stats.UNRESOLVED  # exactly 2 SE: not beyond
+    assert stats.verdict((0.1, float("nan")), expected_sign=1) == stats.UNRESOLVED
+    assert stats.combine([stats.HOLDS, stats.UNRESOLVED]) == stats.UNRESOLVED
+    assert stats.combine([stats.HOLDS, stats.FAILS]) == stats.FAILS
+    r, slope, intercept = stats.pearson_slope([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
+    assert (r, slope, intercept) == pytest.approx((1.0, 2.0, 1.0))
+    assert stats.cell((0.5, 0.25), 2) == "0.50 ± 0.25" and stats.cell((0.5, float("nan"))) == "0.500"
+
+
+def fake_run(calls, job):
+    calls.append(job.name)
+    return {"arm": job.arm, "seed": job.seed, "value": 10 * job.seed + len(job.arm)}
+
+
+def test_grid_saves_each_run_and_a_restart_skips_the_finished_ones(tmp_path):
+    jobs = [grid.Job("toy", arm, seed) for seed in range(2) for arm in ("DAPO", "CE-GPPO (0.5, 1)")]
+    calls = []
+    ran = grid.run_grid(jobs[:3], functools.partial(fake_run, calls), out_dir=str(tmp_path))
+    assert ran == jobs[:3] and calls == [job.name for job in jobs[:3]]
+    assert (tmp_path / "runs" / "toy-ce-gppo-0-5-1-seed0.json").is_file()
+    # A restart of the whole grid runs only the job that was not saved.
+    calls.clear()
+    assert grid.run_grid(jobs, functools.partial(fake_run, calls), out_dir=str(tmp_path)) == [jobs[3]]
+    assert calls == ["toy-ce-gppo-0-5-1-seed1"]
+    runs = grid.load_runs(jobs, str(tmp_path))
+    assert [(r["arm"], r["seed"], r["value"]) for r in runs] == [
+        ("DAPO", 0, 4),
+        ("CE-GPPO (0.5, 1)", 0, 16),
+        ("DAPO", 1, 14),
+        ("CE-GPPO (0.5, 1)", 1, 26),
+    ]
+    assert len(grid.load_runs([*jobs, grid.Job("toy", "GRPO", 0)], str(tmp_path), missing_ok=True)) == 4
+
+
+def test_grid_trains_arms_x_seeds_on_the_toy_through_build_trainer(tiny_model_dir, tmp_path):
+    from ce_gppo_trl import CEGPPOTrainer
+
+    fields = {**TINY_RUN, "model_name_or_path": tiny_model_dir}
+    # The command line the grid builds is the one a user types: the arm's fields reach the trainer's config.
+    trainer = grid.build("quickstart", {**fields, **grid.ARMS["GPPO (1, 1)"].fields}, seed=3, output_dir=str(tmp_path))
+    assert isinstance(trainer, CEGPPOTrainer)
+    assert (trainer.args.ce_gppo_beta1, trainer.args.clip_ratio_c, trainer.args.seed) == (1.0, 10.0, 3)
+    jobs = [grid.Job("quickstart", arm, seed) for arm in ("GPPO (1, 1)", "DAPO + ERC") for seed in (0, 1)]
+    run = functools.partial(grid.train_curves, str(tmp_path), fields)
+    assert len(grid.run_grid(jobs, run, out_dir=str(tmp_path))) == 4
+    runs = grid.load_runs(jobs, str(tmp_path))
+    for r in runs:
+        assert len(r["entropy"]) == 2 and all(h > 0 for h in r["entropy"]) and len(r["clip_region"]) == 2
+    # Seeds differ, and a rerun changes nothing: every run is saved and skipped.
+    assert runs[0]["entropy"] != runs[1]["entropy"]
+    assert grid.run_grid(jobs, run, out_dir=str(tmp_path)) == []
+
+
+def test_micro_update_is_the_trainers_own_step(tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    fields = {**TINY_RUN, "model_name_or_path": tiny_model_dir, "ce_gppo_beta1": 1.0, "learning_rate": 1e-2}
+    trainer = grid.quiet(grid.build("quickstart", fields, seed=0, output_dir=str(tmp_path / "run")))
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:  # the second, off-policy update of the rollout batch
+                seen["frozen"], seen["batch"] = micro.freeze(trainer), dict(trainer._buffered_inputs[1])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                seen["after"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.add_callback(Capture())
+    trainer.train()
+    args = grid.parse("quickstart", {**fields, **micro.NO_DIAGNOSTICS}, seed=0, output_dir=str(tmp_path / "arm"))[1]
+    arm = micro.arm_trainer(trainer, args)
+    micro.restore(trainer, seen["frozen"], arm)
+    out = micro.update(arm, seen["batch"])
+    # compute_loss + backward + clipping + the optimizer step reproduce the training loop's update exactly
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, seen["after"][name], rtol=0, atol=0)
+    assert math.isfinite(out["loss"]) and 0 <= out["clipped"] <= 1 and math.isnan(out["erc_masked"])
 
 
 def test_overhead_prints_ratios_and_equal_forward_counts(tmp_path, capsys):

@@ -307,8 +307,8 @@ class ScriptedPlant:
         self.measurement = None
 
     def entropy_gain_meter(self, every):
-        """The measured law's meter: the plant's exact gain per unit of effect and its noiseless first-order change
-        (`EntropyGainMeter` measures these on a real model)."""
+        """The measured law's meter: the plant's exact gain per unit of effect, its noiseless first-order change and
+        the coefficient's share of it (`EntropyGainMeter` measures these on a real model)."""
         return SimpleNamespace(take=lambda: self.measurement)
 
     def run(self, callback, steps, max_steps):
@@ -324,7 +324,8 @@ class ScriptedPlant:
             k = state.global_step
             drift = self.drift(k) if callable(self.drift) else self.drift
             self.entropy += self.scale * (drift + self.gain * self.effect + self.rng.gauss(0, self.noise))
-            self.measurement = (self.scale * self.gain, self.scale * (drift + self.gain * self.effect))
+            share = self.scale * self.gain * self.effect  # the entropy term's part of the step
+            self.measurement = (self.scale * self.gain, self.scale * drift + share, share)
             state.global_step += 1
             callback.on_step_end(None, state, None)
         self.global_step = state.global_step

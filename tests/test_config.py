@@ -63,6 +63,7 @@ def test_defaults_are_the_paper_setting():
         ({"loss_type": "kl_cov", "clip_ratio_c": 10.0}, "clip_ratio_c=10.0 is not allowed: the dual clip applies"),
         ({"vllm_logp_difference_bound": 0.0}, "vllm_logp_difference_bound=0.0 is not allowed: expected a number > 0"),
         ({"vllm_logp_difference_bound": math.inf}, "vllm_logp_difference_bound=inf is not allowed: expected a finite"),
+        ({"vllm_lora_sync": "merged"}, "vllm_lora_sync='merged' is not allowed: expected one of adapter, merge"),
         (
             {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": True}},
             r"liger_kernel_config=\{'fused_linear_cross_entropy': True\} is not allowed: GRPO computes log-probs",
