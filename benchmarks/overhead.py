@@ -139,7 +139,7 @@ def trainer_kwargs(opts: argparse.Namespace, arm: str) -> dict[str, Any]:
         "clip_ratio_c": 10.0,
         "erc_low": 0.95,
         "erc_high": 1.05,
-        "entropy_schedule": "increase_decrease",
+        "prob_clip_schedule": "increase_decrease",
         "entropy_diagnostics": True,
     }
 

@@ -22,7 +22,8 @@ _EXPORTS = {
     "CEGPPOConfig": "config",
     "CEGPPOTrainer": "trainer",
     "EntropyControllerCallback": "callbacks",
-    "EntropyScheduleCallback": "callbacks",
+    "ProbClipScheduleCallback": "callbacks",
+    "EntropyScheduleCallback": "callbacks",  # deprecated name of ProbClipScheduleCallback
     "KnobScheduleCallback": "callbacks",
     "entropy_ratio_mask": "losses",
     "gppo_policy_loss": "losses",
@@ -32,14 +33,14 @@ __all__ = [
     "CEGPPOConfig",
     "CEGPPOTrainer",
     "EntropyControllerCallback",
-    "EntropyScheduleCallback",
+    "ProbClipScheduleCallback",
     "KnobScheduleCallback",
     "entropy_ratio_mask",
     "gppo_policy_loss",
 ]
 
 if TYPE_CHECKING:
-    from .callbacks import EntropyControllerCallback, EntropyScheduleCallback, KnobScheduleCallback
+    from .callbacks import EntropyControllerCallback, KnobScheduleCallback, ProbClipScheduleCallback
     from .config import CEGPPOConfig
     from .losses import entropy_ratio_mask, gppo_policy_loss
     from .trainer import CEGPPOTrainer

@@ -3,7 +3,7 @@
 `builtin:toy` is the quickstart's toy model (`ce_gppo_trl.toy.build_toy_model`), `builtin:smollm2-135m-instruct` the
 real SmolLM2-135M-Instruct converted from a GGUF file (`ce_gppo_trl.smollm2`). `resolve_model` turns a
 `model_name_or_path` into what the trainer loads: a `builtin:` name into its cached directory (built on first use),
-a Hub id or a local directory unchanged. The cache is `toy_model_dir`, else `$CE_GPPO_CACHE`, else
+a Hub id or a local directory unchanged. The cache is `builtin_model_dir`, else `$CE_GPPO_CACHE`, else
 `~/.cache/ce_gppo_trl` (`ce_gppo_trl.cache.default_cache_dir`).
 
 Example:

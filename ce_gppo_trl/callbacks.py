@@ -14,9 +14,9 @@ step `k + 1`.
 
 Example:
     ```python
-    from ce_gppo_trl.callbacks import EntropyControllerCallback, EntropyScheduleCallback
+    from ce_gppo_trl.callbacks import EntropyControllerCallback, ProbClipScheduleCallback
 
-    trainer = CEGPPOTrainer(..., callbacks=[EntropyScheduleCallback("increase_decrease"),
+    trainer = CEGPPOTrainer(..., callbacks=[ProbClipScheduleCallback("increase_decrease"),
                                             EntropyControllerCallback(target=1.5)])
     ```
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,31 +34,33 @@ from transformers import TrainerCallback
 
 from .controller import (
     CONTROLLER_DEFAULTS,
-    CONTROLLER_LAWS,
     MEASURED_DEFAULTS,
     ControllerState,
     MeasuredState,
+    check_controller_law,
+    check_controller_settings,
+    check_erc_actuator,
     controller_update,
     measured_update,
     resolve_law,
     scaled_pi_coefficient,
 )
 from .schedules import (
-    ENTROPY_SCHEDULES,
-    KNOB_SCHEDULES,
-    _check_total_steps,
-    entropy_schedule_weights,
+    check_knob_schedule,
+    check_prob_clip_schedule,
+    check_total_steps,
     knob_schedule_value,
     od_step,
     od_thresholds,
+    prob_clip_schedule_weights,
 )
 
 logger = logging.getLogger(__name__)
 
 # Knobs of the loss a callback may change: trainer attributes read at every `_compute_loss`.
 KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
-CONTROLLER_KNOBS = ("betas", "clip", "prob_clip", "erc", "entropy")
-_CONTROLLER_KNOB_NAMES = {
+# entropy_controller_actuator -> the knobs it moves.
+_ACTUATOR_KNOBS = {
     "betas": ("ce_gppo_beta1", "ce_gppo_beta2"),
     "clip": ("epsilon_low", "epsilon_high"),
     "prob_clip": ("prob_clip_weight_low", "prob_clip_weight_high"),
@@ -108,16 +111,16 @@ class EntropyControlCallback(TrainerCallback):
         self.trainer._metrics["train"][f"entropy_control/{name}"].append(float(value))
 
 
-class EntropyScheduleCallback(EntropyControlCallback):
+class ProbClipScheduleCallback(EntropyControlCallback):
     """Scheduled probability-dependent clip bounds of arXiv 2602.09782: ID, DID or OD.
 
     Sets the trainer's `prob_clip_weight_high/low` (the weights of H(p) and M(p), see
-    `schedules.entropy_schedule_weights`) at every step from `k / max_steps`, and for OD from the measured entropy.
+    `schedules.prob_clip_schedule_weights`) at every step from `k / max_steps`, and for OD from the measured entropy.
     Logs `entropy_control/phase` and `entropy_control/lambda` (ID, DID) or `entropy_control/od_state` and
     `entropy_control/od_tau_high` (OD).
 
     Example:
-        >>> callback = EntropyScheduleCallback("oscillatory_decay", od_min_ratio=0.3)
+        >>> callback = ProbClipScheduleCallback("oscillatory_decay", od_min_ratio=0.3)
         >>> callback.state_dict()
         {'od_state': 0, 'h_init': None}
     """
@@ -126,12 +129,7 @@ class EntropyScheduleCallback(EntropyControlCallback):
 
     def __init__(self, schedule: str, *, split: float = 0.5, od_min_ratio: float = 0.2) -> None:
         super().__init__()
-        if schedule not in ENTROPY_SCHEDULES or schedule == "none":
-            raise ValueError(f"entropy_schedule={schedule!r} is not allowed: expected one of {ENTROPY_SCHEDULES[1:]}.")
-        if not 0 < split < 1:
-            raise ValueError(f"entropy_schedule_split={split!r} is not allowed: expected 0 < split < 1.")
-        if not 0 < od_min_ratio < 1:
-            raise ValueError(f"od_min_ratio={od_min_ratio!r} is not allowed: expected 0 < od_min_ratio < 1.")
+        check_prob_clip_schedule(schedule, split, od_min_ratio, allow_none=False)
         self.schedule, self.split, self.od_min_ratio = schedule, split, od_min_ratio
         # OD starts by lowering entropy (state 0) until it first reaches tau_low = od_min_ratio * H_init.
         self.od_state = 0
@@ -144,11 +142,11 @@ class EntropyScheduleCallback(EntropyControlCallback):
         self.od_state, self.h_init = state["od_state"], state["h_init"]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        _check_total_steps(state.max_steps, f"entropy_schedule={self.schedule!r}")
+        check_total_steps(state.max_steps, f"prob_clip_schedule={self.schedule!r}")
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         super().on_step_begin(args, state, control, **kwargs)
-        weights = entropy_schedule_weights(
+        weights = prob_clip_schedule_weights(
             self.schedule, state.global_step / state.max_steps, self.split, self.od_state
         )
         self.trainer.prob_clip_weight_high, self.trainer.prob_clip_weight_low = weights.high, weights.low
@@ -168,6 +166,18 @@ class EntropyScheduleCallback(EntropyControlCallback):
         progress = state.global_step / state.max_steps
         self.od_state = od_step(self.od_state, entropy, progress, self.h_init, self.od_min_ratio)
         self._log("od_tau_high", od_thresholds(progress, self.h_init, self.od_min_ratio)[1])
+
+
+class EntropyScheduleCallback(ProbClipScheduleCallback):
+    """Deprecated name of `ProbClipScheduleCallback` (it schedules the clip bounds' weights, not the entropy)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "EntropyScheduleCallback is deprecated: use ProbClipScheduleCallback (same arguments).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
 
 
 class KnobScheduleCallback(EntropyControlCallback):
@@ -194,15 +204,7 @@ class KnobScheduleCallback(EntropyControlCallback):
         super().__init__()
         if knob not in KNOBS:
             raise ValueError(f"knob={knob!r} is not allowed: expected one of {list(KNOBS)}.")
-        if schedule not in KNOB_SCHEDULES:
-            raise ValueError(f"schedule={schedule!r} is not allowed: expected one of {list(KNOB_SCHEDULES)}.")
-        if schedule in ("linear", "cosine") and final is None:
-            raise ValueError(f"final=None is not allowed: a {schedule!r} schedule of {knob} needs a final value.")
-        if len(steps) != len(values) or list(steps) != sorted(set(steps)):
-            raise ValueError(
-                f"steps={list(steps)!r}, values={list(values)!r} are not allowed: expected increasing steps, one "
-                "value per step."
-            )
+        check_knob_schedule(schedule, final=final, steps=list(steps), values=list(values))
         self.knob, self.schedule, self.final = knob, schedule, final
         self.steps, self.values, self.initial = list(steps), list(values), initial
 
@@ -215,7 +217,7 @@ class KnobScheduleCallback(EntropyControlCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.schedule in ("linear", "cosine"):
-            _check_total_steps(state.max_steps, f"a {self.schedule!r} schedule of {self.knob}")
+            check_total_steps(state.max_steps, f"a {self.schedule!r} schedule of {self.knob}")
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         value = knob_schedule_value(
@@ -239,17 +241,17 @@ class EntropyControllerCallback(EntropyControlCallback):
     `(target - H) / target`; the knobs follow `u` from their values at bind time (`*_ref`). `u > 0` is the side that
     raises entropy:
 
-    - `knobs="entropy"` (the default): a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus
+    - `actuator="entropy"` (the default): a signed entropy term in the loss, `L - max_delta * u * mean(H)` (TRL's bonus
       form over its tokens, `top_entropy_quantile` included: a bonus for `u > 0`, a penalty for `u < 0`), on this
       library's loss path. Its direction is known by
       construction (the term's gradient is the entropy's own), on every model.
-    - `knobs="betas"` (CE-GPPO): `beta1 = max(beta1_ref - max_delta * u, 0)`,
+    - `actuator="betas"` (CE-GPPO): `beta1 = max(beta1_ref - max_delta * u, 0)`,
       `beta2 = max(beta2_ref + max_delta * u, 0)`;
-    - `knobs="clip"`: `epsilon_high = eps_high_ref + max_delta * u`, `epsilon_low = eps_low_ref - max_delta * u`,
+    - `actuator="clip"`: `epsilon_high = eps_high_ref + max_delta * u`, `epsilon_low = eps_low_ref - max_delta * u`,
       within `[0, 0.95]`;
-    - `knobs="prob_clip"`: the bounds of arXiv 2602.09782, `u > 0` mixes H(p) into `epsilon_high` with weight
+    - `actuator="prob_clip"`: the bounds of arXiv 2602.09782, `u > 0` mixes H(p) into `epsilon_high` with weight
       `min(u * max_delta, 1)`, `u < 0` mixes M(p) into `epsilon_low` with weight `min(-u * max_delta, 1)`;
-    - `knobs="erc"` (ERC on): `u > 0` narrows the ERC band's lower side towards 1 (tokens whose entropy fell get no
+    - `actuator="erc"` (ERC on): `u > 0` narrows the ERC band's lower side towards 1 (tokens whose entropy fell get no
       gradient) and `u < 0` its upper side: `erc_low = 1 - (1 - erc_low_ref) * (1 - u)`, `erc_high` the mirror.
 
     The clip-family knobs act through the gradient's shape, so their direction and size depend on the model and data
@@ -269,7 +271,7 @@ class EntropyControllerCallback(EntropyControlCallback):
         self,
         target: float | tuple[float, float] | Callable[[int, int], float] | None,
         *,
-        knobs: str = "entropy",
+        actuator: str = "entropy",
         kp: float = CONTROLLER_DEFAULTS["kp"],
         ki: float = CONTROLLER_DEFAULTS["ki"],
         max_delta: float = CONTROLLER_DEFAULTS["max_delta"],
@@ -280,45 +282,39 @@ class EntropyControllerCallback(EntropyControlCallback):
         rate: float = MEASURED_DEFAULTS["rate"],
         measure_steps: int = 1,
         reference_gain: float | None = None,
+        knobs: str | None = None,
     ) -> None:
         super().__init__()
-        if target is None:
-            raise ValueError("entropy_controller_target=None is not allowed: the entropy controller needs a target.")
-        if knobs not in CONTROLLER_KNOBS:
-            raise ValueError(f"entropy_controller_knobs={knobs!r} is not allowed: expected one of {CONTROLLER_KNOBS}.")
-        checked = (("kp", kp), ("ki", ki), ("max_delta", max_delta), ("max_rate", max_rate), ("horizon", horizon))
-        for name, value in checked:
-            if not value >= 0 or value == float("inf"):
-                raise ValueError(f"entropy_controller_{name}={value!r} is not allowed: expected a finite number >= 0.")
-        if not (isinstance(saturation_steps, int) and saturation_steps >= 1):
-            raise ValueError(
-                f"entropy_controller_saturation_steps={saturation_steps!r} is not allowed: expected an integer >= 1."
+        if knobs is not None:
+            warnings.warn(
+                "EntropyControllerCallback(knobs=...) is deprecated: use actuator=... (the config field "
+                "entropy_controller_knobs is now entropy_controller_actuator).",
+                FutureWarning,
+                stacklevel=2,
             )
-        if law not in (None, *CONTROLLER_LAWS):
-            raise ValueError(
-                f"entropy_controller_law={law!r} is not allowed: expected None or one of {CONTROLLER_LAWS}."
-            )
-        self.law = resolve_law(law, knobs)
-        if self.law != "pi" and knobs != "entropy":
-            raise ValueError(
-                f"entropy_controller_law={self.law!r} is not allowed with entropy_controller_knobs={knobs!r}: the "
-                "measured gain is the signed entropy term's. Use entropy_controller_law='pi' with this knob."
-            )
-        if not 0 < rate <= 1:
-            raise ValueError(f"entropy_controller_rate={rate!r} is not allowed: expected a share in (0, 1].")
-        if not (isinstance(measure_steps, int) and measure_steps >= 1):
-            raise ValueError(
-                f"entropy_controller_measure_steps={measure_steps!r} is not allowed: expected an integer >= 1."
-            )
-        if reference_gain is not None and not 0 < reference_gain < float("inf"):
-            raise ValueError(
-                f"entropy_controller_reference_gain={reference_gain!r} is not allowed: expected None or a gain > 0."
-            )
-        self.target, self.knobs = target, knobs
+            actuator = knobs
+        if callable(target):
+            targets = []  # a trajectory function: checked when called
+        else:
+            targets = list(target) if isinstance(target, (tuple, list)) else [target]
+        check_controller_settings(
+            targets=targets,
+            actuator=actuator,
+            kp=kp,
+            ki=ki,
+            max_delta=max_delta,
+            max_rate=max_rate,
+            horizon=horizon,
+            saturation_steps=saturation_steps,
+            require_target=not callable(target),
+        )
+        check_controller_law(law, actuator, rate=rate, measure_steps=measure_steps, reference_gain=reference_gain)
+        self.law = resolve_law(law, actuator)
+        self.target, self.actuator = target, actuator
         self.kp, self.ki, self.max_delta, self.max_rate = kp, ki, max_delta, max_rate
         self.saturation_steps, self.horizon = saturation_steps, horizon
         self.rate, self.measure_steps, self.reference_gain = rate, measure_steps, reference_gain
-        self.needs_own_loss = knobs in ("prob_clip", "entropy")
+        self.needs_own_loss = actuator in ("prob_clip", "entropy")
         self.state = ControllerState()
         self.measured = MeasuredState()
         self.gain: float | None = None  # scaled_pi: the last measured gain
@@ -332,7 +328,7 @@ class EntropyControllerCallback(EntropyControlCallback):
             return float(self.target(step, max_steps))
         if isinstance(self.target, (tuple, list)):
             start, end = self.target
-            return start + (end - start) * step / _check_total_steps(max_steps, "a target trajectory")
+            return start + (end - start) * step / check_total_steps(max_steps, "a target trajectory")
         return float(self.target)
 
     @property
@@ -344,12 +340,8 @@ class EntropyControllerCallback(EntropyControlCallback):
         super().bind(trainer)
         if self.measures:
             self.meter = trainer.entropy_gain_meter(self.measure_steps)
-        self.reference = {name: getattr(trainer, name) for name in _CONTROLLER_KNOB_NAMES[self.knobs]}
-        if self.knobs == "erc" and self.reference["erc_low"] is None:
-            raise ValueError(
-                "entropy_controller_knobs='erc' is not allowed without ERC: set erc_low and erc_high "
-                "(e.g. 0.95, 1.05)."
-            )
+        self.reference = {name: getattr(trainer, name) for name in _ACTUATOR_KNOBS[self.actuator]}
+        check_erc_actuator(self.actuator, self.reference.get("erc_low", 0.0) is not None)
 
     def state_dict(self) -> dict[str, Any]:
         state = {**dataclasses.asdict(self.state), "warned": self.warned}
@@ -467,7 +459,7 @@ class EntropyControllerCallback(EntropyControlCallback):
             "Entropy controller saturated: for %d steps the command has sat at its %s limit (%s) while the "
             "entropy (%.4g) stays %s the target (%.4g). These knobs have no more authority on this model and "
             "data (or, for a clip-family knob, act the other way here): widen entropy_controller_max_delta, "
-            "pick other entropy_controller_knobs, or set a reachable target.",
+            "pick another entropy_controller_actuator, or set a reachable target.",
             self.state.saturated_steps,
             "upper" if output > 0 else "lower",
             ", ".join(f"{k}={v:.4g}" for k, v in self.knob_values(1.0 if output > 0 else -1.0).items()),
@@ -483,20 +475,20 @@ class EntropyControllerCallback(EntropyControlCallback):
     def knob_values(self, output: float) -> dict[str, float]:
         """The knob values for the command `output` in `[-1, 1]`, from the reference values at bind time."""
         ref, delta = self.reference, self.max_delta * output
-        if self.knobs == "betas":
+        if self.actuator == "betas":
             return {
                 "ce_gppo_beta1": max(ref["ce_gppo_beta1"] - delta, 0.0),
                 "ce_gppo_beta2": max(ref["ce_gppo_beta2"] + delta, 0.0),
             }
-        if self.knobs == "clip":
+        if self.actuator == "clip":
             low, high = _CLIP_LIMITS
             return {
                 "epsilon_low": min(max(ref["epsilon_low"] - delta, low), high),
                 "epsilon_high": min(max(ref["epsilon_high"] + delta, low), high),
             }
-        if self.knobs == "entropy":
+        if self.actuator == "entropy":
             return {"entropy_control_coef": delta}
-        if self.knobs == "prob_clip":
+        if self.actuator == "prob_clip":
             return {
                 "prob_clip_weight_low": min(max(-delta, 0.0), 1.0),
                 "prob_clip_weight_high": min(max(delta, 0.0), 1.0),
@@ -509,20 +501,20 @@ class EntropyControllerCallback(EntropyControlCallback):
 
 
 def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
-    """The callbacks a `CEGPPOConfig` asks for (`entropy_schedule`, `beta1/2_schedule`, `entropy_controller`).
+    """The callbacks a `CEGPPOConfig` asks for (`prob_clip_schedule`, `beta1/2_schedule`, `entropy_controller`).
 
     Example:
         >>> from types import SimpleNamespace
-        >>> args = SimpleNamespace(entropy_schedule="none", beta1_schedule="step", beta1_final=None,
+        >>> args = SimpleNamespace(prob_clip_schedule="none", beta1_schedule="step", beta1_final=None,
         ...     beta1_steps=[585], beta1_values=[0.5], beta2_schedule="constant", entropy_controller=False)
         >>> [type(c).__name__ for c in callbacks_from_config(args)]
         ['KnobScheduleCallback']
     """
     callbacks: list[EntropyControlCallback] = []
-    if args.entropy_schedule != "none":
+    if args.prob_clip_schedule != "none":
         callbacks.append(
-            EntropyScheduleCallback(
-                args.entropy_schedule, split=args.entropy_schedule_split, od_min_ratio=args.od_min_ratio
+            ProbClipScheduleCallback(
+                args.prob_clip_schedule, split=args.prob_clip_schedule_split, od_min_ratio=args.od_min_ratio
             )
         )
     for beta in ("beta1", "beta2"):
@@ -543,7 +535,7 @@ def callbacks_from_config(args: Any) -> list[EntropyControlCallback]:
         callbacks.append(
             EntropyControllerCallback(
                 target if final is None or target is None else (target, final),
-                knobs=args.entropy_controller_knobs,
+                actuator=args.entropy_controller_actuator,
                 kp=args.entropy_controller_kp,
                 ki=args.entropy_controller_ki,
                 max_delta=args.entropy_controller_max_delta,

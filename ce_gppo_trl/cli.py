@@ -37,7 +37,7 @@ import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .builtin_models import resolve_model
-from .config import CEGPPOConfig
+from .config import CEGPPOConfig, apply_renamed_fields
 from .optional import (
     DEEPSPEED_INSTALL_HINT,
     QUANTIZATION_INSTALL_HINT,
@@ -81,7 +81,7 @@ class CEGPPOScriptArguments(ScriptArguments):
         rollout_func (`str` or `None`):
             Dotted import path of a TRL `rollout_func(prompts, trainer)` that replaces generation (experimental in
             TRL).
-        toy_model_dir (`str` or `None`):
+        builtin_model_dir (`str` or `None`):
             Where the `builtin:` models (`builtin:toy`, `builtin:smollm2-135m-instruct`) are built and cached; None:
             `$CE_GPPO_CACHE` or `~/.cache/ce_gppo_trl`.
         eval_dataset_name (`str` or `None`):
@@ -126,7 +126,7 @@ class CEGPPOScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Dotted import path of a TRL rollout_func(prompts, trainer) replacing generation."},
     )
-    toy_model_dir: str | None = field(
+    builtin_model_dir: str | None = field(
         default=None,
         metadata={
             "help": "Cache directory of the builtin: models (toy, smollm2-135m-instruct); None: $CE_GPPO_CACHE or "
@@ -155,6 +155,12 @@ class CEGPPOScriptArguments(ScriptArguments):
         default=None, metadata={"help": "Gold answer column of eval_dataset_name, for layouts no adapter knows."}
     )
     num_eval_examples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
+    toy_model_dir: str | None = field(
+        default=None, metadata={"help": "Deprecated name of builtin_model_dir (FutureWarning)."}
+    )
+
+    def __post_init__(self) -> None:
+        apply_renamed_fields(self, {"toy_model_dir": "builtin_model_dir"})  # it caches SmolLM2 too, not only toy
 
 
 def make_parser() -> TrlParser:
@@ -407,7 +413,7 @@ def build_trainer(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfi
     check_model_args(model_args)
     check_optional_dependencies(training_args, model_args)
     reward_funcs = build_reward_funcs(script_args, training_args)
-    model = resolve_model(model_args.model_name_or_path, training_args, script_args.toy_model_dir)
+    model = resolve_model(model_args.model_name_or_path, training_args, script_args.builtin_model_dir)
     train_dataset, eval_dataset = load_datasets(script_args, training_args)
     rollout_func = _import_dotted(script_args.rollout_func, "rollout_func") if script_args.rollout_func else None
 

@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl import GRPOConfig
 
-from .controller import CONTROLLER_DEFAULTS, CONTROLLER_LAWS, MEASURED_DEFAULTS
-from .losses import CLIPPED_LOSS_TYPES, COVARIANCE_SELECTIONS, LIBRARY_LOSS_TYPES, POLICY_LOSSES
-from .schedules import ENTROPY_SCHEDULES, KNOB_SCHEDULES
+from .controller import (
+    CONTROLLER_DEFAULTS,
+    MEASURED_DEFAULTS,
+    check_controller_law,
+    check_controller_settings,
+    check_erc_actuator,
+)
+from .losses import (
+    CLIPPED_LOSS_TYPES,
+    COVARIANCE_SELECTIONS,
+    LIBRARY_LOSS_TYPES,
+    POLICY_LOSSES,
+    check_prob_clip_bound,
+)
+from .schedules import check_knob_schedule, check_prob_clip_schedule
+from .validation import check_finite, check_range, fail
+
+_CONTROLLER_SETTINGS = ("kp", "ki", "max_delta", "max_rate", "horizon", "saturation_steps")
+
+# Renamed fields, old name -> new: the old name is still accepted, with a FutureWarning naming the new one.
+RENAMED_FIELDS = {
+    "prob_clip_high_weight": "prob_clip_weight_high",
+    "prob_clip_low_weight": "prob_clip_weight_low",
+    "entropy_schedule": "prob_clip_schedule",  # it schedules the clip bounds' weights, not the entropy
+    "entropy_schedule_split": "prob_clip_schedule_split",
+    "entropy_controller_knobs": "entropy_controller_actuator",
+}
+
+
+def apply_renamed_fields(args: Any, renamed: dict[str, str]) -> None:
+    """Move each deprecated field that is set (not None) onto its new name, with a FutureWarning; the old field is
+    left None. For the `__post_init__` of a dataclass that declares the old names with `default=None`."""
+    for old, new in renamed.items():
+        value = getattr(args, old)
+        if value is None:
+            continue
+        warnings.warn(
+            f"{old} is deprecated and will be removed in a future release: use {new} (same meaning); "
+            f"{old}={value!r} is applied as {new}={value!r}.",
+            FutureWarning,
+            stacklevel=4,
+        )
+        setattr(args, new, value)
+        setattr(args, old, None)
+
 
 # Loss types the dual clip can act on: the PPO-style clipped surrogates.
 DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES
@@ -19,21 +60,6 @@ DUAL_CLIP_LOSS_TYPES = CLIPPED_LOSS_TYPES
 
 # CEGPPOConfig.vllm_lora_sync: adapter-only (ce_gppo_trl/vllm_lora.py) or TRL's merged-weight sync.
 VLLM_LORA_SYNC_MODES = ("adapter", "merge")
-
-
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{name}={value!r} is not allowed: {allowed}.")
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        _fail(name, value, "expected a finite number")
-
-
-def _check_range(name: str, value: float, low: float, high: float, *, high_open: bool = True) -> None:
-    _check_finite(name, value)
-    if value < low or (value >= high if high_open else value > high):
-        _fail(name, value, f"expected {low} <= {name} {'<' if high_open else '<='} {high}")
 
 
 def on_policy_message(config: CEGPPOConfig) -> str | None:
@@ -47,11 +73,11 @@ def on_policy_message(config: CEGPPOConfig) -> str | None:
         ("loss_type='kl_cov' (its |log r| penalty)", config.loss_type == "kl_cov"),
         ("ERC (erc_low/erc_high)", config.erc_enabled),
         ("clip_ratio_c", config.clip_ratio_c is not None),
-        ("probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)", config.prob_clip_enabled),
+        ("probability-dependent clip bounds (prob_clip_schedule, prob_clip_weight_*)", config.prob_clip_enabled),
         # The signed entropy term acts on-policy too; the clip-family knobs only through the ratio.
         (
-            f"entropy_controller (knobs={config.entropy_controller_knobs!r})",
-            config.entropy_controller and config.entropy_controller_knobs != "entropy",
+            f"entropy_controller (actuator={config.entropy_controller_actuator!r})",
+            config.entropy_controller and config.entropy_controller_actuator != "entropy",
         ),
     ]
     acting = [name for name, on in features if on]
@@ -101,7 +127,7 @@ class CEGPPOConfig(GRPOConfig):
             `max(1, int(kl_cov_ratio * N))` tokens by `cov`. verl's defaults; the paper's scripts use 2e-3 (7B) and
             2e-4 (32B).
 
-    Entropy control (arXiv 2602.09782 and beyond; see docs/entropy-control.md): `entropy_schedule` (ID, DID, OD)
+    Entropy control (arXiv 2602.09782 and beyond; see docs/entropy-control.md): `prob_clip_schedule` (ID, DID, OD)
     with the probability-dependent bounds `prob_clip_*`, `beta1_schedule` / `beta2_schedule`, the closed-loop
     `entropy_controller`, and the `entropy_diagnostics` metrics. Setting them attaches the matching callbacks of
     `ce_gppo_trl.callbacks`.
@@ -226,21 +252,21 @@ class CEGPPOConfig(GRPOConfig):
         default=0.28,
         metadata={"help": "Intercept b of M(p): the lower half-width for p_old -> 0, in (0, 1). Default 0.28."},
     )
-    prob_clip_high_weight: float = field(
+    prob_clip_weight_high: float = field(
         default=0.0,
         metadata={
             "help": "Static weight w in [0, 1] of H(p) in epsilon_high = w * H(p) + (1 - w) * epsilon_high, when no "
-            "entropy_schedule is set. 1 = fully probability-dependent (raises entropy); 0 = off."
+            "prob_clip_schedule is set. 1 = fully probability-dependent (raises entropy); 0 = off."
         },
     )
-    prob_clip_low_weight: float = field(
+    prob_clip_weight_low: float = field(
         default=0.0,
         metadata={
-            "help": "Static weight w in [0, 1] of M(p) in epsilon_low, when no entropy_schedule is set. 1 = fully "
+            "help": "Static weight w in [0, 1] of M(p) in epsilon_low, when no prob_clip_schedule is set. 1 = fully "
             "probability-dependent (lowers entropy); 0 = off."
         },
     )
-    entropy_schedule: str = field(
+    prob_clip_schedule: str = field(
         default="none",
         metadata={
             "help": "Scheduled probability-dependent clip bounds (arXiv 2602.09782): 'none', 'increase_decrease' "
@@ -248,7 +274,7 @@ class CEGPPOConfig(GRPOConfig):
             "measured entropy). Progress is global_step / max_steps."
         },
     )
-    entropy_schedule_split: float = field(
+    prob_clip_schedule_split: float = field(
         default=0.5,
         metadata={"help": "Phase split of ID and DID as a fraction of max_steps, in (0, 1); paper best 0.5."},
     )
@@ -294,7 +320,7 @@ class CEGPPOConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "Closed-loop entropy control: after each step a law (entropy_controller_law) moves "
-            "entropy_controller_knobs to hold the measured entropy on entropy_controller_target."
+            "entropy_controller_actuator to hold the measured entropy on entropy_controller_target."
         },
     )
     entropy_controller_target: float | None = field(
@@ -310,7 +336,7 @@ class CEGPPOConfig(GRPOConfig):
             "help": "If set (> 0), the target moves linearly from entropy_controller_target to it by max_steps."
         },
     )
-    entropy_controller_knobs: str = field(
+    entropy_controller_actuator: str = field(
         default="entropy",
         metadata={
             "help": "What the controller moves for its command u in [-1, 1]: 'entropy' (default: a signed entropy "
@@ -334,7 +360,8 @@ class CEGPPOConfig(GRPOConfig):
         default=CONTROLLER_DEFAULTS["max_delta"],
         metadata={
             "help": "Knob change at full command |u| = 1 from the configured value, >= 0 (bounded authority): the "
-            "largest entropy coefficient with the default knobs. Use about 0.15 with entropy_controller_knobs='clip'."
+            "largest entropy coefficient with the default actuator. Use about 0.15 with "
+            "entropy_controller_actuator='clip'."
         },
     )
     entropy_controller_max_rate: float = field(
@@ -358,10 +385,10 @@ class CEGPPOConfig(GRPOConfig):
     entropy_controller_law: str | None = field(
         default=None,
         metadata={
-            "help": "The controller's law: 'measured' (the default with entropy_controller_knobs='entropy') divides "
-            "by the measured gain b = g_H . P g_H of the entropy term and cancels the measured drift "
+            "help": "The controller's law: 'measured' (the default with entropy_controller_actuator='entropy') "
+            "divides by the measured gain b = g_H . P g_H of the entropy term and cancels the measured drift "
             "(ce_gppo_trl.controller.measured_update; Adam / AdamW, not DeepSpeed or FSDP); 'pi' (the default with "
-            "the other knobs) is the fixed-gain PI law on the relative error; 'scaled_pi' is that PI law times "
+            "the other actuators) is the fixed-gain PI law on the relative error; 'scaled_pi' is that PI law times "
             "entropy_controller_reference_gain / b (an ablation)."
         },
     )
@@ -480,7 +507,25 @@ class CEGPPOConfig(GRPOConfig):
         },
     )
 
+    # Deprecated names (RENAMED_FIELDS), still accepted.
+    prob_clip_high_weight: float | None = field(
+        default=None, metadata={"help": "Deprecated name of prob_clip_weight_high (FutureWarning)."}
+    )
+    prob_clip_low_weight: float | None = field(
+        default=None, metadata={"help": "Deprecated name of prob_clip_weight_low (FutureWarning)."}
+    )
+    entropy_schedule: str | None = field(
+        default=None, metadata={"help": "Deprecated name of prob_clip_schedule (FutureWarning)."}
+    )
+    entropy_schedule_split: float | None = field(
+        default=None, metadata={"help": "Deprecated name of prob_clip_schedule_split (FutureWarning)."}
+    )
+    entropy_controller_knobs: str | None = field(
+        default=None, metadata={"help": "Deprecated name of entropy_controller_actuator (FutureWarning)."}
+    )
+
     def __post_init__(self) -> None:
+        apply_renamed_fields(self, RENAMED_FIELDS)
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True  # TRL's default, under transformers 5.23's non-deprecated name
         super().__post_init__()
@@ -489,11 +534,11 @@ class CEGPPOConfig(GRPOConfig):
         self._validate_recipe_fields()
         bound = self.vllm_logp_difference_bound
         if bound is not None:
-            _check_finite("vllm_logp_difference_bound", bound)
+            check_finite("vllm_logp_difference_bound", bound)
             if bound <= 0:
-                _fail("vllm_logp_difference_bound", bound, "expected a number > 0 (mean |log-prob gap|), or None")
+                fail("vllm_logp_difference_bound", bound, "expected a number > 0 (mean |log-prob gap|), or None")
         if self.vllm_lora_sync not in VLLM_LORA_SYNC_MODES:
-            _fail("vllm_lora_sync", self.vllm_lora_sync, f"expected one of {', '.join(VLLM_LORA_SYNC_MODES)}")
+            fail("vllm_lora_sync", self.vllm_lora_sync, f"expected one of {', '.join(VLLM_LORA_SYNC_MODES)}")
         message = on_policy_message(self)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
@@ -516,26 +561,26 @@ class CEGPPOConfig(GRPOConfig):
 
     def _validate_loss_fields(self) -> None:
         if self.loss_type not in POLICY_LOSSES:
-            _fail("loss_type", self.loss_type, f"expected one of {sorted(POLICY_LOSSES)}")
-        _check_range("epsilon", self.epsilon, 0.0, 1.0)
+            fail("loss_type", self.loss_type, f"expected one of {sorted(POLICY_LOSSES)}")
+        check_range("epsilon", self.epsilon, 0.0, 1.0)
         if self.epsilon_high is not None:
             if self.loss_type == "cispo":  # TRL reuses epsilon_high as CISPO's absolute ratio cap (eps_max)
-                _check_finite("epsilon_high", self.epsilon_high)
+                check_finite("epsilon_high", self.epsilon_high)
                 if self.epsilon_high <= 0:
-                    _fail("epsilon_high", self.epsilon_high, "CISPO's ratio cap must be > 0")
+                    fail("epsilon_high", self.epsilon_high, "CISPO's ratio cap must be > 0")
             else:
-                _check_range("epsilon_high", self.epsilon_high, 0.0, 1.0)
+                check_range("epsilon_high", self.epsilon_high, 0.0, 1.0)
         for name in ("ce_gppo_beta1", "ce_gppo_beta2"):
             value = getattr(self, name)
-            _check_finite(name, value)
+            check_finite(name, value)
             if value < 0:
-                _fail(name, value, "expected a finite number >= 0 (0 = DAPO's gradient, 1 = GPPO)")
+                fail(name, value, "expected a finite number >= 0 (0 = DAPO's gradient, 1 = GPPO)")
         if self.clip_ratio_c is not None:
-            _check_finite("clip_ratio_c", self.clip_ratio_c)
+            check_finite("clip_ratio_c", self.clip_ratio_c)
             if self.clip_ratio_c <= 1:
-                _fail("clip_ratio_c", self.clip_ratio_c, "expected a number > 1, or None to disable the dual clip")
+                fail("clip_ratio_c", self.clip_ratio_c, "expected a number > 1, or None to disable the dual clip")
             if self.loss_type not in DUAL_CLIP_LOSS_TYPES:
-                _fail(
+                fail(
                     "clip_ratio_c",
                     self.clip_ratio_c,
                     f"the dual clip applies to the clipped loss types {list(DUAL_CLIP_LOSS_TYPES)}, "
@@ -547,23 +592,23 @@ class CEGPPOConfig(GRPOConfig):
 
     def _validate_erc(self) -> None:
         if (self.erc_low is None) != (self.erc_high is None):
-            _fail(
+            fail(
                 "erc_low/erc_high",
                 (self.erc_low, self.erc_high),
                 "set both bounds (e.g. 0.95 and 1.05) or neither",
             )
         if self.erc_low is None:
             return
-        _check_finite("erc_low", self.erc_low)
-        _check_finite("erc_high", self.erc_high)
+        check_finite("erc_low", self.erc_low)
+        check_finite("erc_high", self.erc_high)
         if not 0 <= self.erc_low < 1:
-            _fail("erc_low", self.erc_low, "expected 0 <= erc_low < 1")
+            fail("erc_low", self.erc_low, "expected 0 <= erc_low < 1")
         if not self.erc_high > 1:
-            _fail("erc_high", self.erc_high, "expected erc_high > 1")
+            fail("erc_high", self.erc_high, "expected erc_high > 1")
         if self.importance_sampling_level == "sequence" and self.loss_type != "ce_gppo":
             # Only ce_gppo carries the sequence ratio on each token (losses.gspo_token_log_ratio); on a (B, 1) loss
             # broadcast over the tokens, masking a token scales its whole sequence's gradient by the kept share.
-            _fail(
+            fail(
                 "importance_sampling_level",
                 self.importance_sampling_level,
                 f"ERC (erc_low/erc_high) at sequence level needs loss_type='ce_gppo', whose sequence ratio is carried "
@@ -585,31 +630,31 @@ class CEGPPOConfig(GRPOConfig):
 
     def _validate_covariance(self) -> None:
         for name in ("clip_cov_ratio", "kl_cov_ratio"):
-            _check_finite(name, getattr(self, name))
+            check_finite(name, getattr(self, name))
             if not 0 < getattr(self, name) <= 1:
-                _fail(name, getattr(self, name), "expected a share of the loss tokens, 0 < ratio <= 1")
-        _check_finite("clip_cov_lb", self.clip_cov_lb)
-        _check_finite("clip_cov_ub", self.clip_cov_ub)
+                fail(name, getattr(self, name), "expected a share of the loss tokens, 0 < ratio <= 1")
+        check_finite("clip_cov_lb", self.clip_cov_lb)
+        check_finite("clip_cov_ub", self.clip_cov_ub)
         if self.clip_cov_lb >= self.clip_cov_ub:
-            _fail("clip_cov_lb", self.clip_cov_lb, f"expected clip_cov_lb < clip_cov_ub = {self.clip_cov_ub}")
-        _check_finite("ppo_kl_coef", self.ppo_kl_coef)
+            fail("clip_cov_lb", self.clip_cov_lb, f"expected clip_cov_lb < clip_cov_ub = {self.clip_cov_ub}")
+        check_finite("ppo_kl_coef", self.ppo_kl_coef)
         if self.ppo_kl_coef < 0:
-            _fail("ppo_kl_coef", self.ppo_kl_coef, "expected a finite number >= 0")
+            fail("ppo_kl_coef", self.ppo_kl_coef, "expected a finite number >= 0")
         if self.loss_type not in COVARIANCE_SELECTIONS:
             return
         if self.importance_sampling_level != "token":
-            _fail(
+            fail(
                 "importance_sampling_level",
                 self.importance_sampling_level,
                 f"loss_type={self.loss_type!r} selects tokens by their covariance; use 'token'",
             )
         if self.delta is not None:
-            _fail("delta", self.delta, f"the two-sided clip is TRL's, for its grpo family, not {self.loss_type!r}")
+            fail("delta", self.delta, f"the two-sided clip is TRL's, for its grpo family, not {self.loss_type!r}")
 
     def _validate_composition(self) -> None:
         if self.use_liger_kernel and (self.liger_kernel_config or {}).get("fused_linear_cross_entropy"):
             # TRL 1.16 keeps Liger's layer kernels only: its fused LM head computes the log-probs and entropies.
-            _fail(
+            fail(
                 "liger_kernel_config",
                 self.liger_kernel_config,
                 "GRPO computes log-probs and entropies with TRL's fused LM head, which Liger's fused linear "
@@ -617,52 +662,38 @@ class CEGPPOConfig(GRPOConfig):
             )
         if self.loss_type == "ce_gppo" and self.delta is not None:
             # TRL leaves delta unchecked; on CE-GPPO a cap at or below 1 would remove the in-band gradient.
-            _check_finite("delta", self.delta)
+            check_finite("delta", self.delta)
             if self.delta <= 1:
-                _fail("delta", self.delta, "with loss_type='ce_gppo' the ratio cap must be > 1 (TRL: > 1 + epsilon)")
+                fail("delta", self.delta, "with loss_type='ce_gppo' the ratio cap must be > 1 (TRL: > 1 + epsilon)")
 
     @property
     def prob_clip_enabled(self) -> bool:
         """Whether clip bounds depend on each token's probability (per-token tensors, this library's loss path)."""
-        return self.entropy_schedule != "none" or self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0
+        return self.prob_clip_schedule != "none" or self.prob_clip_weight_high > 0 or self.prob_clip_weight_low > 0
 
     def _validate_entropy_control(self) -> None:
         for side in ("high", "low"):
-            b_name, alpha_name = f"prob_clip_{side}_b", f"prob_clip_{side}_alpha"
-            b, alpha = getattr(self, b_name), getattr(self, alpha_name)
-            _check_range(b_name, b, 0.0, 1.0)
-            if b == 0:
-                _fail(b_name, b, "expected 0 < b < 1")
-            _check_finite(alpha_name, alpha)
-            if not -b <= alpha < 0:
-                _fail(
-                    alpha_name, alpha, f"expected -{b_name} = {-b} <= alpha < 0 (tighter bounds for likelier tokens)"
-                )
-            _check_range(
-                f"prob_clip_{side}_weight", getattr(self, f"prob_clip_{side}_weight"), 0.0, 1.0, high_open=False
+            check_prob_clip_bound(side, getattr(self, f"prob_clip_{side}_alpha"), getattr(self, f"prob_clip_{side}_b"))
+            check_range(
+                f"prob_clip_weight_{side}", getattr(self, f"prob_clip_weight_{side}"), 0.0, 1.0, high_open=False
             )
-        if self.entropy_schedule not in ENTROPY_SCHEDULES:
-            _fail("entropy_schedule", self.entropy_schedule, f"expected one of {list(ENTROPY_SCHEDULES)}")
-        for name in ("entropy_schedule_split", "od_min_ratio"):
-            _check_finite(name, getattr(self, name))
-            if not 0 < getattr(self, name) < 1:
-                _fail(name, getattr(self, name), "expected a number in the open interval (0, 1)")
-        if self.entropy_schedule != "none" and (self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0):
-            _fail(
-                "prob_clip_high_weight/prob_clip_low_weight",
-                (self.prob_clip_high_weight, self.prob_clip_low_weight),
-                f"entropy_schedule={self.entropy_schedule!r} sets these weights itself; leave them 0",
+        check_prob_clip_schedule(self.prob_clip_schedule, self.prob_clip_schedule_split, self.od_min_ratio)
+        if self.prob_clip_schedule != "none" and (self.prob_clip_weight_high > 0 or self.prob_clip_weight_low > 0):
+            fail(
+                "prob_clip_weight_high/prob_clip_weight_low",
+                (self.prob_clip_weight_high, self.prob_clip_weight_low),
+                f"prob_clip_schedule={self.prob_clip_schedule!r} sets these weights itself; leave them 0",
             )
         if self.prob_clip_enabled:
             if self.loss_type not in CLIPPED_LOSS_TYPES:
-                _fail(
+                fail(
                     "loss_type", self.loss_type, f"probability-dependent clip bounds need one of {CLIPPED_LOSS_TYPES}"
                 )
             if self.importance_sampling_level != "token":
-                _fail(
+                fail(
                     "importance_sampling_level",
                     self.importance_sampling_level,
-                    "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight) are per token and "
+                    "probability-dependent clip bounds (prob_clip_schedule, prob_clip_weight_*) are per token and "
                     "need 'token'",
                 )
         for beta in ("beta1", "beta2"):
@@ -671,110 +702,67 @@ class CEGPPOConfig(GRPOConfig):
 
     def _validate_beta_schedule(self, beta: str) -> None:
         schedule = getattr(self, f"{beta}_schedule")
-        if schedule not in KNOB_SCHEDULES:
-            _fail(f"{beta}_schedule", schedule, f"expected one of {list(KNOB_SCHEDULES)}")
-        if schedule == "constant":
-            return
-        if self.loss_type != "ce_gppo":
-            _fail(f"{beta}_schedule", schedule, f"betas only act with loss_type='ce_gppo', not {self.loss_type!r}")
         final, steps, values = (getattr(self, f"{beta}_{name}") for name in ("final", "steps", "values"))
-        if schedule in ("linear", "cosine"):
-            if final is None:
-                _fail(f"{beta}_final", final, f"a {schedule!r} schedule needs a final value >= 0")
-            _check_finite(f"{beta}_final", final)
-            if final < 0:
-                _fail(f"{beta}_final", final, "expected a finite number >= 0")
-            return
-        if not steps or values is None or len(steps) != len(values):
-            _fail(f"{beta}_steps/{beta}_values", (steps, values), "a 'step' schedule needs as many values as steps")
-        if any(not isinstance(step, int) or step < 0 for step in steps) or list(steps) != sorted(set(steps)):
-            _fail(f"{beta}_steps", steps, "expected strictly increasing integers >= 0")
-        for value in values:
-            _check_finite(f"{beta}_values", value)
-            if value < 0:
-                _fail(f"{beta}_values", values, "expected finite numbers >= 0")
+        check_knob_schedule(schedule, final=final, steps=steps, values=values, prefix=f"{beta}_")
+        if schedule != "constant" and self.loss_type != "ce_gppo":
+            fail(f"{beta}_schedule", schedule, f"betas only act with loss_type='ce_gppo', not {self.loss_type!r}")
 
     def _validate_controller(self) -> None:
-        for name in ("entropy_controller_target", "entropy_controller_target_final"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_finite(name, value)
-                if value <= 0:
-                    _fail(name, value, "expected an entropy > 0 (nats)")
-        for name in ("kp", "ki", "max_delta", "max_rate", "horizon"):
-            value = getattr(self, f"entropy_controller_{name}")
-            _check_finite(f"entropy_controller_{name}", value)
-            if value < 0:
-                _fail(f"entropy_controller_{name}", value, "expected a finite number >= 0")
-        steps = self.entropy_controller_saturation_steps
-        if not isinstance(steps, int) or steps < 1:
-            _fail("entropy_controller_saturation_steps", steps, "expected an integer >= 1")
-        knobs = self.entropy_controller_knobs
-        if knobs not in ("betas", "clip", "prob_clip", "erc", "entropy"):
-            _fail("entropy_controller_knobs", knobs, "expected 'betas', 'clip', 'prob_clip', 'erc' or 'entropy'")
-        law = self.entropy_controller_law
-        if law not in (None, *CONTROLLER_LAWS):
-            _fail("entropy_controller_law", law, f"expected None or one of {CONTROLLER_LAWS}")
-        rate = self.entropy_controller_rate
-        _check_finite("entropy_controller_rate", rate)
-        if not 0 < rate <= 1:
-            _fail("entropy_controller_rate", rate, "expected a share of the error in (0, 1]")
-        every = self.entropy_controller_measure_steps
-        if not isinstance(every, int) or every < 1:
-            _fail("entropy_controller_measure_steps", every, "expected an integer >= 1")
-        reference = self.entropy_controller_reference_gain
-        if reference is not None:
-            _check_finite("entropy_controller_reference_gain", reference)
-            if reference <= 0:
-                _fail("entropy_controller_reference_gain", reference, "expected None or a gain > 0")
+        actuator = self.entropy_controller_actuator
+        check_controller_settings(
+            targets=[self.entropy_controller_target, self.entropy_controller_target_final],
+            actuator=actuator,
+            require_target=self.entropy_controller,
+            **{name: getattr(self, f"entropy_controller_{name}") for name in _CONTROLLER_SETTINGS},
+        )
+        check_controller_law(
+            self.entropy_controller_law,
+            actuator,
+            rate=self.entropy_controller_rate,
+            measure_steps=self.entropy_controller_measure_steps,
+            reference_gain=self.entropy_controller_reference_gain,
+            enabled=self.entropy_controller,
+        )
         if not self.entropy_controller:
             return
-        if self.entropy_controller_target is None:
-            _fail("entropy_controller_target", None, "entropy_controller=True needs a target entropy (nats, > 0)")
-        if law in ("measured", "scaled_pi") and knobs != "entropy":
-            _fail(
-                "entropy_controller_law",
-                law,
-                f"the measured gain is the signed entropy term's: it needs entropy_controller_knobs='entropy', not "
-                f"{knobs!r}; with {knobs!r} use entropy_controller_law='pi'",
-            )
-        if knobs == "betas":
+        if actuator == "betas":
             if self.loss_type != "ce_gppo":
-                _fail(
-                    "entropy_controller_knobs",
-                    knobs,
+                fail(
+                    "entropy_controller_actuator",
+                    actuator,
                     f"betas only act with loss_type='ce_gppo', not {self.loss_type!r}",
                 )
             scheduled = [beta for beta in ("beta1", "beta2") if getattr(self, f"{beta}_schedule") != "constant"]
             if scheduled:
-                _fail(
-                    "entropy_controller_knobs", knobs, f"the controller and {scheduled[0]}_schedule both set the betas"
+                fail(
+                    "entropy_controller_actuator",
+                    actuator,
+                    f"the controller and {scheduled[0]}_schedule both set the betas",
                 )
-        elif knobs == "erc":
-            if not self.erc_enabled:
-                _fail(
-                    "entropy_controller_knobs", knobs, "the ERC band only acts with ERC on: set erc_low and erc_high"
-                )
-        elif knobs == "entropy" and (self.entropy_coef != 0 or self.use_adaptive_entropy):
-            _fail(
-                "entropy_controller_knobs",
-                knobs,
+        elif actuator == "erc":
+            check_erc_actuator(actuator, self.erc_enabled)
+        elif actuator == "entropy" and (self.entropy_coef != 0 or self.use_adaptive_entropy):
+            fail(
+                "entropy_controller_actuator",
+                actuator,
                 f"the controller's entropy term and TRL's entropy bonus (entropy_coef={self.entropy_coef!r}, "
                 f"use_adaptive_entropy={self.use_adaptive_entropy!r}) would both act on the entropy; use one: "
-                "entropy_controller_knobs='entropy' or TRL's entropy_coef / use_adaptive_entropy",
+                "entropy_controller_actuator='entropy' or TRL's entropy_coef / use_adaptive_entropy",
             )
         elif self.loss_type not in CLIPPED_LOSS_TYPES:
-            _fail("entropy_controller_knobs", knobs, f"needs this library's loss path: one of {CLIPPED_LOSS_TYPES}")
-        elif knobs == "prob_clip" and (
-            self.entropy_schedule != "none" or self.prob_clip_high_weight > 0 or self.prob_clip_low_weight > 0
-        ):
-            _fail(
-                "entropy_controller_knobs",
-                knobs,
-                "the controller and entropy_schedule / prob_clip_*_weight both set the H(p) / M(p) weights",
+            fail(
+                "entropy_controller_actuator", actuator, f"needs this library's loss path: one of {CLIPPED_LOSS_TYPES}"
             )
-        elif knobs == "prob_clip" and self.importance_sampling_level != "token":
-            _fail("importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'")
+        elif actuator == "prob_clip" and (
+            self.prob_clip_schedule != "none" or self.prob_clip_weight_high > 0 or self.prob_clip_weight_low > 0
+        ):
+            fail(
+                "entropy_controller_actuator",
+                actuator,
+                "the controller and prob_clip_schedule / prob_clip_weight_* both set the H(p) / M(p) weights",
+            )
+        elif actuator == "prob_clip" and self.importance_sampling_level != "token":
+            fail("importance_sampling_level", self.importance_sampling_level, "per-token clip bounds need 'token'")
 
     @property
     def own_loss_features(self) -> list[str]:
@@ -783,7 +771,7 @@ class CEGPPOConfig(GRPOConfig):
             f"loss_type={self.loss_type!r}": self.loss_type in LIBRARY_LOSS_TYPES,
             "clip_ratio_c": self.clip_ratio_c is not None,
             "ERC (erc_low/erc_high)": self.erc_enabled,
-            "probability-dependent clip bounds (entropy_schedule, prob_clip_*_weight)": self.prob_clip_enabled,
+            "probability-dependent clip bounds (prob_clip_schedule, prob_clip_weight_*)": self.prob_clip_enabled,
             "positive_nll_coef": self.positive_nll_coef > 0,
             "entropy_attribution_steps": self.entropy_attribution_steps > 0,
         }
@@ -808,14 +796,14 @@ class CEGPPOConfig(GRPOConfig):
         return step * self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) == 0
 
     def _validate_recipe_fields(self) -> None:
-        _check_finite("positive_nll_coef", self.positive_nll_coef)
+        check_finite("positive_nll_coef", self.positive_nll_coef)
         if self.positive_nll_coef < 0:
-            _fail("positive_nll_coef", self.positive_nll_coef, "expected a finite number >= 0 (the authors use 0.1)")
+            fail("positive_nll_coef", self.positive_nll_coef, "expected a finite number >= 0 (the authors use 0.1)")
         if self.positive_nll_reward is not None:
             if not isinstance(self.positive_nll_reward, str) or not self.positive_nll_reward.strip():
-                _fail("positive_nll_reward", self.positive_nll_reward, "expected a reward function's name or None")
+                fail("positive_nll_reward", self.positive_nll_reward, "expected a reward function's name or None")
             if self.positive_nll_coef == 0:
-                _fail(
+                fail(
                     "positive_nll_reward",
                     self.positive_nll_reward,
                     "it picks the responses of the NLL term, which positive_nll_coef=0 turns off; set "
@@ -824,16 +812,16 @@ class CEGPPOConfig(GRPOConfig):
         for name in ("dynamic_sampling_max_rounds", "warmup_rollout_batches", "entropy_attribution_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                _fail(name, value, "expected an integer >= 0")
+                fail(name, value, "expected an integer >= 0")
         if self.max_prompt_length is not None and (
             not isinstance(self.max_prompt_length, int)
             or isinstance(self.max_prompt_length, bool)
             or self.max_prompt_length < 1
         ):
-            _fail("max_prompt_length", self.max_prompt_length, "expected an integer >= 1, or None for no cap")
+            fail("max_prompt_length", self.max_prompt_length, "expected an integer >= 1, or None for no cap")
         local_rows = self.per_device_train_batch_size * self.steps_per_generation
         if self.dynamic_sampling and local_rows % self.num_generations:
-            _fail(
+            fail(
                 "dynamic_sampling",
                 True,
                 f"each process must hold whole groups: per_device_train_batch_size x steps_per_generation = "
@@ -842,14 +830,14 @@ class CEGPPOConfig(GRPOConfig):
         if self.warmup_rollout_batches:
             scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
             if scheduler != "constant" or self.warmup_steps != 0:
-                _fail(
+                fail(
                     "warmup_rollout_batches",
                     self.warmup_rollout_batches,
                     f"it replaces the scheduler's own warm-up: set lr_scheduler_type='constant' (got {scheduler!r}) "
                     f"and warmup_steps=0 (got {self.warmup_steps!r})",
                 )
             if not self.updates_per_rollout.is_integer():
-                _fail(
+                fail(
                     "warmup_rollout_batches",
                     self.warmup_rollout_batches,
                     "rollout batches must span whole optimizer updates: steps_per_generation x num_iterations must "

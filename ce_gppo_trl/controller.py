@@ -16,11 +16,17 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .validation import check_finite, fail
 
 # Its defaults, for EntropyControllerCallback and CEGPPOConfig's entropy_controller_* fields alike: chosen on the plant
 # family of benchmarks/controller.py and checked on a plant kept out of the choice (benchmarks/RESULTS.md, section 13).
 CONTROLLER_DEFAULTS = {"kp": 0.5, "ki": 0.03, "max_delta": 1.0, "max_rate": 0.2, "horizon": 8}
+# What the command moves (`entropy_controller_actuator`): CE-GPPO's betas, the clip half-widths, the weights of the
+# probability-dependent bounds, the ERC band, or a signed entropy term in the loss.
+CONTROLLER_ACTUATORS = ("betas", "clip", "prob_clip", "erc", "entropy")
 # Weight of the newest entropy change in the measured slope (an exponential average over about 2 steps).
 SLOPE_WEIGHT = 0.5
 # The integral skips an error beyond this share of the target while the entropy is already closing it (the
@@ -124,9 +130,9 @@ def controller_update(
 CONTROLLER_LAWS = ("measured", "pi", "scaled_pi")
 
 
-def resolve_law(law: str | None, knobs: str) -> str:
-    """The law a controller runs: `law`, or by default 'measured' for the signed entropy term (`knobs="entropy"`),
-    whose gain can be measured, and 'pi' for the clip-family knobs.
+def resolve_law(law: str | None, actuator: str) -> str:
+    """The law a controller runs: `law`, or by default 'measured' for the signed entropy term
+    (`actuator="entropy"`), whose gain can be measured, and 'pi' for the clip-family knobs.
 
     Example:
         >>> resolve_law(None, "entropy"), resolve_law(None, "betas"), resolve_law("pi", "entropy")
@@ -134,7 +140,7 @@ def resolve_law(law: str | None, knobs: str) -> str:
     """
     if law is not None:
         return law
-    return "measured" if knobs == "entropy" else "pi"
+    return "measured" if actuator == "entropy" else "pi"
 
 
 # The measured-gain law (`measured_update`): its defaults, for EntropyControllerCallback and CEGPPOConfig alike, chosen
@@ -312,3 +318,82 @@ def scaled_pi_coefficient(output: float, *, max_delta: float, gain: float | None
     """
     coefficient = max_delta * output * (1.0 if gain is None or not gain > 0 else reference_gain / gain)
     return min(max(coefficient, -max_delta), max_delta)
+
+
+def check_controller_settings(
+    *,
+    targets: Sequence[float | None],
+    actuator: str,
+    kp: float,
+    ki: float,
+    max_delta: float,
+    max_rate: float,
+    horizon: float,
+    saturation_steps: int,
+    require_target: bool = True,
+) -> None:
+    """Refuse controller settings `controller_update` cannot run, under the config's `entropy_controller_*` names.
+
+    `targets`: the target entropy and, for a linear trajectory, its final value (None where unset).
+
+    Example:
+        >>> check_controller_settings(targets=[1.0], actuator="clip", kp=-0.5, ki=0.03, max_delta=1.0, max_rate=0.2,
+        ...     horizon=8, saturation_steps=10)
+        Traceback (most recent call last):
+        ...
+        ValueError: entropy_controller_kp=-0.5 is not allowed: expected a finite number >= 0.
+    """
+    if require_target and (not targets or targets[0] is None):
+        fail("entropy_controller_target", None, "the entropy controller needs a target entropy (nats, > 0)")
+    for name, value in zip(("entropy_controller_target", "entropy_controller_target_final"), targets, strict=False):
+        if value is not None:
+            check_finite(name, value)
+            if value <= 0:
+                fail(name, value, "expected an entropy > 0 (nats)")
+    gains = {"kp": kp, "ki": ki, "max_delta": max_delta, "max_rate": max_rate, "horizon": horizon}
+    for name, value in gains.items():
+        check_finite(f"entropy_controller_{name}", value)
+        if value < 0:
+            fail(f"entropy_controller_{name}", value, "expected a finite number >= 0")
+    if not isinstance(saturation_steps, int) or isinstance(saturation_steps, bool) or saturation_steps < 1:
+        fail("entropy_controller_saturation_steps", saturation_steps, "expected an integer >= 1")
+    if actuator not in CONTROLLER_ACTUATORS:
+        fail("entropy_controller_actuator", actuator, f"expected one of {list(CONTROLLER_ACTUATORS)}")
+
+
+def check_erc_actuator(actuator: str, erc_enabled: bool) -> None:
+    """The ERC band can only be moved with ERC on."""
+    if actuator == "erc" and not erc_enabled:
+        fail("entropy_controller_actuator", actuator, "the ERC band only acts with ERC on: set erc_low and erc_high")
+
+
+def check_controller_law(
+    law: str | None,
+    actuator: str,
+    *,
+    rate: float,
+    measure_steps: int,
+    reference_gain: float | None,
+    enabled: bool = True,
+) -> None:
+    """Refuse settings of the law (`entropy_controller_law`, `_rate`, `_measure_steps`, `_reference_gain`) that
+    `measured_update` / `scaled_pi_coefficient` cannot run, or a measured law on an actuator whose gain is not
+    measured (only the signed entropy term's is)."""
+    if law not in (None, *CONTROLLER_LAWS):
+        fail("entropy_controller_law", law, f"expected None or one of {CONTROLLER_LAWS}")
+    check_finite("entropy_controller_rate", rate)
+    if not 0 < rate <= 1:
+        fail("entropy_controller_rate", rate, "expected a share of the error in (0, 1]")
+    if not isinstance(measure_steps, int) or isinstance(measure_steps, bool) or measure_steps < 1:
+        fail("entropy_controller_measure_steps", measure_steps, "expected an integer >= 1")
+    if reference_gain is not None:
+        check_finite("entropy_controller_reference_gain", reference_gain)
+        if reference_gain <= 0:
+            fail("entropy_controller_reference_gain", reference_gain, "expected None or a gain > 0")
+    if enabled and resolve_law(law, actuator) != "pi" and actuator != "entropy":
+        fail(
+            "entropy_controller_law",
+            law,
+            f"the measured gain is the signed entropy term's: it needs entropy_controller_actuator='entropy', not "
+            f"{actuator!r}; with {actuator!r} use entropy_controller_law='pi'",
+        )

@@ -23,8 +23,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
+
+from .validation import check_finite, check_range, fail
 
 Bound = float | torch.Tensor
 
@@ -109,6 +113,18 @@ def prob_clip_lower(p_old: torch.Tensor, *, alpha: float, b: float) -> torch.Ten
         tensor([0.2800, 0.1000])
     """
     return 1 - (1 - b) / (1 + alpha * p_old)
+
+
+def check_prob_clip_bound(side: str, alpha: float, b: float) -> None:
+    """Refuse `prob_clip_{side}_alpha` / `prob_clip_{side}_b` for which `prob_clip_upper` / `prob_clip_lower` would
+    not stay a valid half-width: `0 < b < 1` and `-b <= alpha < 0` (tighter bounds for likelier tokens)."""
+    b_name, alpha_name = f"prob_clip_{side}_b", f"prob_clip_{side}_alpha"
+    check_range(b_name, b, 0.0, 1.0)
+    if b == 0:
+        fail(b_name, b, "expected 0 < b < 1")
+    check_finite(alpha_name, alpha)
+    if not -b <= alpha < 0:
+        fail(alpha_name, alpha, f"expected -{b_name} = {-b} <= alpha < 0 (tighter bounds for likelier tokens)")
 
 
 def mix_bound(eps_std: Bound, eps_p: torch.Tensor, weight: float) -> Bound:
@@ -447,8 +463,43 @@ def _ce_gppo(log_ratio: torch.Tensor, advantages: torch.Tensor, **kwargs: object
 
 PolicyLossFn = Callable[..., torch.Tensor]
 
-# loss_type -> per-token loss. Every function is called as fn(log_ratio, advantages, **knobs) with the same knobs
-# (see CEGPPOTrainer._policy_loss_knobs) and ignores the ones it does not use.
+
+@dataclass
+class PolicyLossArgs:
+    """The keyword arguments every `POLICY_LOSSES` function receives; each reads the ones its method uses.
+
+    Example:
+        >>> import torch
+        >>> log_ratio, advantages = torch.log(torch.tensor([0.5, 1.5])), torch.tensor([-1.0, 1.0])
+        >>> args = PolicyLossArgs(per_token_logps=torch.zeros(2), epsilon_low=0.2, epsilon_high=0.2, beta1=0.5)
+        >>> POLICY_LOSSES["ce_gppo"](log_ratio, advantages, **args.as_kwargs())
+        tensor([ 0.4000, -1.2000])
+    """
+
+    per_token_logps: torch.Tensor  # log pi_theta (CISPO, VESPO, Clip-Cov, KL-Cov)
+    epsilon_low: Bound  # clip half-widths: floats, or per-token tensors (probability-dependent bounds)
+    epsilon_high: Bound
+    beta1: float = 1.0  # CE-GPPO's gradient weights in NA&LP / PA&LP
+    beta2: float = 1.0
+    clip_ratio_c: float | None = None  # dual clip
+    delta: float | None = None  # INTELLECT-2's two-sided cap
+    sapo_temperature_pos: float | None = None  # SAPO
+    sapo_temperature_neg: float | None = None
+    phi_seq: torch.Tensor | None = None  # VESPO's gamma weights (B, 1)
+    mask: torch.Tensor | None = None  # loss tokens (Clip-Cov / KL-Cov centre their covariance over them)
+    clip_cov_ratio: float | None = None  # Clip-Cov / KL-Cov, with verl's names
+    clip_cov_lb: float | None = None
+    clip_cov_ub: float | None = None
+    kl_cov_ratio: float | None = None
+    ppo_kl_coef: float | None = None
+    selected: torch.Tensor | None = None  # Clip-Cov / KL-Cov tokens, drawn once for the loss and its metric
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+# loss_type -> per-token loss. Every function is called as fn(log_ratio, advantages, **PolicyLossArgs.as_kwargs())
+# and ignores the arguments it does not use.
 POLICY_LOSSES: dict[str, PolicyLossFn] = {
     "ce_gppo": _ce_gppo,
     "grpo": ppo_clip_policy_loss,

@@ -154,21 +154,21 @@ METRICS: tuple[Metric, ...] = (
     Metric("entropy_control/beta2", "Current CE-GPPO `beta2`.", when="`loss_type: ce_gppo`"),
     Metric("entropy_control/erc_low", "Current lower ERC bound.", when="ERC on"),
     Metric("entropy_control/erc_high", "Current upper ERC bound.", when="ERC on"),
-    Metric("entropy_control/phase", "ID / DID phase: 1 or 2.", when="`entropy_schedule`: ID or DID"),
+    Metric("entropy_control/phase", "ID / DID phase: 1 or 2.", when="`prob_clip_schedule`: ID or DID"),
     Metric(
         "entropy_control/lambda",
         "The schedule's `lambda_k`: 1 -> 0 over the first phase, 0 -> -1 over the second.",
-        when="`entropy_schedule`: ID or DID",
+        when="`prob_clip_schedule`: ID or DID",
     ),
     Metric(
         "entropy_control/od_state",
         "OD state: 1 raises entropy (H(p) on the upper bound), 0 lowers it (M(p) on the lower bound).",
-        when="`entropy_schedule: oscillatory_decay`",
+        when="`prob_clip_schedule: oscillatory_decay`",
     ),
     Metric(
         "entropy_control/od_tau_high",
         "OD's current upper threshold `tau_high(k)`.",
-        when="`entropy_schedule: oscillatory_decay`",
+        when="`prob_clip_schedule: oscillatory_decay`",
     ),
     Metric("entropy_control/target", "The controller's target entropy at this step.", when="`entropy_controller`"),
     Metric(

@@ -2,8 +2,9 @@
 
 A rollout batch here is the dict TRL's `GRPOTrainer._generate_and_score_completions` returns for one process: row
 tensors (first dimension = completions), prompts left-padded, completions right-padded, and the scalar
-`num_items_in_batch`. `CEGPPOTrainer` generates one or more such batches per rollout step, keeps the groups whose
-rewards are not all equal with `group_has_signal`, and joins them with `select_rows` and `concat_rollouts`.
+`num_items_in_batch`. `ce_gppo_trl.rollout.dynamic_sampling` generates one or more such batches per rollout step,
+keeps the groups whose rewards are not all equal with `group_has_signal`, and joins them with `select_rows` and
+`concat_rollouts`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything here takes floats and returns floats; no trainer state. `ce_gppo_trl.
 `TrainerCallback`s. Notation follows `PAPERS.md` section 3 (arXiv 2602.09782): step `k` of `T` (`max_steps`),
 `p_old = pi_old(a|s)`, `eps_std` the ordinary clip half-width.
 
-- Scheduled thresholds: `entropy_schedule_weights` gives, for ID and DID, the weights of H(p) and M(p) (the
+- Scheduled thresholds: `prob_clip_schedule_weights` gives, for ID and DID, the weights of H(p) and M(p) (the
   probability-dependent bounds `ce_gppo_trl.losses.prob_clip_upper` and `prob_clip_lower`) in the two bounds at
   progress `k / T`; `od_step` is one transition of the oscillatory-decay (OD) state machine.
 - Knob schedules (`knob_schedule_value`): constant, linear, cosine or step changes of any numeric loss knob.
@@ -13,7 +13,7 @@ Everything here takes floats and returns floats; no trainer state. `ce_gppo_trl.
 The closed-loop entropy controller's law is `ce_gppo_trl.controller`.
 
 Example:
-    >>> entropy_schedule_weights("increase_decrease", 0.25)
+    >>> prob_clip_schedule_weights("increase_decrease", 0.25)
     ScheduleWeights(high=0.5, low=0.0, phase=1, lam=0.5)
     >>> knob_schedule_value("linear", 25, 100, initial=1.0, final=0.0)
     0.75
@@ -25,11 +25,68 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-ENTROPY_SCHEDULES = ("none", "increase_decrease", "decrease_increase_decrease", "oscillatory_decay")
+from .validation import check_finite, fail
+
+PROB_CLIP_SCHEDULES = ("none", "increase_decrease", "decrease_increase_decrease", "oscillatory_decay")
 KNOB_SCHEDULES = ("constant", "linear", "cosine", "step")
 
 
-def _check_total_steps(total_steps: int | None, what: str) -> int:
+def check_prob_clip_schedule(schedule: str, split: float, od_min_ratio: float, *, allow_none: bool = True) -> None:
+    """Refuse a clip-bound schedule that `prob_clip_schedule_weights` / `od_step` cannot run, naming the field.
+
+    Example:
+        >>> check_prob_clip_schedule("increase_decrease", 0.5, 1.2)
+        Traceback (most recent call last):
+        ...
+        ValueError: od_min_ratio=1.2 is not allowed: expected a number in the open interval (0, 1).
+    """
+    allowed = PROB_CLIP_SCHEDULES if allow_none else PROB_CLIP_SCHEDULES[1:]
+    if schedule not in allowed:
+        fail("prob_clip_schedule", schedule, f"expected one of {list(allowed)}")
+    for name, value in (("prob_clip_schedule_split", split), ("od_min_ratio", od_min_ratio)):
+        check_finite(name, value)
+        if not 0 < value < 1:
+            fail(name, value, "expected a number in the open interval (0, 1)")
+
+
+def check_knob_schedule(
+    schedule: str,
+    *,
+    final: float | None = None,
+    steps: Sequence[int] | None = (),
+    values: Sequence[float] | None = (),
+    prefix: str = "",
+) -> None:
+    """Refuse a knob schedule that `knob_schedule_value` cannot run; the fields are named `{prefix}schedule`,
+    `{prefix}final`, `{prefix}steps`, `{prefix}values` (the config's `beta1_*`, the callback's own arguments).
+
+    Example:
+        >>> check_knob_schedule("linear", prefix="beta1_")
+        Traceback (most recent call last):
+        ...
+        ValueError: beta1_final=None is not allowed: a 'linear' schedule needs a final value >= 0.
+    """
+    if schedule not in KNOB_SCHEDULES:
+        fail(f"{prefix}schedule", schedule, f"expected one of {list(KNOB_SCHEDULES)}")
+    if schedule in ("linear", "cosine"):
+        if final is None:
+            fail(f"{prefix}final", final, f"a {schedule!r} schedule needs a final value >= 0")
+        check_finite(f"{prefix}final", final)
+        if final < 0:
+            fail(f"{prefix}final", final, "expected a finite number >= 0")
+    if schedule != "step":
+        return
+    if not steps or values is None or len(steps) != len(values):
+        fail(f"{prefix}steps/{prefix}values", (steps, values), "a 'step' schedule needs as many values as steps")
+    if any(not isinstance(step, int) or step < 0 for step in steps) or list(steps) != sorted(set(steps)):
+        fail(f"{prefix}steps", steps, "expected strictly increasing integers >= 0")
+    for value in values:
+        check_finite(f"{prefix}values", value)
+        if value < 0:
+            fail(f"{prefix}values", values, "expected finite numbers >= 0")
+
+
+def check_total_steps(total_steps: int | None, what: str) -> int:
     if total_steps is None or total_steps <= 0:
         raise ValueError(
             f"max_steps={total_steps!r} is not allowed: {what} needs the run length; set max_steps > 0 "
@@ -65,7 +122,7 @@ def schedule_lambda(progress: float, split: float = 0.5) -> float:
     return -(progress - split) / (1 - split)
 
 
-def entropy_schedule_weights(name: str, progress: float, split: float = 0.5, od_state: int = 0) -> ScheduleWeights:
+def prob_clip_schedule_weights(name: str, progress: float, split: float = 0.5, od_state: int = 0) -> ScheduleWeights:
     """Bounds of the schedule `name` at progress `k / T` (arXiv 2602.09782, section 3 of `PAPERS.md`).
 
     With `w_high, w_low` the returned weights, `epsilon_high = w_high * H(p) + (1 - w_high) * eps_std` and
@@ -79,7 +136,7 @@ def entropy_schedule_weights(name: str, progress: float, split: float = 0.5, od_
     - `none`: `(eps_std, eps_std)`.
 
     Example:
-        >>> entropy_schedule_weights("decrease_increase_decrease", 0.75)
+        >>> prob_clip_schedule_weights("decrease_increase_decrease", 0.75)
         ScheduleWeights(high=1.0, low=0.5, phase=2, lam=-0.5)
     """
     if name == "none":
@@ -92,7 +149,7 @@ def entropy_schedule_weights(name: str, progress: float, split: float = 0.5, od_
         return ScheduleWeights(lam, 0.0, 1, lam) if phase == 1 else ScheduleWeights(0.0, 1 + lam, 2, lam)
     if name == "decrease_increase_decrease":
         return ScheduleWeights(1 - lam, 0.0, 1, lam) if phase == 1 else ScheduleWeights(1.0, 1 + lam, 2, lam)
-    raise ValueError(f"entropy_schedule={name!r} is not allowed: expected one of {list(ENTROPY_SCHEDULES)}.")
+    fail("prob_clip_schedule", name, f"expected one of {list(PROB_CLIP_SCHEDULES)}")
 
 
 def od_thresholds(progress: float, h_init: float, min_ratio: float = 0.2) -> tuple[float, float]:
@@ -160,11 +217,8 @@ def knob_schedule_value(
             if step >= start:
                 value = new_value
         return value
-    if kind not in ("linear", "cosine"):
-        raise ValueError(f"schedule={kind!r} is not allowed: expected one of {list(KNOB_SCHEDULES)}.")
-    if final is None:
-        raise ValueError(f"a {kind!r} schedule needs a final value, got final=None.")
-    progress = min(step / _check_total_steps(total_steps, f"a {kind!r} knob schedule"), 1.0)
+    check_knob_schedule(kind, final=final)
+    progress = min(step / check_total_steps(total_steps, f"a {kind!r} knob schedule"), 1.0)
     if kind == "linear":
         return initial + (final - initial) * progress
     return final + (initial - final) * (1 + math.cos(math.pi * progress)) / 2

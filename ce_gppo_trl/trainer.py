@@ -1,33 +1,17 @@
 """`CEGPPOTrainer`: TRL's `GRPOTrainer` with CE-GPPO, the dual clip and Entropy Ratio Clipping.
 
-The trainer reuses all of TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and overrides
-these methods:
-
-- `_compute_loss`: when the config needs this library's loss (`CEGPPOConfig.uses_own_loss`), the per-token loss
-  comes from the `losses.POLICY_LOSSES` registry and is aggregated by `losses.aggregate_loss`; otherwise TRL's own
-  `_compute_loss` runs untouched, so every TRL loss type behaves exactly as in TRL.
-- `_generate_and_score_completions` and `_get_per_token_logps_and_entropies`: with ERC on, the no-grad scoring pass
-  that TRL already runs for `old_per_token_logps` also returns the entropies, kept as `old_entropies`. No extra
-  forward pass is made. With vLLM, the same rollout gives the trainer-vs-vLLM log-prob gap right after TRL's weight
-  sync, which warns above `vllm_logp_difference_bound` (stale engine weights).
-- `_prepare_inputs`, `_calculate_rewards`, `_tokenize_prompts`, `create_scheduler`: the settings of the authors'
-  training scripts that TRL lacks: the NLL term on correct responses (`positive_nll_coef`, which needs each
-  completion's accuracy reward in the inputs), DAPO's dynamic sampling (`ce_gppo_trl.sampling`), the
-  left-truncating prompt cap and verl's warm-up counted in rollout batches.
-
-Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
-`epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`); the trainer attaches the callbacks its config asks
-for, binds every callback that has a `bind` method, turns the probability-dependent weights into per-token clip
-bounds, logs `entropy_control/*` and `entropy_dynamics/*`, and saves the callbacks' state in each checkpoint
-(`_save_checkpoint` / `_load_optimizer_and_scheduler`, TRL's pattern for its adaptive entropy state).
+The trainer reuses TRL's machinery (generation, rewards, advantages, vLLM, PEFT, logging) and is glue only: the
+per-token losses and the clip bounds are `ce_gppo_trl.losses`, the metrics' one reduction `ce_gppo_trl.step_metrics`,
+the rollout-side additions (NLL rewards, dynamic sampling, prompt cap, vLLM and ERC checks) `ce_gppo_trl.rollout`,
+time-varying control `ce_gppo_trl.callbacks` and its checkpointed state `ce_gppo_trl.control_state`. Its overrides of
+TRL / transformers methods, each with its reason, are listed in `CEGPPOTrainer`'s docstring.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -40,14 +24,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer import grpo_trainer
 from trl.trainer.utils import (
-    nanmax,
-    nanmin,
     shuffle_sequence_dict,
     split_pixel_values_by_grid,
     split_tensor_dict,
     unsplit_pixel_values_by_grid,
 )
 
+from . import control_state, rollout
 from .attribution import EntropyAttribution, EntropyGainMeter, attribution_groups
 from .callbacks import callbacks_from_config
 from .config import CEGPPOConfig, on_policy_message
@@ -57,6 +40,8 @@ from .losses import (
     CLIPPED_LOSS_TYPES,
     COVARIANCE_SELECTIONS,
     POLICY_LOSSES,
+    Bound,
+    PolicyLossArgs,
     aggregate_loss,
     clip_regions,
     dual_clip_mask,
@@ -70,28 +55,15 @@ from .losses import (
     safe_ratio,
     sequence_log_ratio,
 )
-from .sampling import concat_rollouts, group_has_signal, select_rows, total_rewards, truncate_left
 from .schedules import rollout_warmup_factor
+from .step_metrics import StepMetrics
 from .vllm_lora import adapter_sync_while_building
 
 logger = logging.getLogger(__name__)
 
-# Written into each checkpoint folder: the current knob values and every entropy-control callback's state.
-ENTROPY_CONTROL_STATE = "entropy_control_state.json"
-_CONTROL_KNOBS = ("ce_gppo_beta1", "ce_gppo_beta2", "epsilon_low", "epsilon_high", "erc_low", "erc_high")
-_CONTROL_KNOBS += ("prob_clip_weight_low", "prob_clip_weight_high", "entropy_control_coef")
-# The config fields the saved control state was computed from: the knobs' configured values and the callbacks'
-# settings. A resume refuses a config that changed any of them, which the restored state would override.
-_CONTROL_CONFIG_FIELDS = (
-    *("ce_gppo_beta1", "ce_gppo_beta2", "epsilon", "epsilon_high", "erc_low", "erc_high"),
-    *("prob_clip_low_weight", "prob_clip_high_weight", "entropy_schedule", "entropy_schedule_split", "od_min_ratio"),
-    *(f"{beta}_{name}" for beta in ("beta1", "beta2") for name in ("schedule", "final", "steps", "values")),
-    "entropy_controller",
-    *(f"entropy_controller_{name}" for name in ("target", "target_final", "knobs", "kp", "ki", "max_delta")),
-    *("entropy_controller_max_rate", "entropy_controller_horizon", "entropy_controller_saturation_steps"),
-)
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
-ACCURACY_REWARD = "math_accuracy_reward"  # the name ce_gppo_trl.rewards.math_accuracy_reward logs under
+# Clip-Cov / KL-Cov settings passed to the per-token loss under their config names (verl's).
+_COVARIANCE_FIELDS = ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef")
 
 # Model inputs besides ids and masks that TRL forwards to `_get_per_token_logps_and_entropies` (vision models).
 _EXTRA_MODEL_INPUTS = (
@@ -138,6 +110,26 @@ def disable_float_dropout(model: torch.nn.Module) -> None:
                 setattr(module, attribute, 0.0)
 
 
+@dataclass
+class LossStep:
+    """What one micro-batch's loss computed, for its metrics and the entropy attribution (detach before reducing)."""
+
+    loss: torch.Tensor
+    per_token_logps: torch.Tensor
+    entropies: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    ratio: torch.Tensor  # detached; capped at `delta` as TRL's clip metrics read it
+    loss_args: PolicyLossArgs
+    clipped: tuple[torch.Tensor | None, torch.Tensor | None]  # clip_regions: (low, high), clipped loss types only
+    entropy_ratio: torch.Tensor | None = None  # ERC's rho
+    erc_kept: torch.Tensor | None = None  # ERC: tokens inside the band
+    per_token_kl: torch.Tensor | None = None
+    positive: torch.Tensor | None = None  # the NLL term's correct responses
+    policy_loss: torch.Tensor | None = None  # the reduced policy term alone (logged with TRL's bonus, as TRL does)
+    aux_loss: torch.Tensor | None = None
+
+
 class RolloutAlignedSaves(TrainerCallback):
     """Moves each step checkpoint that falls inside a rollout batch to the end of that batch.
 
@@ -166,6 +158,27 @@ class CEGPPOTrainer(GRPOTrainer):
 
     Takes the same arguments as `trl.GRPOTrainer`; `args` must be a [`CEGPPOConfig`].
 
+    Overrides of TRL / transformers methods, and why each is needed:
+
+    - `_compute_loss`: this library's loss path (`_compute_policy_loss`) when the config needs it
+      (`CEGPPOConfig.uses_own_loss`); otherwise TRL's own, untouched, so every TRL loss type behaves as in TRL.
+    - `_generate_and_score_completions`: keeps ERC's old entropies from TRL's own no-grad scoring pass (no extra
+      forward pass) and checks the trainer-vs-vLLM log-prob gap right after TRL's weight sync.
+    - `_get_per_token_logps_and_entropies`: asks that scoring pass for the entropies it otherwise skips.
+    - `_calculate_rewards`: keeps each completion's per-function rewards, which TRL reduces to advantages, for the
+      NLL term and dynamic sampling.
+    - `_prepare_inputs`: TRL's training branch with `_rollout` (rewards in the batch, dynamic sampling's extra
+      rounds) in place of its single `_generate_and_score_completions` call; only with those features on.
+    - `_tokenize_prompts`: the authors' left-truncating prompt cap (`max_prompt_length`), which TRL 1.16 dropped.
+    - `create_scheduler`: verl's warm-up counted in rollout batches (`warmup_rollout_batches`).
+    - `_clip_grad_norm`: hands the pre-clip gradient norm to the entropy attribution.
+    - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the entropy-control state (knob values,
+      callback states; `ce_gppo_trl.control_state`), TRL's pattern for its adaptive entropy state.
+
+    Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
+    `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`, `entropy_control_coef`); the trainer attaches
+    the callbacks its config asks for and binds every callback that has a `bind` method.
+
     Example:
         ```python
         from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
@@ -191,8 +204,8 @@ class CEGPPOTrainer(GRPOTrainer):
         self.ce_gppo_beta2 = args.ce_gppo_beta2
         self.erc_low = args.erc_low
         self.erc_high = args.erc_high
-        self.prob_clip_weight_low = args.prob_clip_low_weight
-        self.prob_clip_weight_high = args.prob_clip_high_weight
+        self.prob_clip_weight_low = args.prob_clip_weight_low
+        self.prob_clip_weight_high = args.prob_clip_weight_high
         self.entropy_control_coef = 0.0
         self._entropy_gain_meter: EntropyGainMeter | None = None
         self._old_entropies: list[torch.Tensor] | torch.Tensor | None = None
@@ -218,7 +231,10 @@ class CEGPPOTrainer(GRPOTrainer):
         self._warn_if_on_policy()
         self._check_dropout()
         self._check_master_weights()
-        self._positive_nll_reward_index = self._resolve_positive_nll_reward()
+        args = self.args
+        self._positive_nll_reward_index = rollout.positive_nll_reward_index(
+            list(self.reward_func_names), args.positive_nll_coef, args.positive_nll_reward
+        )
 
     def entropy_gain_meter(self, every: int) -> EntropyGainMeter:
         """The `EntropyGainMeter` of the measured-gain controller, attached on first call (by its `bind`)."""
@@ -238,10 +254,10 @@ class CEGPPOTrainer(GRPOTrainer):
         for callback in self._control_callbacks:
             callback.bind(self)
         if self._entropy_bonus_enabled and any(
-            getattr(cb, "knobs", None) == "entropy" for cb in self._control_callbacks
+            getattr(cb, "actuator", None) == "entropy" for cb in self._control_callbacks
         ):
             raise ValueError(
-                "entropy_controller_knobs='entropy' (an entropy controller callback) and TRL's entropy bonus "
+                "entropy_controller_actuator='entropy' (an entropy controller callback) and TRL's entropy bonus "
                 f"(entropy_coef={self.entropy_coef!r}, use_adaptive_entropy={self.use_adaptive_entropy!r}) would "
                 "both put an entropy term in the loss; use one of them."
             )
@@ -363,63 +379,31 @@ class CEGPPOTrainer(GRPOTrainer):
                         "ERC expected TRL's scoring pass for old_per_token_logps to run; this TRL version no longer "
                         "calls _get_per_token_logps_and_entropies(self.model, ...) there."
                     )
-                self._check_captured_pass(output)
+                # The arming condition copies TRL's for the old-logps pass; if a TRL release changed it, another
+                # no-grad pass of self.model (the reference pass under PEFT with beta > 0) could be captured instead.
+                error = rollout.captured_pass_error(output.get("old_per_token_logps"), self._old_entropies_logps)
+                if error is not None:
+                    raise RuntimeError(error)
                 output["old_entropies"] = self._old_entropies
         finally:
             self._old_entropies = self._old_entropies_logps = None
         return output
 
     def _check_vllm_logp_difference(self, output: dict[str, Any]) -> None:
-        """Warn once when vLLM's log-probs of its own samples are far from the trainer's: stale engine weights.
-
-        Every generation follows TRL's weight sync, and `old_per_token_logps` are scored by the weights just synced,
-        so their gap to vLLM's `sampling_per_token_logps` is numerical noise unless the sync missed something. TRL logs
-        that gap (`sampling/sampling_logp_difference/mean`) only with `vllm_importance_sampling_correction`; the
-        same quantity is computed here from the rollout, and logged under TRL's name when TRL does not log it.
-        """
-        old_logps, sampled_logps = output.get("old_per_token_logps"), output.get("sampling_per_token_logps")
-        if old_logps is None or sampled_logps is None:
+        """Log the trainer-vs-vLLM log-prob gap under TRL's name when TRL does not log it (TRL does only with
+        `vllm_importance_sampling_correction`), and warn once above `vllm_logp_difference_bound`: stale weights."""
+        difference = rollout.vllm_logp_difference(output, self.accelerator)
+        if difference is None:
             return
-        gap = (old_logps - sampled_logps).abs()
-        mask = output["completion_mask"] * output.get("tool_mask", 1)
-        valid = mask.bool() & ~torch.isnan(gap)  # vLLM could not score some tokens (NaN): left out, as TRL does
-        difference = self._global_masked_mean(torch.nan_to_num(gap), valid.float())
-        mode = "train" if self.model.training else "eval"
         if not self.vllm_importance_sampling_correction:
+            mode = "train" if self.model.training else "eval"
             self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(difference)
         bound = self.args.vllm_logp_difference_bound
         if bound is None or difference <= bound or self._warned_vllm_logp_difference:
             return
         self._warned_vllm_logp_difference = True
         if self.accelerator.is_main_process:
-            logger.warning(
-                f"vLLM's log-probs of the tokens it sampled differ from the trainer's by {difference:.3g} on average "
-                f"(sampling/sampling_logp_difference/mean at step {self.state.global_step}), above "
-                f"vllm_logp_difference_bound={bound}, right after a weight sync: the vLLM engine is likely "
-                "generating with weights other than the trainer's (a sync that did not reach every layer), and the "
-                "run then trains on samples of another policy. bf16 rounding alone gives about 1e-3 to 4e-2 and "
-                "top_p / top_k truncation about -log(kept probability mass); if neither explains the gap, check the "
-                "weight sync. Warned once per run; the metric is logged every rollout batch."
-            )
-
-    def _check_captured_pass(self, output: dict[str, Any]) -> None:
-        # The arming condition copies TRL's for the old-logps pass; if a TRL release changed it, another no-grad pass
-        # of self.model (the reference pass under PEFT with beta > 0: adapters off) could be captured instead.
-        old_logps, captured = output.get("old_per_token_logps"), self._old_entropies_logps
-        if old_logps is not None and old_logps.shape == captured.shape and torch.equal(old_logps, captured):
-            return
-        if old_logps is None:
-            detail = "TRL kept no old_per_token_logps"
-        elif old_logps.shape != captured.shape:
-            detail = f"shapes {tuple(captured.shape)} and {tuple(old_logps.shape)}"
-        else:
-            detail = f"largest log-prob difference {(old_logps - captured).abs().max().item():.3g}"
-        raise RuntimeError(
-            f"ERC captured the entropies of a scoring pass whose log-probs are not TRL's old_per_token_logps "
-            f"({detail}): the old entropies would belong to another model (e.g. the reference pass, adapters off, "
-            "with PEFT and beta > 0). This TRL version scores old_per_token_logps differently from TRL 1.16; "
-            "CEGPPOTrainer._generate_and_score_completions must be adapted to it."
-        )
+            logger.warning(rollout.vllm_logp_warning(difference, bound, self.state.global_step))
 
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any):
         capture = isinstance(self._old_entropies, list) and model is self.model and not torch.is_grad_enabled()
@@ -431,45 +415,7 @@ class CEGPPOTrainer(GRPOTrainer):
         self._old_entropies, self._old_entropies_logps = entropies, logps
         return logps, (entropies if kwargs.get("compute_entropy") else None), aux_loss
 
-    # The loss.
-
-    def _policy_loss_knobs(self, inputs: dict[str, Any], per_token_logps: torch.Tensor) -> dict[str, Any]:
-        """Keyword arguments passed to every `POLICY_LOSSES` function (each ignores what it does not use)."""
-        args = self.args
-        epsilon_low, epsilon_high = self.epsilon_low, self.epsilon_high
-        if self.prob_clip_weight_low or self.prob_clip_weight_high:
-            # Probability-dependent bounds (arXiv 2602.09782) are functions of pi_old, fixed for the whole update.
-            old_logps = inputs.get("old_per_token_logps")
-            p_old = (per_token_logps if old_logps is None else old_logps).detach().exp()
-            upper = prob_clip_upper(p_old, alpha=args.prob_clip_high_alpha, b=args.prob_clip_high_b)
-            lower = prob_clip_lower(p_old, alpha=args.prob_clip_low_alpha, b=args.prob_clip_low_b)
-            epsilon_high = mix_bound(epsilon_high, upper, self.prob_clip_weight_high)
-            epsilon_low = mix_bound(epsilon_low, lower, self.prob_clip_weight_low)
-        return {
-            "per_token_logps": per_token_logps,
-            "epsilon_low": epsilon_low,
-            "epsilon_high": epsilon_high,
-            "beta1": self.ce_gppo_beta1,
-            "beta2": self.ce_gppo_beta2,
-            "clip_ratio_c": args.clip_ratio_c,
-            "delta": args.delta,
-            "sapo_temperature_pos": args.sapo_temperature_pos,
-            "sapo_temperature_neg": args.sapo_temperature_neg,
-        }
-
-    def _covariance_knobs(
-        self, log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, knobs: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Clip-Cov / KL-Cov knobs, with their token selection drawn once, for the loss and its metric.
-
-        As in verl, whose loss function sees one micro-batch on one process, the covariance is centred and the count
-        taken over this micro-batch's loss tokens on this process (not the whole update over all processes).
-        """
-        args = self.args
-        names = ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef")
-        extra = {"mask": mask, **{name: getattr(args, name) for name in names}}
-        extra["selected"] = COVARIANCE_SELECTIONS[self.loss_type](log_ratio, advantages, **knobs, **extra)
-        return extra
+    # The loss: TRL 1.16's GRPOTrainer._compute_loss with the per-token loss from the `POLICY_LOSSES` registry.
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         if not self._uses_own_loss:
@@ -477,11 +423,15 @@ class CEGPPOTrainer(GRPOTrainer):
         return self._compute_policy_loss(model, inputs)
 
     def _compute_policy_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        """This library's loss path, for every loss type in `POLICY_LOSSES`."""
-        # Same inputs, masks, knobs and normalisers as TRL 1.16's GRPOTrainer._compute_loss; only the per-token loss
-        # (registry), ERC and the metrics differ. TRL's entropy bonus is TRL's own (_trl_entropy_bonus).
+        """This library's loss path, for every loss type in `POLICY_LOSSES`, top to bottom.
+
+        Same inputs, masks and normalisers as TRL 1.16's `GRPOTrainer._compute_loss`; only the per-token loss
+        (registry), the clip bounds, ERC, the NLL and entropy-control terms and the metrics differ.
+        """
         args = self.args
         mode = "train" if self.model.training else "eval"
+
+        # Per-token log-probs and entropies of pi_theta on this micro-batch.
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
@@ -502,20 +452,35 @@ class CEGPPOTrainer(GRPOTrainer):
         if old_per_token_logps is None:  # on-policy: TRL skips the scoring pass, pi_old == pi_theta
             old_per_token_logps = per_token_logps.detach()
 
-        log_ratio = per_token_logps - old_per_token_logps
-        loss_log_ratio = log_ratio
+        # The log-ratio log pi_theta - log pi_old, per token or (GSPO) per sequence.
+        token_log_ratio = per_token_logps - old_per_token_logps
+        log_ratio = loss_log_ratio = token_log_ratio
         if self.importance_sampling_level == "sequence":
-            log_ratio = loss_log_ratio = sequence_log_ratio(log_ratio, mask)  # GSPO's (B, 1) ratio, as TRL
+            log_ratio = loss_log_ratio = sequence_log_ratio(token_log_ratio, mask)  # GSPO's (B, 1) ratio, as TRL
             if self.loss_type == "ce_gppo":
                 # Same value and gradient as the (B, 1) form under the token mean; per-token masks (ERC,
                 # top_entropy_quantile) then act on each token's own gradient (losses.gspo_token_log_ratio).
-                loss_log_ratio = gspo_token_log_ratio(per_token_logps - old_per_token_logps, mask)
+                loss_log_ratio = gspo_token_log_ratio(token_log_ratio, mask)
 
-        knobs = self._policy_loss_knobs(inputs, per_token_logps)
+        # The method's per-token loss.
+        epsilon_low, epsilon_high = self._clip_bounds(old_per_token_logps)
+        loss_args = PolicyLossArgs(
+            per_token_logps=per_token_logps,
+            epsilon_low=epsilon_low,
+            epsilon_high=epsilon_high,
+            beta1=self.ce_gppo_beta1,
+            beta2=self.ce_gppo_beta2,
+            clip_ratio_c=args.clip_ratio_c,
+            delta=args.delta,
+            sapo_temperature_pos=args.sapo_temperature_pos,
+            sapo_temperature_neg=args.sapo_temperature_neg,
+            mask=mask,
+            **{name: getattr(args, name) for name in _COVARIANCE_FIELDS},
+        )
         if self.loss_type == "vespo":
-            knobs["phi_seq"] = self.get_gamma_weights(
+            loss_args.phi_seq = self.get_gamma_weights(
                 advantages=advantages,
-                log_ratio_per_token=per_token_logps - old_per_token_logps,
+                log_ratio_per_token=token_log_ratio,
                 mask=mask,
                 importance_sampling_ratio=inputs.get("importance_sampling_ratio"),
                 k_pos=args.vespo_k_pos,
@@ -523,10 +488,14 @@ class CEGPPOTrainer(GRPOTrainer):
                 k_neg=args.vespo_k_neg,
                 lambda_neg=args.vespo_lambda_neg,
             )
-        if self.loss_type in COVARIANCE_SELECTIONS:  # token level only (config): log_ratio is loss_log_ratio
-            knobs.update(self._covariance_knobs(log_ratio, advantages, mask, knobs))
-        per_token_loss = POLICY_LOSSES[self.loss_type](loss_log_ratio, advantages, **knobs)
+        if self.loss_type in COVARIANCE_SELECTIONS:
+            # Drawn once, for the loss and its metric. As in verl, whose loss function sees one micro-batch on one
+            # process, the covariance is centred over this micro-batch's loss tokens on this process. Token level
+            # only (config), so log_ratio is loss_log_ratio.
+            loss_args.selected = COVARIANCE_SELECTIONS[self.loss_type](log_ratio, advantages, **loss_args.as_kwargs())
+        per_token_loss = POLICY_LOSSES[self.loss_type](loss_log_ratio, advantages, **loss_args.as_kwargs())
 
+        # Token masks: TRL's off-policy mask, top_entropy_quantile, vLLM's importance sampling, ERC.
         if self.off_policy_mask_threshold is not None:
             per_token_loss = per_token_loss * self.get_off_policy_mask(
                 advantages=advantages,
@@ -535,7 +504,7 @@ class CEGPPOTrainer(GRPOTrainer):
                 mask=mask,
                 off_policy_threshold=self.off_policy_mask_threshold,
             )
-        entropy_mask = erc_kept = None
+        entropy_mask = rho = erc_kept = None
         if self.top_entropy_quantile < 1.0:
             entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
             per_token_loss = per_token_loss * entropy_mask
@@ -545,19 +514,20 @@ class CEGPPOTrainer(GRPOTrainer):
             # ERC (arXiv 2512.05591) on top of clipping, dual clip and IS correction: out-of-band tokens keep their
             # value and their place in the normaliser, but no gradient.
             old_entropies = inputs.get("old_entropies", entropies.detach())
-            keep = entropy_ratio_mask(entropies.detach(), old_entropies, self.erc_low, self.erc_high)
-            erc_kept = keep
-            per_token_loss = torch.where(keep, per_token_loss, per_token_loss.detach())
-            self._log_entropy_ratio(mode, entropy_ratio(entropies.detach(), old_entropies), mask)
+            rho = entropy_ratio(entropies.detach(), old_entropies)
+            erc_kept = entropy_ratio_mask(entropies.detach(), old_entropies, self.erc_low, self.erc_high)
+            per_token_loss = torch.where(erc_kept, per_token_loss, per_token_loss.detach())
 
+        # The KL penalty to the reference model, per token.
+        per_token_kl = None
         if self.beta != 0.0:
             ref_log_ratio = inputs["ref_per_token_logps"] - per_token_logps
             per_token_kl = torch.exp(ref_log_ratio) - ref_log_ratio - 1
             if args.use_bias_correction_kl:
                 per_token_kl = per_token_kl * safe_ratio(log_ratio)
             per_token_loss = per_token_loss + self.beta * per_token_kl
-            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
 
+        # Reduction to this micro-batch's share of the update.
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         aggregation = AGGREGATION[self.loss_type]
         if aggregation == "token-mean":
@@ -571,46 +541,75 @@ class CEGPPOTrainer(GRPOTrainer):
             loss = aggregate_loss(per_token_loss, mask, aggregation, max_completion_length=self.max_completion_length)
             policy_loss = loss.detach()
             loss = loss / accumulation
+
+        # Terms added to the reduced loss: TRL's entropy bonus, the NLL on correct responses, the MoE router's
+        # auxiliary loss, the entropy controller's signed entropy term.
         if self._entropy_bonus_enabled:
-            loss = loss - self._trl_entropy_bonus(entropies, mask, entropy_mask, mode, accumulation, policy_loss)
-        if args.positive_nll_coef > 0:
-            loss = loss + self._positive_nll_term(per_token_logps, mask, inputs, mode, accumulation)
+            loss = loss - self._trl_entropy_bonus(entropies, mask, entropy_mask, mode, accumulation)
+        positive = None
+        if args.positive_nll_coef > 0 and inputs.get("positive_nll_rewards") is not None:  # None: evaluation batch
+            # The authors' accuracy == 1.0, for both +1/-1 and 1/0 scorers; NaN (unscorable) is not positive. The
+            # micro-batch is weighted by its share (1 / accumulation) of the update, like their micro-batch weights.
+            positive = inputs["positive_nll_rewards"] > 0
+            loss = loss + args.positive_nll_coef * positive_nll_loss(per_token_logps, mask, positive) / accumulation
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         if self.entropy_control_coef:
-            # The entropy controller's signed entropy term (knobs="entropy"): TRL's bonus form L - coef * mean(H),
-            # over the same tokens as TRL's bonus (those top_entropy_quantile leaves to the policy term).
+            # The entropy controller's signed entropy term (entropy_controller_actuator="entropy"): TRL's bonus form
+            # L - coef * mean(H), over the same tokens as TRL's bonus (those top_entropy_quantile leaves).
             loss = loss - self.entropy_control_coef * _bonus_entropy(entropies, mask, entropy_mask) / accumulation
 
-        self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
-        # The ratio and the clip regions feed both the clip metrics and the entropy diagnostics: computed once.
+        # Metrics, the entropy attribution and the controller's gain meter.
         ratio = safe_ratio(log_ratio.detach())
         if args.delta is not None and self.loss_type in CLIPPED_LOSS_TYPES and self.loss_type != "ce_gppo":
             ratio = ratio.clamp(max=args.delta)  # TRL's two-sided clip; TRL's clip metrics read the capped ratio
         clipped = (None, None)
         if self.loss_type in CLIPPED_LOSS_TYPES:
-            clipped = clip_regions(ratio, advantages, knobs["epsilon_low"], knobs["epsilon_high"])
-        self._log_clip_metrics(mode, ratio, advantages, mask, knobs, clipped)
-        if mode == "train":
-            self._log_entropy_control(loss, per_token_logps, entropies, advantages, mask, knobs, clipped)
-            attribution = self._entropy_attribution
-            if attribution is not None and per_token_logps.requires_grad and attribution.wants():
-                groups = self._attribution_groups(
-                    per_token_logps, entropies, ratio, advantages, mask, knobs, clipped, erc_kept
-                )
-                forward = {"input_ids": input_ids, "attention_mask": attention_mask}
-                self._collect_attribution(loss, inputs, forward, per_token_logps, entropies, mask, groups)
-            meter = self._entropy_gain_meter
-            if meter is not None and entropies.requires_grad and meter.wants():
-                # The tokens of the controller's entropy term (_bonus_entropy's): the gain is that term's.
-                meter.collect(
-                    entropies,
-                    mask if entropy_mask is None else mask * entropy_mask,
-                    accumulation,
-                    self.entropy_control_coef,
-                )
+            clipped = clip_regions(ratio, advantages, epsilon_low, epsilon_high)
+        step = LossStep(
+            loss=loss,
+            per_token_logps=per_token_logps,
+            entropies=entropies,
+            advantages=advantages,
+            mask=mask,
+            ratio=ratio,
+            loss_args=loss_args,
+            clipped=clipped,
+            entropy_ratio=rho,
+            erc_kept=erc_kept,
+            per_token_kl=per_token_kl,
+            positive=positive,
+            policy_loss=policy_loss,
+            aux_loss=aux_loss if self.aux_loss_enabled else None,
+        )
+        self._log_loss_metrics(mode, step)
+        attribution = self._entropy_attribution
+        if mode == "train" and attribution is not None and per_token_logps.requires_grad and attribution.wants():
+            forward = {"input_ids": input_ids, "attention_mask": attention_mask}
+            self._collect_attribution(inputs, forward, step)
+        meter = self._entropy_gain_meter
+        if mode == "train" and meter is not None and entropies.requires_grad and meter.wants():
+            # The tokens of the controller's entropy term (_bonus_entropy's): the gain is that term's.
+            meter.collect(
+                entropies,
+                mask if entropy_mask is None else mask * entropy_mask,
+                accumulation,
+                self.entropy_control_coef,
+            )
         return loss
+
+    def _clip_bounds(self, old_per_token_logps: torch.Tensor) -> tuple[Bound, Bound]:
+        """`(epsilon_low, epsilon_high)`: the current half-widths, mixed with the probability-dependent bounds (arXiv
+        2602.09782) by `prob_clip_weight_low/high`; those are functions of pi_old, fixed for the whole update."""
+        epsilon_low, epsilon_high = self.epsilon_low, self.epsilon_high
+        if not (self.prob_clip_weight_low or self.prob_clip_weight_high):
+            return epsilon_low, epsilon_high
+        args, p_old = self.args, old_per_token_logps.detach().exp()
+        upper = prob_clip_upper(p_old, alpha=args.prob_clip_high_alpha, b=args.prob_clip_high_b)
+        lower = prob_clip_lower(p_old, alpha=args.prob_clip_low_alpha, b=args.prob_clip_low_b)
+        return mix_bound(epsilon_low, lower, self.prob_clip_weight_low), mix_bound(
+            epsilon_high, upper, self.prob_clip_weight_high
+        )
 
     def _trl_entropy_bonus(
         self,
@@ -619,7 +618,6 @@ class CEGPPOTrainer(GRPOTrainer):
         entropy_mask: torch.Tensor | None,
         mode: str,
         accumulation: float,
-        policy_loss: torch.Tensor,
     ) -> torch.Tensor:
         """`coef x` TRL 1.16's entropy-bonus term, to subtract from the loss, with its adaptive (Skywork-OR1) update.
 
@@ -630,13 +628,12 @@ class CEGPPOTrainer(GRPOTrainer):
         previous optimizer step; at each step boundary the coefficient steps up by `entropy_coef_delta` when the
         window-global entropy is at or below `entropy_target` and down otherwise, within `entropy_coef_min/max`.
         """
-        args, metrics = self.args, self._metrics[mode]
+        args = self.args
         effective_mask = mask if entropy_mask is None else mask * entropy_mask
         entropy_loss = _bonus_entropy(entropies, mask, entropy_mask) / accumulation
         coef = self.entropy_coef
         if self.use_adaptive_entropy and self._last_world_entropy > args.entropy_target:
             coef = 0.0
-        metrics["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
         if self.use_adaptive_entropy and mode == "train":
             stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
             window = self._entropy_window_stats
@@ -650,45 +647,114 @@ class CEGPPOTrainer(GRPOTrainer):
                     self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
                 self._last_world_entropy = world_entropy
                 self._entropy_window_stats = None
-        if mode == "train" and self.accelerator.sync_gradients:
-            metrics["entropy_coef"].append(self.entropy_coef)
         return coef * entropy_loss
+
+    # Metrics: every metric of the loss, gathered over processes in one collective (ce_gppo_trl.step_metrics).
+
+    def _log_loss_metrics(self, mode: str, step: LossStep) -> None:
+        """Log one micro-batch's loss metrics under TRL's names and this library's, reduced over processes once."""
+        args, loss_args, mask = self.args, step.loss_args, step.mask
+        local = StepMetrics()
+        local.masked_mean("entropy", step.entropies, mask)
+        if step.per_token_kl is not None:
+            local.masked_mean("kl", step.per_token_kl, mask)
+        if step.positive is not None:
+            positive_mask = mask * step.positive.to(mask.dtype).unsqueeze(-1)
+            local.masked_mean("positive_nll", -step.per_token_logps.detach(), positive_mask)
+        if self._entropy_bonus_enabled:
+            local.process_mean("policy_loss", step.policy_loss)
+        if step.aux_loss is not None:
+            local.process_mean("aux_loss", step.aux_loss)
+        if step.entropy_ratio is not None:
+            rho, valid, inf = step.entropy_ratio, mask.bool(), torch.tensor(float("inf"), device=mask.device)
+            local.masked_mean("entropy_ratio/mean", rho, mask)
+            local.min("entropy_ratio/min", torch.where(valid, rho, inf).min())
+            local.max("entropy_ratio/max", torch.where(valid, rho, -inf).max())
+            local.masked_mean("entropy_ratio/clip_low_mean", (rho <= self.erc_low).float(), mask)
+            local.masked_mean("entropy_ratio/clip_high_mean", (rho >= self.erc_high).float(), mask)
+        self._clip_metrics(local, step)
+        diagnose = mode == "train" and args.entropy_diagnostics and step.per_token_logps.requires_grad
+        if diagnose:
+            local.sum("entropy_dynamics", self._entropy_dynamics_sums(step))
+        control = mode == "train" and (bool(self._control_callbacks) or args.prob_clip_enabled)
+        if control:
+            mask_f = mask.float()
+            bounds = [
+                torch.as_tensor(bound, dtype=torch.float32, device=mask.device).expand_as(mask_f)
+                for bound in (loss_args.epsilon_low, loss_args.epsilon_high)
+            ]
+            local.sum("entropy_control", torch.stack([(bound * mask_f).sum() for bound in bounds] + [mask_f.sum()]))
+
+        reduced = local.reduce(self.accelerator)
+        metrics = self._metrics[mode]
+        if diagnose:
+            for name, value in entropy_dynamics_metrics(reduced.pop("entropy_dynamics")).items():
+                metrics[f"entropy_dynamics/{name}"].append(value)
+        if control:
+            eps_low_sum, eps_high_sum, count = reduced.pop("entropy_control").tolist()
+            metrics["entropy_control/epsilon_low"].append(eps_low_sum / max(count, 1.0))
+            metrics["entropy_control/epsilon_high"].append(eps_high_sum / max(count, 1.0))
+            if self.loss_type == "ce_gppo":
+                metrics["entropy_control/beta1"].append(self.ce_gppo_beta1)
+                metrics["entropy_control/beta2"].append(self.ce_gppo_beta2)
+            if args.erc_enabled:
+                metrics["entropy_control/erc_low"].append(self.erc_low)
+                metrics["entropy_control/erc_high"].append(self.erc_high)
+        for name, value in reduced.items():
+            metrics[name].append(value)
+        if self._entropy_bonus_enabled and mode == "train" and self.accelerator.sync_gradients:
+            metrics["entropy_coef"].append(self.entropy_coef)
+
+    def _clip_metrics(self, local: StepMetrics, step: LossStep) -> None:
+        """The clip-family metrics of this loss type: TRL's `clip_ratio/*` (plus the dual clip), `cispo_clip_ratio`,
+        `vespo/phi_seq_mean`, and the Clip-Cov / KL-Cov selection's share."""
+        loss_args, mask = step.loss_args, step.mask
+        if loss_args.selected is not None:  # Clip-Cov: tokens detached; KL-Cov: tokens given the |log r| penalty
+            local.masked_mean(f"{self.loss_type}/selected_mean", loss_args.selected.float(), mask)
+        if self.loss_type == "cispo":
+            is_capped = (step.ratio > loss_args.epsilon_high) & (step.advantages > 0)
+            local.masked_mean("cispo_clip_ratio", is_capped.float(), mask)
+        elif self.loss_type == "vespo":
+            local.masked_mean("vespo/phi_seq_mean", loss_args.phi_seq, mask)
+        elif self.loss_type in CLIPPED_LOSS_TYPES:
+            is_low, is_high = step.clipped
+            local.masked_mean("clip_ratio/low_mean", is_low.float(), mask)
+            local.masked_mean("clip_ratio/high_mean", is_high.float(), mask)
+            local.masked_mean("clip_ratio/region_mean", (is_low | is_high).float(), mask)
+            local.min("clip_ratio/low_min", _sequence_mean(is_low, mask), ignore_nan=True)
+            local.max("clip_ratio/high_max", _sequence_mean(is_high, mask), ignore_nan=True)
+            if loss_args.clip_ratio_c is not None:
+                is_dual = dual_clip_mask(step.ratio, step.advantages, loss_args.clip_ratio_c)
+                local.masked_mean("clip_ratio/dual_mean", is_dual.float(), mask)
+
+    def _entropy_dynamics_sums(self, step: LossStep) -> torch.Tensor:
+        # Each token's gradient weight g = -d loss / d log p, read off the loss itself so that it is exact for every
+        # loss type, mask, dual clip and ERC; this backward only spans the element-wise ops after log p.
+        (grad,) = torch.autograd.grad(step.loss, step.per_token_logps, retain_graph=True, allow_unused=True)
+        # DDP averages gradients over processes: dividing g makes the reduced predicted change their mean (the
+        # gradient shares are ratios and do not change).
+        grad_weight = (
+            torch.zeros_like(step.per_token_logps) if grad is None else -grad
+        ) / self.accelerator.num_processes
+        return entropy_dynamics_sums(
+            step.per_token_logps, step.entropies, step.advantages, grad_weight, step.mask, *step.clipped
+        )
 
     # Entropy attribution (ce_gppo_trl.attribution): the token groups of an attributed step's micro-batch, and what
     # the attribution keeps of it (its gradients, and the forward inputs to re-score it after the optimizer step).
 
-    def _attribution_groups(
-        self,
-        per_token_logps: torch.Tensor,
-        entropies: torch.Tensor,
-        ratio: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        knobs: dict[str, Any],
-        clipped: tuple[torch.Tensor | None, torch.Tensor | None],
-        erc_kept: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
-        dual = None
-        if self.loss_type in CLIPPED_LOSS_TYPES and knobs["clip_ratio_c"] is not None:
-            dual = dual_clip_mask(ratio, advantages, knobs["clip_ratio_c"])
-        return attribution_groups(
-            per_token_logps, entropies, advantages, mask, *clipped, dual, None if erc_kept is None else ~erc_kept
-        )
-
-    def _collect_attribution(
-        self,
-        loss: torch.Tensor,
-        inputs: dict[str, Any],
-        forward: dict[str, Any],
-        per_token_logps: torch.Tensor,
-        entropies: torch.Tensor,
-        mask: torch.Tensor,
-        groups: dict[str, torch.Tensor],
-    ) -> None:
+    def _collect_attribution(self, inputs: dict[str, Any], forward: dict[str, Any], step: LossStep) -> None:
         # `forward`: the loss pass's input_ids / attention_mask, reused to re-score the micro-batch after the step.
+        dual = None
+        if self.loss_type in CLIPPED_LOSS_TYPES and step.loss_args.clip_ratio_c is not None:
+            dual = dual_clip_mask(step.ratio, step.advantages, step.loss_args.clip_ratio_c)
+        erc_dropped = None if step.erc_kept is None else ~step.erc_kept
+        groups = attribution_groups(
+            step.per_token_logps, step.entropies, step.advantages, step.mask, *step.clipped, dual, erc_dropped
+        )
         forward["logits_to_keep"] = inputs["completion_ids"].size(1)
         forward.update({key: inputs[key] for key in _EXTRA_MODEL_INPUTS if inputs.get(key) is not None})
-        self._entropy_attribution.collect(loss, per_token_logps, entropies, mask, groups, forward)
+        self._entropy_attribution.collect(step.loss, step.per_token_logps, step.entropies, step.mask, groups, forward)
 
     def _clip_grad_norm(self, model: Any) -> Any:
         # The pre-clip norm gives the entropy attribution the clipping scale (torch's max_norm / (norm + 1e-6)).
@@ -698,225 +764,27 @@ class CEGPPOTrainer(GRPOTrainer):
                 recorder.record_grad_norm(norm)
         return norm
 
-    # Metrics, reduced over processes like TRL's.
-
-    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
-        if x.shape[1] == 1:  # sequence-level values: one per sequence
-            local = torch.stack([x.sum(), torch.tensor(float(x.shape[0]), device=x.device)])
-        else:
-            local = torch.stack([(x * mask).sum(), mask.sum().float()])
-        totals = self.accelerator.reduce(local.detach().float(), reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
-
-    def _log_clip_metrics(
-        self,
-        mode: str,
-        ratio: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        knobs: dict[str, Any],
-        clipped: tuple[torch.Tensor | None, torch.Tensor | None],
-    ) -> None:
-        metrics = self._metrics[mode]
-        if "selected" in knobs:  # Clip-Cov: tokens detached; KL-Cov: tokens given the |log r| penalty
-            selected = knobs["selected"].float()
-            metrics[f"{self.loss_type}/selected_mean"].append(self._global_masked_mean(selected, mask))
-        if self.loss_type == "cispo":
-            is_capped = (ratio > knobs["epsilon_high"]) & (advantages > 0)
-            metrics["cispo_clip_ratio"].append(self._global_masked_mean(is_capped.float(), mask))
-            return
-        if self.loss_type == "vespo":
-            metrics["vespo/phi_seq_mean"].append(self._global_masked_mean(knobs["phi_seq"], mask))
-            return
-        if self.loss_type not in CLIPPED_LOSS_TYPES:
-            return
-        is_low, is_high = clipped
-        metrics["clip_ratio/low_mean"].append(self._global_masked_mean(is_low.float(), mask))
-        metrics["clip_ratio/high_mean"].append(self._global_masked_mean(is_high.float(), mask))
-        metrics["clip_ratio/region_mean"].append(self._global_masked_mean((is_low | is_high).float(), mask))
-        metrics["clip_ratio/low_min"].append(nanmin(self.accelerator.gather(self._seq_mean(is_low, mask))).item())
-        metrics["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(self._seq_mean(is_high, mask))).item())
-        if knobs["clip_ratio_c"] is not None:
-            is_dual = dual_clip_mask(ratio, advantages, knobs["clip_ratio_c"])
-            metrics["clip_ratio/dual_mean"].append(self._global_masked_mean(is_dual.float(), mask))
-
-    def _log_entropy_control(
-        self,
-        loss: torch.Tensor,
-        per_token_logps: torch.Tensor,
-        entropies: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        knobs: dict[str, Any],
-        clipped: tuple[torch.Tensor | None, torch.Tensor | None],
-    ) -> None:
-        """`entropy_dynamics/*` and the effective bounds under `entropy_control/*`, in one reduce and one sync."""
-        metrics = self._metrics["train"]
-        control = bool(self._control_callbacks) or self.args.prob_clip_enabled
-        diagnose = self.args.entropy_diagnostics and per_token_logps.requires_grad
-        parts = []
-        if diagnose:
-            # Each token's gradient weight g = -d loss / d log p, read off the loss itself so that it is exact for
-            # every loss type, mask, dual clip and ERC; this backward only spans the element-wise ops after log p.
-            (grad,) = torch.autograd.grad(loss, per_token_logps, retain_graph=True, allow_unused=True)
-            # DDP averages gradients over processes: dividing g makes the reduced predicted change their mean
-            # (the gradient shares are ratios and do not change).
-            grad_weight = (
-                torch.zeros_like(per_token_logps) if grad is None else -grad
-            ) / self.accelerator.num_processes
-            parts.append(entropy_dynamics_sums(per_token_logps, entropies, advantages, grad_weight, mask, *clipped))
-        if control:
-            mask_f = mask.float()
-            bounds = [
-                torch.as_tensor(knobs[name], dtype=torch.float32, device=mask.device).expand_as(mask_f)
-                for name in ("epsilon_low", "epsilon_high")
-            ]
-            parts.append(torch.stack([(bound * mask_f).sum() for bound in bounds] + [mask_f.sum()]))
-        if not parts:
-            return
-        totals = self.accelerator.reduce(torch.cat(parts).float(), reduction="sum").tolist()
-        if diagnose:
-            for name, value in entropy_dynamics_metrics(torch.tensor(totals[: parts[0].numel()])).items():
-                metrics[f"entropy_dynamics/{name}"].append(value)
-        if control:
-            eps_low_sum, eps_high_sum, count = totals[-3:]
-            metrics["entropy_control/epsilon_low"].append(eps_low_sum / max(count, 1.0))
-            metrics["entropy_control/epsilon_high"].append(eps_high_sum / max(count, 1.0))
-            if self.loss_type == "ce_gppo":
-                metrics["entropy_control/beta1"].append(self.ce_gppo_beta1)
-                metrics["entropy_control/beta2"].append(self.ce_gppo_beta2)
-            if self.args.erc_enabled:
-                metrics["entropy_control/erc_low"].append(self.erc_low)
-                metrics["entropy_control/erc_high"].append(self.erc_high)
-
-    # Entropy-control state in checkpoints.
+    # Entropy-control state in checkpoints (ce_gppo_trl.control_state).
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         # Written first: transformers' _save_checkpoint pushes the folder to the Hub (push_to_hub, hub_strategy
         # "checkpoint" / "all_checkpoints") before it returns, and the push must carry the controller's state.
-        self._save_entropy_control_state(trial)
+        if self._control_callbacks and self.args.should_save:
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), folder)
+            control_state.save(folder, self, self._control_callbacks)
+            if self._entropy_gain_meter is not None:
+                self._entropy_gain_meter.save(folder)
         super()._save_checkpoint(model, trial)
-
-    def _save_entropy_control_state(self, trial: Any) -> None:
-        if not self._control_callbacks or not self.args.should_save:
-            return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        state = {
-            "config": self._control_config(),
-            "knobs": {name: getattr(self, name) for name in _CONTROL_KNOBS},
-            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_control_callbacks().items()},
-        }
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, ENTROPY_CONTROL_STATE), "w") as f:
-            json.dump(state, f, indent=2)
-        if self._entropy_gain_meter is not None:
-            self._entropy_gain_meter.save(folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = None if checkpoint is None else os.path.join(checkpoint, ENTROPY_CONTROL_STATE)
-        if not self._control_callbacks or path is None or not os.path.exists(path):
+        if not self._control_callbacks or checkpoint is None:
             return
-        with open(path) as f:
-            state = json.load(f)
-        self._check_control_config(state.get("config"), path)
-        for name, value in state["knobs"].items():
-            setattr(self, name, value)
-        for key, callback in self._keyed_control_callbacks().items():
-            if key in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][key])
-        if self._entropy_gain_meter is not None:
+        if control_state.load(checkpoint, self, self._control_callbacks) and self._entropy_gain_meter is not None:
             self._entropy_gain_meter.load(checkpoint)
 
-    def _control_config(self) -> dict[str, Any]:
-        # Through JSON, so that a value compares equal to itself read back from a checkpoint (tuples become lists).
-        return json.loads(json.dumps({name: getattr(self.args, name) for name in _CONTROL_CONFIG_FIELDS}))
-
-    def _check_control_config(self, saved: dict[str, Any] | None, path: str) -> None:
-        """Refuse a resume whose config changed a field the restored control state was computed from.
-
-        The knobs and callback states restored from `path` would silently replace the edited values. Checkpoints
-        written before the config was saved with them (no "config" entry) are not checked.
-        """
-        if saved is None:
-            return
-        current = self._control_config()
-        changed = [name for name in _CONTROL_CONFIG_FIELDS if name in saved and saved[name] != current[name]]
-        if not changed:
-            return
-        name = changed[0]
-        raise ValueError(
-            f"{name}={getattr(self.args, name)!r} is not allowed when resuming from {path}, which was saved with "
-            f"{name}={saved[name]!r}"
-            + (f" (also changed: {', '.join(changed[1:])})" if changed[1:] else "")
-            + ": the entropy-control state restored from it (the knobs' current values and the callbacks' state) "
-            "would override the edited value. Resume with the checkpoint's value; to change a knob during a run, "
-            "use its schedule (beta1_schedule / beta2_schedule='step' with beta*_steps and beta*_values)."
-        )
-
-    def _keyed_control_callbacks(self) -> dict[str, Any]:
-        # Class name plus rank among callbacks of that class: stable as long as the run is rebuilt the same way.
-        keyed: dict[str, Any] = {}
-        counts: Counter[str] = Counter()
-        for callback in self._control_callbacks:
-            name = type(callback).__name__
-            keyed[f"{name}.{counts[name]}"] = callback
-            counts[name] += 1
-        return keyed
-
-    @staticmethod
-    def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if x.shape[1] == 1:
-            return x.squeeze(1)
-        return (x * mask).sum(-1) / mask.sum(-1)
-
-    def _log_entropy_ratio(self, mode: str, rho: torch.Tensor, mask: torch.Tensor) -> None:
-        metrics = self._metrics[mode]
-        valid = mask.bool()
-        inf = torch.tensor(float("inf"), device=rho.device)
-        metrics["entropy_ratio/mean"].append(self._global_masked_mean(rho, mask))
-        metrics["entropy_ratio/min"].append(self.accelerator.gather(torch.where(valid, rho, inf).min()).min().item())
-        metrics["entropy_ratio/max"].append(self.accelerator.gather(torch.where(valid, rho, -inf).max()).max().item())
-        metrics["entropy_ratio/clip_low_mean"].append(self._global_masked_mean((rho <= self.erc_low).float(), mask))
-        metrics["entropy_ratio/clip_high_mean"].append(self._global_masked_mean((rho >= self.erc_high).float(), mask))
-
     # The authors' training scripts: NLL on correct responses, dynamic sampling, prompt cap, verl's warm-up.
-
-    def _resolve_positive_nll_reward(self) -> int | None:
-        """Index of the reward function that marks correct responses for the NLL term (`positive_nll_reward`)."""
-        args, names = self.args, list(self.reward_func_names)
-        if args.positive_nll_coef == 0:
-            return None
-        name = args.positive_nll_reward
-        if name is None and ACCURACY_REWARD in names:
-            name = ACCURACY_REWARD
-        elif name is None and len(names) == 1:
-            return 0
-        elif name is None:
-            raise ValueError(
-                f"positive_nll_reward=None is not allowed with positive_nll_coef={args.positive_nll_coef} and the "
-                f"reward functions {names}: none is {ACCURACY_REWARD!r}, and a total of several rewards would count a "
-                "well-formatted wrong answer as correct; name the reward whose score > 0 means correct."
-            )
-        if name not in names:
-            raise ValueError(
-                f"positive_nll_reward={name!r} is not allowed: expected one of the reward functions {names}."
-            )
-        return names.index(name)
-
-    def _positive_nll_term(
-        self, per_token_logps: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any], mode: str, accumulation: float
-    ) -> torch.Tensor | float:
-        """`positive_nll_coef` x the NLL of this micro-batch's correct responses, weighted by its share (1 /
-        accumulation) of the update, like the authors' `positive_loss_coeff` term with their micro-batch weights."""
-        rewards = inputs.get("positive_nll_rewards")
-        if rewards is None:  # evaluation batches come from TRL's own path, without rewards
-            return 0.0
-        positive = rewards > 0  # the authors' accuracy == 1.0 for both +1/-1 and 1/0 scorers; NaN (unscorable) is not
-        selected = mask * positive.to(mask.dtype).unsqueeze(-1)
-        self._metrics[mode]["positive_nll"].append(self._global_masked_mean(-per_token_logps.detach(), selected))
-        return self.args.positive_nll_coef * positive_nll_loss(per_token_logps, mask, positive) / accumulation
 
     def _calculate_rewards(
         self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
@@ -927,14 +795,8 @@ class CEGPPOTrainer(GRPOTrainer):
 
     def _tokenize_prompts(self, prompts: list) -> tuple[Any, Any, Any]:
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
-        cap = self.args.max_prompt_length
-        if cap is not None and any(len(ids) > cap for ids in prompt_ids):
-            if images is not None or multimodal_fields:
-                raise ValueError(
-                    f"max_prompt_length={cap}: left truncation would cut multimodal prompts; leave it None here."
-                )
-            prompt_ids = truncate_left(prompt_ids, cap)
-        return prompt_ids, images, multimodal_fields
+        multimodal = images is not None or bool(multimodal_fields)
+        return rollout.cap_prompts(prompt_ids, multimodal, self.args.max_prompt_length), images, multimodal_fields
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         if not self.args.warmup_rollout_batches or self.lr_scheduler is not None:
@@ -966,79 +828,30 @@ class CEGPPOTrainer(GRPOTrainer):
         output = self._scored_round(generation_batch)
         if not self.args.dynamic_sampling:
             return output
-        return self._dynamic_sampling(generation_batch, output)
+        if isinstance(self.train_dataset, IterableDataset):
+            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style train_dataset.")
+        group, rows = self.num_generations, len(generation_batch)
+
+        def next_round(round_index: int) -> dict[str, Any]:
+            seed_key = (self.args.seed, self.state.global_step, round_index, self.accelerator.process_index)
+            return self._scored_round(rollout.refill_prompts(self.train_dataset, rows, group, seed_key))
+
+        return rollout.dynamic_sampling(
+            output,
+            next_round,
+            num_groups=rows // group,
+            group_size=group,
+            max_rounds=self.args.dynamic_sampling_max_rounds,
+            accelerator=self.accelerator,
+            metrics=self._metrics["train"],
+            pad_token_id=self._tokenizer.pad_token_id,
+        )
 
     def _scored_round(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = self._generate_and_score_completions(inputs)
-        rewards = total_rewards(self._rewards_per_func, self.reward_weights)
-        first = self.accelerator.process_index * len(inputs)
-        output["rewards"] = rewards[first : first + len(inputs)].to(output["advantages"].device)
-        if self._positive_nll_reward_index is not None:
-            nll_rewards = self._rewards_per_func[first : first + len(inputs), self._positive_nll_reward_index]
-            output["positive_nll_rewards"] = nll_rewards.to(output["advantages"].device)
-        return output
-
-    def _dynamic_sampling(self, generation_batch: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
-        """DAPO's filter: keep the groups with mixed rewards, in generation order, refilled from extra rounds of fresh
-        prompts; every process runs the same number of rounds (each round's generation and reward gather are
-        collective), stopping when no process is short or after `dynamic_sampling_max_rounds`. Slots still empty are
-        filled with dropped groups whose completions are masked out, so that they reach neither the loss nor its
-        token count (the authors train on the fewer groups they have).
-
-        The refill rounds' entries in TRL's rollout metrics (`reward`, `rewards/*`, `completions/*`, ...) are
-        removed: they describe the rollout batch's own prompts, as without dynamic sampling, not an average over
-        rounds of fresh prompts whose groups were mostly dropped; `dynamic_sampling/*` counts the rounds."""
-        if isinstance(self.train_dataset, IterableDataset):
-            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style train_dataset.")
-        args, group = self.args, self.num_generations
-        metrics = self._metrics["train"]
-        logged = {key: len(values) for key, values in metrics.items()}
-        needed = len(generation_batch) // group
-        kept, batch, rounds = [], first, 0
-        have = dropped = refilled = 0
-        while True:
-            signal = group_has_signal(batch["rewards"], group)
-            take = signal.nonzero().flatten()[: needed - have]
-            kept.append((_group_rows(take, group), batch))
-            have += len(take)
-            dropped += int((~signal).sum())
-            refilled += len(take) if rounds else 0
-            short = needed - have
-            if rounds == args.dynamic_sampling_max_rounds:
-                break
-            if self.accelerator.gather(torch.tensor([short], device=self.accelerator.device)).max().item() == 0:
-                break
-            rounds += 1
-            batch = self._scored_round(self._refill_prompts(len(generation_batch), rounds))
-        for key in list(metrics):
-            if logged.get(key, 0) == 0:
-                del metrics[key]  # logged by refill rounds only
-            else:
-                del metrics[key][logged[key] :]
-        # Round 0's dropped groups are enough to fill any shortfall: round 0 alone had `needed` groups.
-        spare = (~group_has_signal(first["rewards"], group)).nonzero().flatten()[:short]
-        fill = select_rows(first, _group_rows(spare, group))
-        fill["completion_mask"] = torch.zeros_like(fill["completion_mask"])
-        fill["advantages"] = torch.zeros_like(fill["advantages"])
-        parts = [select_rows(source, rows) for rows, source in kept] + [fill]
-        output = concat_rollouts(parts, self._tokenizer.pad_token_id)
-        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
-        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-
-        device = self.accelerator.device
-        totals = self.accelerator.reduce(torch.tensor([dropped, refilled, short], device=device).float(), "sum")
-        metrics["dynamic_sampling/rounds"].append(float(rounds))
-        for name, value in zip(("groups_dropped", "groups_refilled", "groups_masked"), totals.tolist(), strict=True):
-            metrics[f"dynamic_sampling/{name}"].append(value)
-        return output
-
-    def _refill_prompts(self, num_rows: int, round_index: int) -> list[dict[str, Any]]:
-        """`num_rows / num_generations` fresh prompts drawn at random from the training set, each repeated
-        `num_generations` times as TRL's RepeatSampler lays them out; seeded by (seed, step, round, process)."""
-        key = (self.args.seed, self.state.global_step, round_index, self.accelerator.process_index)
-        generator = torch.Generator().manual_seed(hash(key) % 2**62)
-        indices = torch.randint(len(self.train_dataset), (num_rows // self.num_generations,), generator=generator)
-        return [self.train_dataset[int(i)] for i in indices for _ in range(self.num_generations)]
+        process = self.accelerator.process_index
+        weights, nll_index = self.reward_weights, self._positive_nll_reward_index
+        return rollout.attach_rewards(output, self._rewards_per_func, weights, process, nll_index)
 
 
 def _bonus_entropy(entropies: torch.Tensor, mask: torch.Tensor, entropy_mask: torch.Tensor | None) -> torch.Tensor:
@@ -1048,6 +861,9 @@ def _bonus_entropy(entropies: torch.Tensor, mask: torch.Tensor, entropy_mask: to
     return (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
 
 
-def _group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Row indices of whole groups: group g covers rows g * group_size ... (g + 1) * group_size - 1."""
-    return (groups.unsqueeze(1) * group_size + torch.arange(group_size, device=groups.device)).flatten()
+def _sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's mean of `x` over its tokens in `mask` (NaN for none); sequence-level `x` (B, 1) as is."""
+    x = x.float()
+    if x.shape[1] == 1:
+        return x.squeeze(1)
+    return (x * mask).sum(-1) / mask.sum(-1)

@@ -66,12 +66,12 @@ FIELDS: dict[str, tuple[dict[str, Any], str]] = {
     "entropy_coef": (
         {"entropy_coef": 0.01},
         "TRL's entropy bonus, computed as TRL 1.16 does on " + OWN_PATH + "; refused with "
-        "`entropy_controller_knobs='entropy'` (two entropy terms)",
+        "`entropy_controller_actuator='entropy'` (two entropy terms)",
     ),
     "use_adaptive_entropy": (
         {"use_adaptive_entropy": True},
         "Skywork-OR1's adaptive bonus: TRL's update, gate and checkpoint state (`entropy_ctrl_state.json`) on both "
-        "paths; refused with `entropy_controller_knobs='entropy'`",
+        "paths; refused with `entropy_controller_actuator='entropy'`",
     ),
     "entropy_coef_min": ({"use_adaptive_entropy": True, "entropy_coef_min": 0.001}, "adaptive bonus, as TRL"),
     "entropy_coef_max": ({"use_adaptive_entropy": True, "entropy_coef_max": 0.5}, "adaptive bonus, as TRL"),
@@ -103,14 +103,14 @@ FIELDS: dict[str, tuple[dict[str, Any], str]] = {
 # per-token setting that a sequence-level ratio cannot carry.
 REFUSED: list[tuple[dict[str, Any], tuple[str, str], str]] = [
     (
-        {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_controller_knobs": "entropy"}
+        {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_controller_actuator": "entropy"}
         | {"entropy_coef": 0.01},
-        ("entropy_controller_knobs", "entropy_coef"),
+        ("entropy_controller_actuator", "entropy_coef"),
         "the controller's entropy term and TRL's entropy bonus would both act on the entropy",
     ),
     (
-        {"entropy_schedule": "increase_decrease", "max_steps": 10, "importance_sampling_level": "sequence"},
-        ("importance_sampling_level", "entropy_schedule"),
+        {"prob_clip_schedule": "increase_decrease", "max_steps": 10, "importance_sampling_level": "sequence"},
+        ("importance_sampling_level", "prob_clip_schedule"),
         "probability-dependent clip bounds are per token; a sequence ratio has one bound per sequence",
     ),
     (
@@ -120,8 +120,8 @@ REFUSED: list[tuple[dict[str, Any], tuple[str, str], str]] = [
         "scale whole sequences",
     ),
     (
-        {"entropy_schedule": "increase_decrease", "max_steps": 10, "prob_clip_high_weight": 0.5},
-        ("prob_clip_high_weight", "entropy_schedule"),
+        {"prob_clip_schedule": "increase_decrease", "max_steps": 10, "prob_clip_weight_high": 0.5},
+        ("prob_clip_weight_high", "prob_clip_schedule"),
         "the schedule sets the H(p) / M(p) weights itself",
     ),
     (

@@ -23,13 +23,17 @@ MARKER = re.compile(r"<!-- generated: ([\w-]+) -->")
 # Config sections, in page order: (title, rule on the field name). The first matching section takes a field; a field
 # none matches lands in "Other fields" (still documented, since the test checks every field's help).
 CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("Renamed fields (old names, still accepted with a FutureWarning)", lambda n: n in _renamed_fields()),
     (
         "Loss: CE-GPPO, dual clip, ERC",
         lambda n: n in {"loss_type", "clip_ratio_c"} or n.startswith(("ce_gppo_", "erc_")),
     ),
     ("Clip-Cov and KL-Cov", lambda n: n.startswith(("clip_cov_", "kl_cov_")) or n == "ppo_kl_coef"),
-    ("Probability-dependent clip bounds", lambda n: n.startswith("prob_clip")),
-    ("Clip-bound schedules: ID, DID, OD", lambda n: n.startswith(("entropy_schedule", "od_"))),
+    (
+        "Probability-dependent clip bounds",
+        lambda n: n.startswith("prob_clip") and not n.startswith("prob_clip_schedule"),
+    ),
+    ("Clip-bound schedules: ID, DID, OD", lambda n: n.startswith(("prob_clip_schedule", "od_"))),
     ("Beta schedules", lambda n: n.startswith(("beta1_", "beta2_"))),
     ("Closed-loop entropy controller", lambda n: n.startswith("entropy_controller")),
     ("Diagnostics", lambda n: n == "entropy_diagnostics"),
@@ -44,6 +48,12 @@ CONFIG_SECTIONS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ),
     ("TRL fields with a different default", lambda n: n == "gradient_checkpointing"),
 )
+
+
+def _renamed_fields() -> dict[str, str]:
+    from ce_gppo_trl.config import RENAMED_FIELDS
+
+    return RENAMED_FIELDS
 
 
 def _cell(text: Any) -> str:

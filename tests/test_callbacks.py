@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ce_gppo_trl import CEGPPOConfig, CEGPPOTrainer
-from ce_gppo_trl.callbacks import EntropyControllerCallback, EntropyScheduleCallback, KnobScheduleCallback
+from ce_gppo_trl.callbacks import EntropyControllerCallback, KnobScheduleCallback, ProbClipScheduleCallback
 from ce_gppo_trl.losses import prob_clip_lower, prob_clip_upper
 from ce_gppo_trl.schedules import knob_schedule_value
 from ce_gppo_trl.toy import build_tokenizer
@@ -68,14 +68,14 @@ def train_logs(trainer, resume=None) -> list[dict]:
 @pytest.mark.parametrize(
     "field,value,overrides",
     [
-        ("entropy_schedule", "cosine", {}),
-        ("entropy_schedule_split", 0.0, {}),
-        ("entropy_schedule_split", 1.5, {}),
+        ("prob_clip_schedule", "cosine", {}),
+        ("prob_clip_schedule_split", 0.0, {}),
+        ("prob_clip_schedule_split", 1.5, {}),
         ("od_min_ratio", -0.2, {}),
         ("od_min_ratio", float("nan"), {}),
         ("prob_clip_high_alpha", 0.1, {}),
         ("prob_clip_low_b", -0.1, {}),
-        ("prob_clip_high_weight", 2.0, {}),
+        ("prob_clip_weight_high", 2.0, {}),
         ("beta1_schedule", "exponential", {}),
         ("beta2_final", None, {"beta2_schedule": "linear"}),
         ("beta1_final", -1.0, {"beta1_schedule": "cosine"}),
@@ -83,8 +83,8 @@ def train_logs(trainer, resume=None) -> list[dict]:
         ("entropy_controller_target", None, {"entropy_controller": True}),
         ("entropy_controller_target", -1.0, {"entropy_controller": True}),
         ("entropy_controller_kp", float("inf"), {}),
-        ("entropy_controller_knobs", "lr", {}),
-        ("entropy_controller_knobs", "erc", {"entropy_controller": True, "entropy_controller_target": 1.0}),
+        ("entropy_controller_actuator", "lr", {}),
+        ("entropy_controller_actuator", "erc", {"entropy_controller": True, "entropy_controller_target": 1.0}),
         ("entropy_controller_horizon", -1.0, {}),
         ("entropy_controller_max_rate", float("nan"), {}),
         ("entropy_controller_saturation_steps", 0, {}),
@@ -101,69 +101,69 @@ def test_schedules_refuse_unknown_run_length():
         callback.on_train_begin(None, type("State", (), {"max_steps": 0})(), None)
     with pytest.raises(ValueError, match="entropy_controller_target"):
         EntropyControllerCallback(target=None)
-    with pytest.raises(ValueError, match="entropy_schedule"):
-        EntropyScheduleCallback("id")
+    with pytest.raises(ValueError, match="prob_clip_schedule"):
+        ProbClipScheduleCallback("id")
 
 
 def test_config_attaches_and_binds_callbacks(tmp_path, tiny_model_dir, arithmetic_dataset):
     args = make_args(
         tmp_path,
-        entropy_schedule="decrease_increase_decrease",
+        prob_clip_schedule="decrease_increase_decrease",
         beta1_schedule="step",
         beta1_steps=[2],
         beta1_values=[0.0],
         entropy_controller=True,
         entropy_controller_target=2.0,
-        entropy_controller_knobs="clip",
+        entropy_controller_actuator="clip",
     )
     trainer = make_trainer(tiny_model_dir, arithmetic_dataset, args)
     kinds = [type(cb).__name__ for cb in trainer._control_callbacks]
-    assert kinds == ["EntropyScheduleCallback", "KnobScheduleCallback", "EntropyControllerCallback"]
+    assert kinds == ["ProbClipScheduleCallback", "KnobScheduleCallback", "EntropyControllerCallback"]
     assert all(cb.trainer is trainer for cb in trainer._control_callbacks)
 
 
 def test_per_token_bounds_reach_the_loss_knobs(tmp_path, tiny_model_dir, arithmetic_dataset):
-    args = make_args(tmp_path, prob_clip_high_weight=1.0, prob_clip_low_weight=0.5)
+    args = make_args(tmp_path, prob_clip_weight_high=1.0, prob_clip_weight_low=0.5)
     trainer = make_trainer(tiny_model_dir, arithmetic_dataset, args)
     old_logps = torch.log(torch.tensor([[0.1, 0.5, 0.9]]))
-    knobs = trainer._policy_loss_knobs({"old_per_token_logps": old_logps}, old_logps + 0.1)
+    epsilon_low, epsilon_high = trainer._clip_bounds(old_logps)
     p_old = old_logps.exp()
-    torch.testing.assert_close(knobs["epsilon_high"], prob_clip_upper(p_old, alpha=-0.2, b=0.28))
-    torch.testing.assert_close(knobs["epsilon_low"], 0.5 * prob_clip_lower(p_old, alpha=-0.2, b=0.28) + 0.5 * 0.2)
+    torch.testing.assert_close(epsilon_high, prob_clip_upper(p_old, alpha=-0.2, b=0.28))
+    torch.testing.assert_close(epsilon_low, 0.5 * prob_clip_lower(p_old, alpha=-0.2, b=0.28) + 0.5 * 0.2)
     # A Python-only schedule callback moves a TRL loss type onto the library's path, where per-token bounds apply.
     dapo = make_trainer(
         tiny_model_dir,
         arithmetic_dataset,
         make_args(tmp_path, loss_type="dapo"),
-        callbacks=[EntropyScheduleCallback("increase_decrease")],
+        callbacks=[ProbClipScheduleCallback("increase_decrease")],
     )
     assert not dapo.args.uses_own_loss and dapo._uses_own_loss
 
 
 RESUME_CASES = {
-    "increase_decrease": dict(entropy_schedule="increase_decrease"),
-    "decrease_increase_decrease": dict(entropy_schedule="decrease_increase_decrease", entropy_schedule_split=0.3),
+    "increase_decrease": dict(prob_clip_schedule="increase_decrease"),
+    "decrease_increase_decrease": dict(prob_clip_schedule="decrease_increase_decrease", prob_clip_schedule_split=0.3),
     # A high floor so that the OD state flips within 8 steps of the tiny model.
-    "oscillatory_decay": dict(entropy_schedule="oscillatory_decay", od_min_ratio=0.97),
+    "oscillatory_decay": dict(prob_clip_schedule="oscillatory_decay", od_min_ratio=0.97),
     "beta_schedules": dict(
         beta1_schedule="step", beta1_steps=[2, 6], beta1_values=[0.0, 0.75], beta2_schedule="cosine", beta2_final=0.5
     ),
     "controller_betas": dict(
         entropy_controller=True,
         entropy_controller_target=2.5,
-        entropy_controller_knobs="betas",
+        entropy_controller_actuator="betas",
         entropy_controller_kp=2.0,
     ),
     "controller_entropy": dict(
         entropy_controller=True,
         entropy_controller_target=3.5,
-        entropy_controller_knobs="entropy",
+        entropy_controller_actuator="entropy",
         entropy_controller_max_delta=0.05,
     ),
     "controller_entropy_pi": dict(
         entropy_controller=True,
         entropy_controller_target=3.5,
-        entropy_controller_knobs="entropy",
+        entropy_controller_actuator="entropy",
         entropy_controller_law="pi",
         entropy_controller_max_delta=0.05,
     ),
@@ -171,7 +171,7 @@ RESUME_CASES = {
         loss_type="dapo",
         entropy_controller=True,
         entropy_controller_target=(2.9, 2.5),
-        entropy_controller_knobs="clip",
+        entropy_controller_actuator="clip",
         entropy_controller_max_delta=0.2,
     ),
 }
@@ -218,7 +218,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, arithmeti
         states = [log["entropy_control/od_state"] for log in full]
         assert states[0] == 0 and 1 in states  # entropy reached tau_low = 0.97 * H_init and OD switched to raising
         state = json.loads((checkpoint / "entropy_control_state.json").read_text())
-        assert state["callbacks"]["EntropyScheduleCallback.0"]["h_init"] == pytest.approx(full[0]["entropy"])
+        assert state["callbacks"]["ProbClipScheduleCallback.0"]["h_init"] == pytest.approx(full[0]["entropy"])
     if case.startswith("controller"):
         names = ("target", "error", "output", "saturated")
         assert all(f"entropy_control/{name}" in log for log in full for name in names)
@@ -239,12 +239,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_model_dir, arithmeti
 
 def test_resume_refuses_a_config_edited_against_the_saved_control_state(tmp_path, tiny_model_dir, arithmetic_dataset):
     # Issue 33: the restored knobs would silently replace the edited ce_gppo_beta2; unchanged fields resume.
-    controller = dict(entropy_controller=True, entropy_controller_target=2.5, entropy_controller_knobs="betas")
+    controller = dict(entropy_controller=True, entropy_controller_target=2.5, entropy_controller_actuator="betas")
     trainer = make_trainer(tiny_model_dir, arithmetic_dataset, make_args(tmp_path / "a", max_steps=4, **controller))
     trainer.train()
     checkpoint = tmp_path / "a" / "checkpoint-4"
     saved = json.loads((checkpoint / "entropy_control_state.json").read_text())["config"]
-    assert saved["ce_gppo_beta2"] == 1.0 and saved["entropy_controller_knobs"] == "betas"
+    assert saved["ce_gppo_beta2"] == 1.0 and saved["entropy_controller_actuator"] == "betas"
     edited = make_args(tmp_path / "b", max_steps=5, ce_gppo_beta2=0.5, entropy_controller_kp=2.0, **controller)
     message = f"ce_gppo_beta2=0.5 is not allowed when resuming from {checkpoint}"
     with pytest.raises(
@@ -278,20 +278,20 @@ def test_controller_knob_values_for_each_knob_set():
         "erc": ({"erc_low": 0.999, "erc_high": 1.1}, {"erc_low": 0.9, "erc_high": 1.001}),
         "entropy": ({"entropy_control_coef": 1.0}, {"entropy_control_coef": -1.0}),
     }
-    for knobs, (up, down) in expected.items():
-        callback = EntropyControllerCallback(1.0, knobs=knobs, law="pi")
+    for actuator, (up, down) in expected.items():
+        callback = EntropyControllerCallback(1.0, actuator=actuator, law="pi")
         callback.bind(trainer)
         assert callback.knob_values(1.0) == pytest.approx(up) and callback.knob_values(-1.0) == pytest.approx(down)
-    half = EntropyControllerCallback(1.0, knobs="erc")
+    half = EntropyControllerCallback(1.0, actuator="erc")
     half.bind(trainer)
     assert half.knob_values(0.5) == pytest.approx({"erc_low": 0.95, "erc_high": 1.1})
-    assert EntropyControllerCallback(1.0, knobs="entropy").needs_own_loss
+    assert EntropyControllerCallback(1.0, actuator="entropy").needs_own_loss
 
 
 class ScriptedPlant:
     """A deterministic stand-in for `CEGPPOTrainer` with a known plant: each optimizer step moves the entropy by
     `scale * (drift(k) + gain * m + noise)`, with `m` the actuator's effect, which follows the knob with Adam's lag
-    (`m <- 0.7 * m + 0.3 * x`). With the default knobs `x` is the signed entropy coefficient; with `knobs="betas"`
+    (`m <- 0.7 * m + 0.3 * x`). With the default knobs `x` is the signed entropy coefficient; with `actuator="betas"`
     it is `(beta2 - beta2_ref - (beta1 - beta1_ref)) / 2`. The knobs the callback sets after step `k` act in the
     update of step `k + 1`; the noise is seeded Gaussian. `scale` multiplies the entropy and all its changes: the
     same plant at another entropy scale (a vocabulary of 24 tokens or of 49152)."""
@@ -316,7 +316,7 @@ class ScriptedPlant:
         for _ in range(steps):
             callback.on_step_begin(None, state, None)
             self._metrics["train"]["entropy"].append(self.entropy)  # logged by the step's forward pass
-            if callback.knobs == "betas":
+            if callback.actuator == "betas":
                 position = ((self.ce_gppo_beta2 - 1.0) - (self.ce_gppo_beta1 - 0.5)) / 2
             else:
                 position = self.entropy_control_coef
@@ -332,8 +332,8 @@ class ScriptedPlant:
         return self._metrics["train"]
 
 
-def control(target, gain, steps, *, seed, knobs="entropy", law=None, **plant_kwargs):
-    callback = EntropyControllerCallback(target, knobs=knobs, law=law)
+def control(target, gain, steps, *, seed, actuator="entropy", law=None, **plant_kwargs):
+    callback = EntropyControllerCallback(target, actuator=actuator, law=law)
     plant = ScriptedPlant(gain, seed=seed, **plant_kwargs)
     callback.bind(plant)
     return callback, plant.run(callback, steps, steps)
@@ -430,7 +430,7 @@ def test_clip_family_knob_acting_the_other_way_is_reported_as_saturated(caplog):
     """The betas' effect on entropy depends on the model; where it is reversed (gain -0.05) the controller does not
     guess a sign: u runs into its limit with the error growing, and the flag and the warning say so."""
     with caplog.at_level(logging.WARNING, logger="ce_gppo_trl.callbacks"):
-        callback, metrics = control(1.3, -0.05, 40, seed=0, knobs="betas")
+        callback, metrics = control(1.3, -0.05, 40, seed=0, actuator="betas")
     assert any(metrics["entropy_control/saturated"])
     assert any("act the other way" in r.getMessage() for r in caplog.records)
 
@@ -474,5 +474,13 @@ def test_controller_holds_a_target_below_the_free_run(tmp_path, tiny_model_dir, 
         tmp_path / "controlled", entropy_controller=True, entropy_controller_target=target, **fields
     )
     controlled = train_logs(make_trainer(tiny_model_dir, arithmetic_dataset, controlled_args))
-    assert controlled_args.entropy_controller_knobs == "entropy"  # the default knob
+    assert controlled_args.entropy_controller_actuator == "entropy"  # the default knob
     assert tail_error(controlled, target) < 0.45 and tail_error(free, target) > 0.8
+
+
+def test_the_old_schedule_callback_name_still_works_with_a_future_warning():
+    from ce_gppo_trl import EntropyScheduleCallback
+
+    with pytest.warns(FutureWarning, match="EntropyScheduleCallback is deprecated: use ProbClipScheduleCallback"):
+        callback = EntropyScheduleCallback("oscillatory_decay", od_min_ratio=0.3)
+    assert isinstance(callback, ProbClipScheduleCallback) and callback.od_min_ratio == 0.3

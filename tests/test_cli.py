@@ -66,6 +66,15 @@ def test_version_is_one_line_from_the_one_place(capsys):
     assert f"## {ce_gppo_trl.__version__} " in (ROOT / "CHANGELOG.md").read_text()
 
 
+def test_renamed_flags_still_parse_with_a_future_warning():
+    with pytest.warns(FutureWarning, match="toy_model_dir is deprecated .*: use builtin_model_dir"):
+        script_args, _, _ = cli.parse_train_args(["--toy_model_dir", "cache", "--output_dir", "here"])
+    assert script_args.builtin_model_dir == "cache" and script_args.toy_model_dir is None
+    with pytest.warns(FutureWarning, match="entropy_schedule is deprecated .*: use prob_clip_schedule"):
+        _, training_args, _ = cli.parse_train_args(["--entropy_schedule", "oscillatory_decay", "--output_dir", "here"])
+    assert training_args.prob_clip_schedule == "oscillatory_decay" and training_args.entropy_schedule is None
+
+
 def test_quickstart_values_reach_the_dataclasses_and_cli_overrides_win():
     script_args, training_args, model_args = cli.parse_train_args(["--output_dir", "elsewhere", "--max_steps", "7"])
     assert model_args.model_name_or_path == TOY_MODEL

@@ -45,9 +45,10 @@ def test_defaults_are_the_paper_setting():
         ({"delta": 1.0}, r"delta=1.0 is not allowed: with loss_type='ce_gppo' the ratio cap must be > 1"),
         ({"delta": math.inf}, "delta=inf is not allowed: expected a finite number"),
         (
-            {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_controller_knobs": "entropy"}
+            {"entropy_controller": True, "entropy_controller_target": 0.5, "entropy_controller_actuator": "entropy"}
             | {"use_adaptive_entropy": True},
-            r"entropy_controller_knobs='entropy' is not allowed: .* \(entropy_coef=0.0, use_adaptive_entropy=True\)",
+            r"entropy_controller_actuator='entropy' is not allowed: .* \(entropy_coef=0.0, "
+            r"use_adaptive_entropy=True\)",
         ),
         ({"clip_cov_ratio": 0.0}, "clip_cov_ratio=0.0 is not allowed: expected a share of the loss tokens"),
         ({"kl_cov_ratio": 1.5}, "kl_cov_ratio=1.5 is not allowed: expected a share of the loss tokens"),
@@ -105,7 +106,7 @@ def test_trl_loss_types_keep_their_meaning():
         {
             "entropy_controller": True,
             "entropy_controller_target": 0.5,
-            "entropy_controller_knobs": "betas",
+            "entropy_controller_actuator": "betas",
             "entropy_coef": 0.01,
         },
     ],
@@ -191,3 +192,45 @@ def test_erc_under_bf16_on_a_gpu_warns_without_float32_logits():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         config._validate_erc()
+
+
+@pytest.mark.parametrize(
+    "old,new,value",
+    [
+        ("prob_clip_high_weight", "prob_clip_weight_high", 0.5),
+        ("prob_clip_low_weight", "prob_clip_weight_low", 0.25),
+        ("entropy_schedule", "prob_clip_schedule", "increase_decrease"),
+        ("entropy_schedule_split", "prob_clip_schedule_split", 0.3),
+        ("entropy_controller_knobs", "entropy_controller_actuator", "clip"),
+    ],
+)
+def test_renamed_fields_still_accept_the_old_name_with_a_future_warning(old, new, value):
+    with pytest.warns(FutureWarning, match=rf"{old} is deprecated .*: use {new}"):
+        config = make(**{old: value})
+    assert getattr(config, new) == value and getattr(config, old) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert getattr(make(**{new: value}), new) == value  # the new name: no warning
+
+
+def test_config_and_callbacks_refuse_a_bad_value_with_one_message():
+    from ce_gppo_trl.callbacks import EntropyControllerCallback, KnobScheduleCallback, ProbClipScheduleCallback
+
+    message = "od_min_ratio=1.5 is not allowed: expected a number in the open interval (0, 1)."
+    for build in (
+        lambda: make(od_min_ratio=1.5),
+        lambda: ProbClipScheduleCallback("oscillatory_decay", od_min_ratio=1.5),
+    ):
+        with pytest.raises(ValueError) as error:
+            build()
+        assert str(error.value) == message
+    with pytest.raises(ValueError, match=r"^entropy_controller_kp=-1.0 is not allowed: expected a finite number >= 0"):
+        EntropyControllerCallback(1.0, kp=-1.0)
+    with pytest.raises(ValueError, match=r"^entropy_controller_kp=-1.0 is not allowed: expected a finite number >= 0"):
+        make(entropy_controller_kp=-1.0)
+    with pytest.raises(ValueError, match=r"^final=None is not allowed: a 'linear' schedule needs a final value"):
+        KnobScheduleCallback("ce_gppo_beta1", "linear")
+    with pytest.raises(ValueError, match=r"^beta1_final=None is not allowed: a 'linear' schedule needs a final value"):
+        make(beta1_schedule="linear")
+    with pytest.warns(FutureWarning, match=r"knobs=\.\.\.\) is deprecated: use actuator"):
+        assert EntropyControllerCallback(1.0, knobs="clip").actuator == "clip"

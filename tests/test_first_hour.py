@@ -71,7 +71,7 @@ def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     tmp = tmp_path_factory.mktemp("first-hour")
     result = ce_gppo(
         *("train", "--config", "configs/quickstart.yaml", "--output_dir", str(tmp / "run")),
-        *("--toy_model_dir", str(tmp / "cache"), "--max_steps", "2", "--logging_steps", "1"),
+        *("--builtin_model_dir", str(tmp / "cache"), "--max_steps", "2", "--logging_steps", "1"),
     )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return tmp, result

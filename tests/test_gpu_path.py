@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from ce_gppo_trl import CEGPPOTrainer
-from ce_gppo_trl.trainer import ENTROPY_CONTROL_STATE, active_dropout
+from ce_gppo_trl.control_state import ENTROPY_CONTROL_STATE
+from ce_gppo_trl.trainer import active_dropout
 
 
 def make_trainer(trainer_class, model, dataset, args, **kwargs):
@@ -179,7 +180,7 @@ def test_every_pushed_checkpoint_carries_the_control_state(tiny_model_dir, arith
     # 2 updates per rollout batch, so that save_steps=2 checkpoints at rollout boundaries (others move to the next).
     args = tiny_args(
         tmp_path / "out",
-        entropy_schedule="increase_decrease",
+        prob_clip_schedule="increase_decrease",
         save_strategy="steps",
         save_steps=2,
         max_steps=4,
@@ -195,4 +196,4 @@ def test_every_pushed_checkpoint_carries_the_control_state(tiny_model_dir, arith
     for name in pushed:
         state = json.loads((trainer.hub / name / ENTROPY_CONTROL_STATE).read_text())
         assert state == json.loads((tmp_path / "out" / name / ENTROPY_CONTROL_STATE).read_text())
-        assert set(state["callbacks"]) == {"EntropyScheduleCallback.0"}
+        assert set(state["callbacks"]) == {"ProbClipScheduleCallback.0"}

@@ -111,7 +111,7 @@ def test_accelerate_configs_load(config):
 )
 def test_flexible_entropy_recipes(stem, schedule):
     _, args, model_args = parse(CONFIGS / "Qwen2.5-Math-7B" / f"{stem}.yaml")
-    assert model_args.model_name_or_path == "Qwen/Qwen2.5-Math-7B" and args.entropy_schedule == schedule
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-Math-7B" and args.prob_clip_schedule == schedule
     assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128
     assert args.per_device_train_batch_size * 8 * args.steps_per_generation == 1024
     # Qwen2.5-Math-7B's context is 4k tokens: prompt + response must fit.

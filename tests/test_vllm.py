@@ -438,7 +438,14 @@ def test_lora_with_vllm_trains_through_the_command_line(tmp_path, toy_model_cach
         monkeypatch.delenv(name, raising=False)
     result = ce_gppo(
         *("train", "--config", "configs/quickstart.yaml", "--use_peft", "true", *quantization, "--use_vllm", "true"),
-        *("--vllm_mode", "colocate", "--output_dir", str(tmp_path / "run"), "--toy_model_dir", str(toy_model_cache)),
+        *(
+            "--vllm_mode",
+            "colocate",
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--builtin_model_dir",
+            str(toy_model_cache),
+        ),
         *("--max_steps", "8", "--logging_steps", "4", "--save_strategy", "no"),  # 2 rollout batches of 4 updates
     )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"

@@ -51,11 +51,11 @@ ARMS: dict[str, Arm] = _arms(
     Arm("CE-GPPO (1, 0.5)", ce_gppo(1.0, 0.5)),
     Arm("CE-GPPO (0, 1)", ce_gppo(0.0, 1.0)),
     Arm("DAPO + ERC", {"loss_type": "dapo", **DAPO_CLIP, **ERC}),
-    Arm("CE-GPPO (0.5, 1) + ID", ce_gppo(0.5, 1.0, entropy_schedule="increase_decrease")),
+    Arm("CE-GPPO (0.5, 1) + ID", ce_gppo(0.5, 1.0, prob_clip_schedule="increase_decrease")),
     # The controller's target is set per sweep from the measured start entropy (entropy_dynamics.controller_fields).
     Arm("CE-GPPO (0.5, 1) + controller", ce_gppo(0.5, 1.0, entropy_controller=True)),
-    Arm("CE-GPPO (0.5, 1) + DID", ce_gppo(0.5, 1.0, entropy_schedule="decrease_increase_decrease")),
-    Arm("CE-GPPO (0.5, 1) + OD", ce_gppo(0.5, 1.0, entropy_schedule="oscillatory_decay")),
+    Arm("CE-GPPO (0.5, 1) + DID", ce_gppo(0.5, 1.0, prob_clip_schedule="decrease_increase_decrease")),
+    Arm("CE-GPPO (0.5, 1) + OD", ce_gppo(0.5, 1.0, prob_clip_schedule="oscillatory_decay")),
 )
 """The sweeps' methods (`entropy_dynamics.py`, `regime.py`)."""
 

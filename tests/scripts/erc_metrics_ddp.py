@@ -15,9 +15,9 @@ from ce_gppo_trl.toy import make_arithmetic_dataset
 
 
 class RecordingTrainer(CEGPPOTrainer):
-    def _log_entropy_ratio(self, mode, rho, mask):
-        self.local_ratios.append(rho[mask.bool()].detach().clone())
-        super()._log_entropy_ratio(mode, rho, mask)
+    def _log_loss_metrics(self, mode, step):
+        self.local_ratios.append(step.entropy_ratio[step.mask.bool()].detach().clone())
+        super()._log_loss_metrics(mode, step)
 
 
 def digit_reward(completions, **kwargs):
