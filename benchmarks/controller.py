@@ -309,7 +309,14 @@ def summary(opts: argparse.Namespace) -> str:
     """Issue 31's table over every saved plant x learning rate: mean and p95 tracking error (2nd half) of the
     default law, the PI ablation, TRL's adaptive bonus (above only) and the uncontrolled run against the same
     targets; settling steps; and the measured gain, median per run, whose spread across plants is the point."""
-    rows, pooled, gains = [], {}, []
+    import math
+
+    from ce_gppo_trl.toy import build_tokenizer
+
+    # Every plant speaks the toy tokenizer: no entropy can exceed ln(V). A target above it is out of reach by
+    # construction; those runs are shown (the saturation flag's test) and left out of the pooled errors.
+    ceiling = math.log(len(build_tokenizer()))
+    rows, pooled, gains, unreachable = [], {}, [], []
     runs_dir = os.path.join(opts.out_dir, "runs")
     for plant in opts.summary:
         tags = sorted(
@@ -329,6 +336,13 @@ def summary(opts: argparse.Namespace) -> str:
             for arm in ("above", "below", "above_pi", "below_pi", "trl_bonus_above"):
                 runs = load(view, arm)
                 if not runs:
+                    continue
+                if max(runs[0]["target"]) > ceiling:
+                    flags = [r["curves"].get("entropy_control/saturated") or [] for r in runs]
+                    first = [f.index(1.0) if 1.0 in f else None for f in flags]
+                    unreachable.append(
+                        f"{plant}{tag} {arm} (target {runs[0]['target'][0]:.2f}): saturated from step {first}"
+                    )
                     continue
                 errors = [tracking_error(r["curves"]["entropy"], r["target"], view.steps) for r in runs]
                 free = [
@@ -368,6 +382,8 @@ def summary(opts: argparse.Namespace) -> str:
         lines.append(
             f"| {law} | {side} | {len(errors)} | {statistics.fmean(errors):.1%} | {quantile(errors, 0.95):.1%} |"
         )
+    if unreachable:
+        lines += ["", f"Targets above ln(V) = {ceiling:.3f} nats (out of reach by construction):", *unreachable]
     if gains:
         low, high = min(gains, key=lambda g: g[2]), max(gains, key=lambda g: g[2])
         lines += [

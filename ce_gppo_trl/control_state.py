@@ -35,6 +35,7 @@ CONTROL_CONFIG_FIELDS = (
     "entropy_controller",
     *(f"entropy_controller_{name}" for name in ("target", "target_final", "actuator", "kp", "ki", "max_delta")),
     *("entropy_controller_max_rate", "entropy_controller_horizon", "entropy_controller_saturation_steps"),
+    *(f"entropy_controller_{name}" for name in ("law", "rate", "measure_steps", "reference_gain")),
 )
 
 

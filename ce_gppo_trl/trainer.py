@@ -335,6 +335,7 @@ class CEGPPOTrainer(GRPOTrainer):
         if not half:
             return
         if is_peft_model(self.model):
+            dtype = str(half[0][1].dtype).removeprefix("torch.")  # read before the upcast below
             for _, param in half:
                 param.data = param.data.float()
             if self.accelerator.is_main_process:
@@ -342,7 +343,7 @@ class CEGPPOTrainer(GRPOTrainer):
                     "%d trainable adapter tensors upcast from %s to float32 (master weights for the optimizer; the "
                     "compute stays in bf16 with bf16=True)",
                     len(half),
-                    str(half[0][1].dtype).removeprefix("torch."),
+                    dtype,
                 )
             return
         dtype = str(half[0][1].dtype).removeprefix("torch.")
