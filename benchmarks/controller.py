@@ -345,6 +345,7 @@ def summary(opts: argparse.Namespace) -> str:
                     )
                     continue
                 errors = [tracking_error(r["curves"]["entropy"], r["target"], view.steps) for r in runs]
+                flagged = [any(r["curves"].get("entropy_control/saturated") or []) for r in runs]
                 free = [
                     tracking_error(u["curves"]["entropy"], r["target"], view.steps)
                     for u, r in zip(uncontrolled, runs, strict=False)
@@ -354,6 +355,9 @@ def summary(opts: argparse.Namespace) -> str:
                 side = "above" if arm.startswith("above") or arm.endswith("above") else "below"
                 law = "trl" if arm.startswith("trl") else "pi" if arm.endswith("_pi") else "measured"
                 pooled.setdefault((law, side), []).extend(errors)
+                if law == "measured":
+                    reachable = [e for e, f in zip(errors, flagged, strict=True) if not f]
+                    pooled.setdefault(("measured, not flagged out of reach", side), []).extend(reachable)
                 if law == "measured":
                     pooled.setdefault(("uncontrolled", side), []).extend(free)
                 for r in runs:
@@ -379,6 +383,8 @@ def summary(opts: argparse.Namespace) -> str:
         "|---|---|---|---|---|",
     ]
     for (law, side), errors in sorted(pooled.items()):
+        if not errors:
+            continue
         lines.append(
             f"| {law} | {side} | {len(errors)} | {statistics.fmean(errors):.1%} | {quantile(errors, 0.95):.1%} |"
         )
