@@ -46,6 +46,8 @@ OTHER_PARTS = ("momentum", "weight_decay", "other", "unattributed")
 ATTRIBUTION_PARTS = TOKEN_GROUPS + OTHER_PARTS
 # The file in a checkpoint folder that holds EntropyGainMeter's moment of the entropy term's gradients.
 GAIN_METER_STATE = "entropy_gain_meter.pt"
+# Steps EntropyGainMeter measures every step before it measures every `entropy_controller_measure_steps`.
+GAIN_METER_WARMUP_STEPS = 8
 
 
 def attribution_groups(
@@ -389,14 +391,18 @@ class EntropyGainMeter(TrainerCallback):
     all-reduced over the global token count, as `EntropyAttribution` does), of the trainable parameters only (PEFT:
     the adapters). Logs `entropy_control/gain` and `entropy_control/predicted_change` on measured steps. Cost on
     measured steps: one more backward pass per micro-batch (`torch.autograd.grad` on the loss's graph, `.grad` and
-    the optimizer untouched) and 3 float32 copies of the trainable parameters. Adam / AdamW only (checked when
-    training starts); the trainer refuses it with DeepSpeed or FSDP (sharded parameters and states).
+    the optimizer untouched) and 3 float32 copies of the trainable parameters; on every step, `m_c` and the last
+    measured `g_c` (2 copies, saved in checkpoints as `entropy_gain_meter.pt`). Between measurements
+    (`entropy_controller_measure_steps` > 1) `m_c` takes the last measured `g_c` at the step's coefficient. Adam /
+    AdamW only (checked when training starts); the trainer refuses it with DeepSpeed or FSDP (sharded parameters and
+    states).
     """
 
     def __init__(self, trainer: Any, every: int):
         self.trainer, self.every = trainer, every
         self.measurement: tuple[float, float, float] | None = None
         self.term_moment: list[torch.Tensor] | None = None  # m_c, float32, one per trainable parameter
+        self.term_grad: list[torch.Tensor] | None = None  # the last measured g_c (times its clip scale)
         self._reset()
 
     def _reset(self) -> None:
@@ -411,16 +417,19 @@ class EntropyGainMeter(TrainerCallback):
         return [p for p in self.trainer.model.parameters() if p.requires_grad]
 
     def save(self, folder: str) -> None:
-        """Write `m_c` into a checkpoint folder (the same on every process)."""
+        """Write `m_c` and the last `g_c` into a checkpoint folder (the same on every process)."""
         if self.term_moment is not None:
-            torch.save([m.cpu() for m in self.term_moment], os.path.join(folder, GAIN_METER_STATE))
+            state = {"moment": [m.cpu() for m in self.term_moment], "grad": [g.cpu() for g in self.term_grad]}
+            torch.save(state, os.path.join(folder, GAIN_METER_STATE))
 
     def load(self, folder: str) -> None:
-        """Restore `m_c` from a checkpoint folder written by `save`, if there is one."""
+        """Restore `m_c` and the last `g_c` from a checkpoint folder written by `save`, if there is one."""
         path = os.path.join(folder, GAIN_METER_STATE)
         if os.path.exists(path):
             device = self.params()[0].device
-            self.term_moment = [m.to(device) for m in torch.load(path, weights_only=True)]
+            state = torch.load(path, weights_only=True)
+            self.term_moment = [m.to(device) for m in state["moment"]]
+            self.term_grad = [g.to(device) for g in state["grad"]]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
@@ -432,8 +441,11 @@ class EntropyGainMeter(TrainerCallback):
             )
 
     def wants(self) -> bool:
-        """Whether the step being computed (`global_step + 1`) is measured: the first, then every `every`."""
-        return self.trainer.state.global_step % self.every == 0
+        """Whether the step being computed (`global_step + 1`) is measured: each of the first
+        `GAIN_METER_WARMUP_STEPS` (Adam's first steps move its preconditioner most, and the controller's averages
+        start from them), then every `every`."""
+        step = self.trainer.state.global_step
+        return step < GAIN_METER_WARMUP_STEPS or step % self.every == 0
 
     def collect(self, entropies: torch.Tensor, mask: torch.Tensor, accumulation: float, coefficient: float) -> None:
         """Add one micro-batch (the tokens of the loss's entropy term; `accumulation`: what the loss divides by;
@@ -474,10 +486,13 @@ class EntropyGainMeter(TrainerCallback):
                 metrics = self.trainer._metrics["train"]
                 metrics["entropy_control/gain"].append(self.measurement[0])
                 metrics["entropy_control/predicted_change"].append(self.measurement[1])
-            elif self.term_moment is not None:  # an unmeasured step: Adam's moment of the term decays
+            elif self.term_moment is not None:
+                # An unmeasured step: the term's new gradient is taken as the last one measured, at this step's
+                # coefficient (the entropy gradients of nearby batches are alike enough for a few steps).
                 beta1 = float(self._optimizer().param_groups[0]["betas"][0])
-                for moment in self.term_moment:
-                    moment.mul_(beta1)
+                coefficient = float(self.trainer.entropy_control_coef)
+                for moment, grad in zip(self.term_moment, self.term_grad, strict=True):
+                    moment.mul_(beta1).add_(grad, alpha=(1 - beta1) * coefficient)
         finally:
             self._reset()
 
@@ -513,6 +528,7 @@ class EntropyGainMeter(TrainerCallback):
             clip_scale = min(1.0, args.max_grad_norm / (self.grad_norm + 1e-6))  # torch's clip_grad_norm_ scale
         if self.term_moment is None:
             self.term_moment = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.term_grad = [g.mul(clip_scale) for g in grad_term]
         gain = predicted = share = 0.0
         for p, before, g_h, g_c, moment in zip(
             params, self.theta_before, grad_entropy, grad_term, self.term_moment, strict=True

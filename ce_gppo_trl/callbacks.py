@@ -280,7 +280,7 @@ class EntropyControllerCallback(EntropyControlCallback):
         horizon: float = CONTROLLER_DEFAULTS["horizon"],
         law: str | None = None,
         rate: float = MEASURED_DEFAULTS["rate"],
-        measure_steps: int = 1,
+        measure_steps: int = MEASURED_DEFAULTS["measure_steps"],
         reference_gain: float | None = None,
         knobs: str | None = None,
     ) -> None:

@@ -397,7 +397,7 @@ class CEGPPOConfig(GRPOConfig):
         metadata={"help": "Share of the entropy error the measured law asks to close per optimizer step, in (0, 1]."},
     )
     entropy_controller_measure_steps: int = field(
-        default=1,
+        default=MEASURED_DEFAULTS["measure_steps"],
         metadata={
             "help": "Measure the gain and drift of the measured and scaled_pi laws every this many optimizer steps "
             "(>= 1; the law holds its averages in between). A measured step costs one more backward pass per "

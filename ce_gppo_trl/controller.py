@@ -145,7 +145,7 @@ def resolve_law(law: str | None, actuator: str) -> str:
 
 # The measured-gain law (`measured_update`): its defaults, for EntropyControllerCallback and CEGPPOConfig alike, chosen
 # on the middle decade of gains of the simulated plant family in tests/test_controller_plants.py.
-MEASURED_DEFAULTS = {"rate": 0.35, "max_lag": 4, "default_lag": 1}
+MEASURED_DEFAULTS = {"rate": 0.35, "max_lag": 4, "default_lag": 1, "measure_steps": 4}
 # Weights of the newest value in the exponential averages of the measured entropy (1: none; averaging it only added
 # lag on the plant family), gain (in log space: a gain is a scale) and drift, and of the newest step in the
 # realised-response regression (about 10 steps).

@@ -234,6 +234,7 @@ def test_gain_meter_measures_the_entropy_terms_share_of_the_adam_step(tiny_model
         entropy_controller=True,
         entropy_controller_target=5.0,  # above the entropy: the coefficient rises from 0
         entropy_controller_max_delta=1.0,  # a coefficient large enough for its share to stand out of the rounding
+        entropy_controller_measure_steps=1,
         max_grad_norm=0.3,
         max_steps=5,
     )
@@ -306,7 +307,12 @@ def test_measured_controller_decides_alike_on_two_processes(tiny_model_dir, tmp_
 def test_measured_controller_with_peft_measures_the_adapters_only(tiny_model_dir, arithmetic_dataset, tmp_path):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = tiny_args(
-        tmp_path, entropy_controller=True, entropy_controller_target=5.0, gradient_accumulation_steps=1, max_steps=3
+        tmp_path,
+        entropy_controller=True,
+        entropy_controller_target=5.0,
+        entropy_controller_measure_steps=1,
+        gradient_accumulation_steps=1,
+        max_steps=3,
     )
     trainer = train(tiny_model_dir, arithmetic_dataset, args, peft_config=lora)
     measured = trainer._entropy_gain_meter.params()

@@ -456,12 +456,16 @@ def test_controller_resume_continues_exactly():
     assert resumed.state == full_callback.state
 
 
-def test_controller_holds_a_target_below_the_free_run(tmp_path, tiny_model_dir, arithmetic_dataset):
-    """Real training, default controller: the tiny model at lr 2e-2 collapses its entropy from 3.13 to about 0 within
-    24 steps (count_ones is learnt at once); with the target 0.7 x the first-step entropy the controller keeps it
-    near the target. Over steps 12-24 the mean relative error is below 0.45 controlled and above 0.8 uncontrolled;
-    measured on seeds 0-4 with OMP_NUM_THREADS=1: controlled 0.26, 0.21, 0.19, 0.13, 0.30 (at most 0.30, margin
-    0.15), uncontrolled 0.98, 0.87, 0.98, 0.99, 0.97 (at least 0.87, margin 0.07)."""
+@pytest.mark.parametrize("law,bound", [(None, 0.75), ("pi", 0.45)], ids=["default", "pi"])
+def test_controller_holds_a_target_below_the_free_run(tmp_path, tiny_model_dir, arithmetic_dataset, law, bound):
+    """Real training: the tiny model at lr 2e-2 collapses its entropy from 3.13 to about 0 within 24 steps
+    (count_ones is learnt at once); with the target 0.7 x the first-step entropy the controller keeps it near the
+    target. Mean relative error over steps 12-24, measured on seeds 0-4 with OMP_NUM_THREADS=1: uncontrolled 0.98,
+    0.91, 0.98, 0.99, 0.97 (at least 0.87: asserted above 0.8); the default (measured) law, measuring every 4 steps
+    after 8 measured ones, 0.53, 0.24, 0.22, 0.60, 0.46 (bound 0.75, margin 0.15); the PI law 0.22, 0.24, 0.27,
+    0.24, 0.15 (bound 0.45). On this plant, whose entropy falls by half in ten steps, the PI law does better than the
+    measured one (every step measured: 0.28, 0.24, 0.31, 0.45, 0.48); on the study's plants the measured law does
+    (benchmarks/RESULTS.md, section 17)."""
 
     def tail_error(logs, target):
         tail = [log["entropy"] for log in logs][12:]
@@ -470,12 +474,13 @@ def test_controller_holds_a_target_below_the_free_run(tmp_path, tiny_model_dir, 
     fields = dict(max_steps=24, save_strategy="no")
     free = train_logs(make_trainer(tiny_model_dir, arithmetic_dataset, make_args(tmp_path / "free", **fields)))
     target = 0.7 * free[0]["entropy"]
+    law_field = {} if law is None else {"entropy_controller_law": law}
     controlled_args = make_args(
-        tmp_path / "controlled", entropy_controller=True, entropy_controller_target=target, **fields
+        tmp_path / "controlled", entropy_controller=True, entropy_controller_target=target, **law_field, **fields
     )
     controlled = train_logs(make_trainer(tiny_model_dir, arithmetic_dataset, controlled_args))
     assert controlled_args.entropy_controller_actuator == "entropy"  # the default knob
-    assert tail_error(controlled, target) < 0.45 and tail_error(free, target) > 0.8
+    assert tail_error(controlled, target) < bound and tail_error(free, target) > 0.8
 
 
 def test_the_old_schedule_callback_name_still_works_with_a_future_warning():

@@ -48,6 +48,7 @@ def main(model_dir: str, output_dir: str) -> None:
         save_strategy="no",
         entropy_controller=True,
         entropy_controller_target=5.0,
+        entropy_controller_measure_steps=1,
         entropy_attribution_steps=1,
     )
     set_seed(0)
