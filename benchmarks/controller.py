@@ -353,6 +353,8 @@ def summary(opts: argparse.Namespace) -> str:
                 settle = [settling_step(r["curves"]["entropy"], r["target"]) for r in runs]
                 cells[arm] = (errors, free, settle)
                 side = "above" if arm.startswith("above") or arm.endswith("above") else "below"
+                # Pooled within the decade around each plant's own learning rate, and apart at x0.1 / x10.
+                side += ", lr x0.3-x3" if tag in ("", "-lr0.3", "-lr3") else f", lr x{tag.removeprefix('-lr')}"
                 law = "trl" if arm.startswith("trl") else "pi" if arm.endswith("_pi") else "measured"
                 pooled.setdefault((law, side), []).extend(errors)
                 if law == "measured":
@@ -379,14 +381,15 @@ def summary(opts: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "| law | side | runs | mean error | p95 error |",
-        "|---|---|---|---|---|",
+        "| law | side | runs | median error | mean error | p95 error |",
+        "|---|---|---|---|---|---|",
     ]
     for (law, side), errors in sorted(pooled.items()):
         if not errors:
             continue
         lines.append(
-            f"| {law} | {side} | {len(errors)} | {statistics.fmean(errors):.1%} | {quantile(errors, 0.95):.1%} |"
+            f"| {law} | {side} | {len(errors)} | {statistics.median(errors):.1%} | {statistics.fmean(errors):.1%} "
+            f"| {quantile(errors, 0.95):.1%} |"
         )
     if unreachable:
         lines += ["", f"Targets above ln(V) = {ceiling:.3f} nats (out of reach by construction):", *unreachable]
