@@ -211,8 +211,9 @@ def measured_update(
     The entropy coefficient `c` enters the loss as `L - c * mean(H)`. Its effect on the entropy per unit, through the
     optimizer, is the measured gain `b = g_H . P g_H >= 0` (`g_H = grad_theta H`, `P` Adam's preconditioner with the
     learning rate, bias correction and clipping scale), and the rest of the update moves the entropy by the measured
-    drift `d = g_H . delta_theta - b * m` per step. Adam's first moment spreads a coefficient over the following
-    steps: the coefficient that acts at a step is `m`, the `beta1`-average of the commands (`momenta`). The law asks
+    drift `d` per step (`g_H . delta_theta` less the term's own share; `attribution.EntropyGainMeter`). Adam's first
+    moment spreads a coefficient over the following steps: the coefficient that acts at a step is `m`, the
+    `beta1`-average of the commands (`momenta`), or the measured one (`moment`). The law asks
     the entropy to close a share `rate` of its error each step:
 
         m* = (rate * (H* - H_pred) - s d) / (s b)         the first moment that does it
