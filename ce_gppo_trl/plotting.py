@@ -84,6 +84,24 @@ def load_log_history(run_dir: str) -> dict[str, tuple[list[float], list[float]]]
     return series
 
 
+def short_labels(run_dirs: list[str]) -> list[str]:
+    """One legend label per run: the last path component of each run directory, or as many trailing components as
+    make the labels distinct; never a path of the machine the runs were made on.
+
+    Example:
+        >>> short_labels(["/home/me/runs/ce-gppo", "/home/me/runs/grpo"])
+        ['ce-gppo', 'grpo']
+        >>> short_labels(["a/seed0/run", "b/seed0/run"])
+        ['a/seed0/run', 'b/seed0/run']
+    """
+    parts = [os.path.abspath(run_dir).strip(os.sep).split(os.sep) for run_dir in run_dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
 def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None) -> list[str]:
     """Draw the runs' curves into `output` (PNG, PDF, SVG: by extension); returns the metric names drawn."""
     try:
@@ -97,7 +115,8 @@ def plot_runs(run_dirs: list[str], output: str, labels: list[str] | None = None)
         ) from error
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run")
-    runs = {label: load_log_history(run_dir) for label, run_dir in zip(labels or run_dirs, run_dirs, strict=True)}
+    labels = labels or short_labels(run_dirs)
+    runs = {label: load_log_history(run_dir) for label, run_dir in zip(labels, run_dirs, strict=True)}
     drawn = [name for name in METRICS if any(name in series for series in runs.values())]
     attributed = [label for label, series in runs.items() if ATTRIBUTION_PREFIX + "predicted" in series]
     panels = len(drawn) + len(attributed)
@@ -159,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ce-gppo plot", description="Overlay training curves of runs.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Trainer output directories.")
     parser.add_argument("-o", "--output", default="training_curves.png", help="Image file to write.")
-    parser.add_argument("--labels", nargs="+", default=None, help="Legend label per run (default: the paths).")
+    parser.add_argument(
+        "--labels", nargs="+", default=None, help="Legend label per run (default: each run directory's name)."
+    )
     return parser
 
 

@@ -100,3 +100,14 @@ def test_plot_stacks_the_entropy_attribution_parts_beside_the_realised_change(tm
     plt.close(figure)
     assert main([str(run), "-o", str(tmp_path / "out.png"), "--labels", "on"]) == 0
     assert "entropy_attribution/* (on)" in capsys.readouterr().out
+
+
+def test_default_labels_are_the_run_names_not_paths_of_the_machine(tmp_path):
+    # Issue 32: a plot's legend names runs, never a directory of the machine they ran on.
+    from ce_gppo_trl.plotting import short_labels
+
+    runs = [str(tmp_path / "runs" / "ce-gppo"), str(tmp_path / "runs" / "grpo")]
+    assert short_labels(runs) == ["ce-gppo", "grpo"]
+    same_name = [str(tmp_path / "a" / "seed0"), str(tmp_path / "b" / "seed0")]
+    assert short_labels(same_name) == ["a/seed0", "b/seed0"]
+    assert not any(str(tmp_path) in label for label in short_labels(runs + same_name))
