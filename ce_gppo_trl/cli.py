@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import gc
 import importlib
 import logging
 import math
@@ -455,12 +454,6 @@ def train(script_args: CEGPPOScriptArguments, training_args: CEGPPOConfig, model
         print(summarize(trainer, time.perf_counter() - start, model_args, script_args))
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    # Free the DDP wrapper (its reducer holds the process group) while every process still has the group: torch 2.13's
-    # gloo group, destroyed first and freed later with the reducer, can hang one rank at exit once the others are gone.
-    trainer.accelerator.wait_for_everyone()
-    trainer.model_wrapped = trainer.model
-    trainer.accelerator._models.clear()
-    gc.collect()
     trainer.end()
     return trainer
 

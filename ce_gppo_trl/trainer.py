@@ -9,6 +9,7 @@ TRL / transformers methods, each with its reason, are listed in `CEGPPOTrainer`'
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -174,6 +175,8 @@ class CEGPPOTrainer(GRPOTrainer):
     - `_clip_grad_norm`: hands the pre-clip gradient norm to the entropy attribution.
     - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the entropy-control state (knob values,
       callback states; `ce_gppo_trl.control_state`), TRL's pattern for its adaptive entropy state.
+    - `end` (transformers' public `Trainer.end`): every process leaves the gloo group together, the DDP wrapper freed
+      first; without it a two-process CPU run could hang or abort at exit.
 
     Entropy control (`ce_gppo_trl.callbacks`) changes the knobs this trainer reads at every step (`ce_gppo_beta1/2`,
     `epsilon_low/high`, `erc_low/high`, `prob_clip_weight_low/high`, `entropy_control_coef`); the trainer attaches
@@ -248,6 +251,20 @@ class CEGPPOTrainer(GRPOTrainer):
             self._entropy_gain_meter = EntropyGainMeter(self, every)
             self.add_callback(self._entropy_gain_meter)
         return self._entropy_gain_meter
+
+    def end(self) -> None:
+        """Finish the trackers and leave the process group, every process together (transformers' `Trainer.end`).
+
+        Frees the DDP wrapper first (its reducer holds the process group) while every process still has the group:
+        torch 2.13's gloo group, destroyed first and freed later with the reducer, can hang one rank at exit once the
+        others are gone; and a rank that tore gloo down while another still used it died of SIGABRT ("terminate
+        called without an active exception"), about once in 200 two-process runs on a loaded machine.
+        """
+        self.accelerator.wait_for_everyone()
+        self.model_wrapped = self.model
+        self.accelerator._models.clear()
+        gc.collect()
+        super().end()
 
     def _bind_entropy_control(self) -> None:
         self._control_callbacks = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "bind")]

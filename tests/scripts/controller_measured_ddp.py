@@ -65,6 +65,7 @@ def main(model_dir: str, output_dir: str) -> None:
     if trainer.accelerator.is_main_process:
         with open(f"{output_dir}/log_history.json", "w") as f:
             json.dump(trainer.state.log_history, f)
+    trainer.end()  # every rank leaves the gloo group together (see CEGPPOTrainer.end)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def main(model_dir: str, output_dir: str) -> None:
     torch.save(trainer.local_ratios, f"{output_dir}/rho_rank{trainer.accelerator.process_index}.pt")
     if trainer.accelerator.is_main_process:
         torch.save(trainer.state.log_history, f"{output_dir}/log_history.pt")
+    trainer.end()  # every rank leaves the gloo group together (see CEGPPOTrainer.end)
 
 
 if __name__ == "__main__":
