@@ -148,6 +148,23 @@ def adam_step_parts(
     return parts
 
 
+def reduced_over_processes(
+    accelerator: Any, grads: list[torch.Tensor], count: float | None, params: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """`grads` summed over every process in one all-reduce, divided by the summed `count` (a mean over every
+    process's tokens) or, with `count=None`, by the process count (DDP's average); views of one float32 buffer,
+    shaped like `params`."""
+    extra = 0.0 if count is None else count
+    flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([extra], device=params[0].device)])
+    flat = accelerator.reduce(flat, reduction="sum")
+    flat.div_(accelerator.num_processes if count is None else max(float(flat[-1]), 1.0))
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset : offset + p.numel()].view(p.shape))
+        offset += p.numel()
+    return out
+
+
 def _adam_like(optimizer: torch.optim.Optimizer) -> bool:
     """torch's Adam / AdamW (AdamW is Adam with decoupled weight decay), whose step `adam_step_parts` mirrors."""
     if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
@@ -279,16 +296,8 @@ class EntropyAttribution(TrainerCallback):
         # grad of the mean entropy over every process's tokens: the all-reduced sums over the global token count, in
         # float32 whatever the weights' dtype (views of one buffer, no further copy).
         device = params[0].device
-        flat = [g.flatten() for g in self.entropy_grads] + [torch.tensor([count_local], device=device)]
-        flat = torch.cat(flat)
+        grad_entropy = reduced_over_processes(accelerator, self.entropy_grads, count_local, params)
         self.entropy_grads = None
-        flat = accelerator.reduce(flat, reduction="sum")
-        count = float(flat[-1])
-        flat.div_(max(count, 1.0))
-        grad_entropy, offset = [], 0
-        for p in params:
-            grad_entropy.append(flat[offset : offset + p.numel()].view(p.shape))
-            offset += p.numel()
         theta_after = [p.detach() for p in params]
         predicted = sum(
             float((g.double() * (a.double() - b.double())).sum())
@@ -504,22 +513,11 @@ class EntropyGainMeter(TrainerCallback):
         measurement, self.measurement = self.measurement, None
         return measurement
 
-    def _reduced(self, grads: list[torch.Tensor], extra: float, divide_by_extra: bool) -> list[torch.Tensor]:
-        """All-reduce (sum) `grads` and `extra` in one buffer; divide by the summed `extra` or the process count."""
-        accelerator, params = self.trainer.accelerator, self.params()
-        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([extra], device=params[0].device)])
-        flat = accelerator.reduce(flat, reduction="sum")
-        flat.div_(max(float(flat[-1]), 1.0) if divide_by_extra else accelerator.num_processes)
-        out, offset = [], 0
-        for p in params:
-            out.append(flat[offset : offset + p.numel()].view(p.shape))
-            offset += p.numel()
-        return out
-
     def _measure(self, args: Any) -> tuple[float, float, float]:
         params = self.params()
-        grad_entropy = self._reduced(self.entropy_sums, self.count, divide_by_extra=True)
-        grad_term = self._reduced(self.term_grads, 0.0, divide_by_extra=False)  # DDP averages gradients
+        accelerator = self.trainer.accelerator
+        grad_entropy = reduced_over_processes(accelerator, self.entropy_sums, self.count, params)
+        grad_term = reduced_over_processes(accelerator, self.term_grads, None, params)  # DDP averages gradients
         self.entropy_sums = self.term_grads = None
         optimizer = self._optimizer()
         settings = {id(p): group for group in optimizer.param_groups for p in group["params"]}
