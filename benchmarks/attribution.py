@@ -13,7 +13,9 @@ Three measurements, each run saved under `--out-dir` and reused on a rerun:
 
 Task: by default the regime testbed of `regime.py` (built once under `--model-dir`); `--model` takes any model the
 `ce-gppo train` recipes take, run through `ce_gppo_trl.cli` with `--config` (default: the quickstart for
-`builtin:toy`, `configs/SmolLM2-135M-Instruct/ce_gppo_cpu.yaml` otherwise) and the attribution on.
+`builtin:toy`, `configs/SmolLM2-135M-Instruct/ce_gppo_cpu.yaml` otherwise) and the attribution on. The testbed
+runs are built as `regime.py`'s sweep builds them (`benchmarks.harness.grid.build`), in bf16 autocast on the CPU,
+the precision of the recorded figures (RESULTS sections 4 and 14); `--float32` trains them in float32.
 
     python -m benchmarks.attribution                       # the testbed: check, cost, beta1 over 5 seeds
     python -m benchmarks.attribution --model builtin:toy --steps 16 --beta1-seeds 0
@@ -33,7 +35,7 @@ import time
 from typing import Any
 
 from . import regime
-from .harness import stats
+from .harness import grid, stats
 from .harness.arms import ARMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--beta1-warmup-steps", type=int, help="testbed: lr warm-up of the beta1 runs (default: regime's 32)"
     )
     parser.add_argument("--no-cost", action="store_true", help="skip the run with the attribution off")
+    parser.add_argument(
+        "--float32", action="store_true", help="testbed: float32 (default: bf16 autocast, as recorded)"
+    )
     parser.add_argument("--model-dir", default=os.path.join("outputs", "regime-testbed"), help="testbed directory")
     parser.add_argument("--out-dir", default=os.path.join("outputs", "attribution"))
     parser.add_argument("--json", default=os.path.join(HERE, "attribution.json"), help="'' to skip")
@@ -70,23 +75,16 @@ def testbed_opts(opts: argparse.Namespace, steps: int, warmup_steps: int | None 
 
 
 def run_testbed(opts: argparse.Namespace, name: str, fields: dict[str, Any], seed: int, steps: int) -> dict:
-    from transformers import AutoTokenizer, set_seed
-
-    from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.rewards import math_accuracy_reward
-
     warmup = fields.pop("warmup_steps", None)
     study = testbed_opts(opts, steps, warmup)
-    args = regime.trainer_args(study, "ours", fields, seed, name)
     train, _ = regime.task_data(study, seed)
-    set_seed(seed)
-    trainer = CEGPPOTrainer(
-        model=opts.model_dir,
-        reward_funcs=math_accuracy_reward,
-        args=args,
-        train_dataset=train,
-        processing_class=AutoTokenizer.from_pretrained(opts.model_dir),
-    )
+    fields = {**regime.run_fields(study), "bf16": not opts.float32, **fields}
+    run = {
+        "seed": seed,
+        "output_dir": os.path.join(study.out_dir, "trainer", f"{name}-{seed}"),
+        "train_dataset": train,
+    }
+    trainer = grid.build(regime.testbed_plant(study), fields, model_dir=opts.model_dir, **run)
     regime.quiet(trainer)
     return timed_train(trainer)
 

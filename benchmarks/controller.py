@@ -21,6 +21,12 @@ target (`--falling` start and end ratios of the uncontrolled run's first-step en
 (`use_adaptive_entropy`, `entropy_target` = the "above" target) on TRL's `grpo` loss with the same clip widths.
 The score is the mean |H - target| / target over the second half of the run (steps > max_steps / 2).
 
+Each run is built as `ce-gppo train` builds it (`benchmarks.harness.grid.build`: the quickstart recipe, the plant's
+fields, this study's budget, the arm's fields, then `--extra`); the TRL bonus arm runs TRL's own `grpo` loss and
+bonus inside `CEGPPOTrainer`. Precision: float32 (`bf16: false`, the recipes'), as the issue-31 figures of RESULTS
+section 17 were run; `--extra '{"bf16": true}'` trains in bf16 autocast on the CPU, the precision of the figures of
+sections 7 and 13.
+
     python -m benchmarks.controller --plant toy --seeds 3 --out-dir outputs/controller
     python -m benchmarks.controller --plant toy --arms uncontrolled --seeds 1 --steps 20   # a quick look
     python -m benchmarks.controller --plant qwen2-copy --arms uncontrolled above below trl_bonus_above --steps 40
@@ -40,9 +46,9 @@ import statistics
 import sys
 from typing import Any
 
-from .harness import grid
+from .harness import grid, heldout
 from .harness.arms import CONTROLLER_BASE as CE_GPPO
-from .harness.plants import PLANTS, RANDOM_SPECS, cpu_config, score_completions
+from .harness.plants import PLANTS, RANDOM_SPECS
 
 ARMS = ("uncontrolled", "above", "below", "falling", "trl_bonus_above", "above_pi", "below_pi")
 """`above` / `below` / `falling`: the controller with its defaults (the measured-gain law since issue 31);
@@ -80,72 +86,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Plants.
 
 
-def plant_setup(opts: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Model dir, reward, datasets and the plant's training fields (from the plant registry)."""
-    plant = PLANTS[opts.plant]
-    model = opts.toy_dir if opts.plant == "toy" else os.path.join(opts.out_dir, f"{opts.plant}-model")
-    plant.build(model)
-    train, held_out = plant.data(seed)
-    names = ("per_device_train_batch_size", "num_generations", "max_completion_length", "learning_rate")
-    fields = {name: plant.fields[name] for name in names}
-    if opts.plant == "toy":
-        from ce_gppo_trl.rewards import math_accuracy_reward as reward
-    else:
-        reward = RANDOM_SPECS[opts.plant]["reward"]
-    return dict(model=model, reward=reward, train=train, held_out=held_out, fields=fields)
+def model_dir(opts: argparse.Namespace) -> str:
+    return opts.toy_dir if opts.plant == "toy" else os.path.join(opts.out_dir, f"{opts.plant}-model")
 
 
 def held_out_score(opts: argparse.Namespace, model: Any, tokenizer: Any, held_out: Any, seed: int) -> float:
-    import torch
-
-    from ce_gppo_trl.toy import evaluate_arithmetic
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if opts.plant == "toy":
-            return statistics.fmean(evaluate_arithmetic(model, tokenizer, held_out, temperature=0.6) for _ in range(4))
-        inputs = tokenizer(list(held_out["prompt"]), return_tensors="pt", padding=True)
-        model.eval()
-        output = model.generate(
-            **inputs,
-            max_new_tokens=RANDOM_SPECS[opts.plant]["length"],
-            do_sample=True,
-            temperature=0.6,
-            top_k=0,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return score_completions(opts.plant, list(held_out["prompt"]), texts)
+    """The toy's avg@4 accuracy, or a random-init plant's mean reward of one completion per prompt, at T = 0.6."""
+    toy = opts.plant == "toy"
+    sampling = {"k": 4, "max_new_tokens": 8} if toy else {"k": 1, "max_new_tokens": RANDOM_SPECS[opts.plant]["length"]}
+    score = PLANTS[opts.plant].score
+    return heldout.evaluate(model, tokenizer, held_out, score, temperature=0.6, seed=seed, **sampling)["avg"]
 
 
 # Arms.
 
 
-def arm_fields(opts: argparse.Namespace, arm: str, reference: dict[str, float] | None) -> tuple[str, dict]:
-    """(trainer kind, config fields) of `arm`; `reference` holds the uncontrolled run's mid-run and start entropy."""
+def arm_fields(opts: argparse.Namespace, arm: str, reference: dict[str, float] | None) -> dict[str, Any]:
+    """The config fields of `arm`; `reference` holds the uncontrolled run's mid-run and start entropy."""
     if arm == "uncontrolled":
-        return "ours", dict(CE_GPPO)
+        return dict(CE_GPPO)
     assert reference is not None
     controller = {"entropy_controller": True, **json.loads(opts.controller)}
     if arm == "above":
-        return "ours", {**CE_GPPO, **controller, "entropy_controller_target": opts.above * reference["mid"]}
+        return {**CE_GPPO, **controller, "entropy_controller_target": opts.above * reference["mid"]}
     if arm == "below":
-        return "ours", {**CE_GPPO, **controller, "entropy_controller_target": opts.below * reference["mid"]}
+        return {**CE_GPPO, **controller, "entropy_controller_target": opts.below * reference["mid"]}
     if arm in ("above_pi", "below_pi"):
         ratio = opts.above if arm == "above_pi" else opts.below
         law = {"entropy_controller_law": "pi"}
-        return "ours", {**CE_GPPO, **controller, **law, "entropy_controller_target": ratio * reference["mid"]}
+        return {**CE_GPPO, **controller, **law, "entropy_controller_target": ratio * reference["mid"]}
     if arm == "falling":
         start, end = (ratio * reference["start"] for ratio in opts.falling)
-        return "ours", {
+        return {
             **CE_GPPO,
             **controller,
             "entropy_controller_target": start,
             "entropy_controller_target_final": end,
         }
     bonus = {"use_adaptive_entropy": True, "entropy_target": opts.above * reference["mid"]}
-    return "trl", {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2, **bonus}
+    return {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2, **bonus}
 
 
 def target_curve(opts: argparse.Namespace, arm: str, fields: dict[str, Any], steps: int) -> list[float] | None:
@@ -159,32 +138,15 @@ def target_curve(opts: argparse.Namespace, arm: str, fields: dict[str, Any], ste
 
 def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, float] | None) -> dict[str, Any]:
     from transformers import AutoTokenizer
-    from trl import GRPOTrainer
 
-    from ce_gppo_trl import CEGPPOTrainer
-
-    setup = plant_setup(opts, seed)
-    kind, fields = arm_fields(opts, arm, reference)
-    fields = {**fields, **json.loads(opts.extra)}
-    setup["fields"]["learning_rate"] *= opts.lr_scale
-    args = cpu_config(
-        kind,
-        os.path.join(opts.out_dir, "trainer", f"{opts.plant}-{arm}{opts.tag}-{seed}"),
-        seed=seed,
-        steps_per_generation=4,
-        lr_scheduler_type="constant",
-        max_steps=opts.steps,
-        **{**setup["fields"], **fields},
-    )
-    tokenizer = AutoTokenizer.from_pretrained(setup["model"])
-    trainer_class = GRPOTrainer if kind == "trl" else CEGPPOTrainer
-    trainer = trainer_class(
-        model=setup["model"],
-        reward_funcs=setup["reward"],
-        args=args,
-        train_dataset=setup["train"],
-        processing_class=tokenizer,
-    )
+    plant = PLANTS[opts.plant]
+    train, held_out = plant.data(seed)
+    fields = {**arm_fields(opts, arm, reference), **json.loads(opts.extra)}
+    study = {"bf16": False, "steps_per_generation": 4, "lr_scheduler_type": "constant", "max_steps": opts.steps}
+    study["learning_rate"] = plant.fields["learning_rate"] * opts.lr_scale
+    output_dir = os.path.join(opts.out_dir, "trainer", f"{opts.plant}-{arm}{opts.tag}-{seed}")
+    run = {"seed": seed, "output_dir": output_dir, "model_dir": model_dir(opts), "train_dataset": train}
+    trainer = grid.build(plant, {**study, **fields}, **run)
     trainer.train()
     logs = [log for log in trainer.state.log_history if "entropy" in log]
     keys = ("entropy", "reward", "entropy_control/output", "entropy_control/saturated", "entropy_control/gain")
@@ -195,7 +157,8 @@ def run_one(opts: argparse.Namespace, arm: str, seed: int, reference: dict[str, 
         "entropy_control/predicted_change",
     )
     curves = {key: [log.get(key) for log in logs] for key in keys}
-    score = held_out_score(opts, trainer.model, tokenizer, setup["held_out"], seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(opts))
+    score = held_out_score(opts, trainer.model, tokenizer, held_out, seed)
     target = target_curve(opts, arm, fields, opts.steps)
     return {"arm": arm, "seed": seed, "fields": fields, "curves": curves, "target": target, "held_out": score}
 

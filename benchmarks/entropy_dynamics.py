@@ -13,6 +13,11 @@ Every run is off-policy after its first update: one rollout batch (`--prompts-pe
 `--num-generations` completions) feeds `--steps-per-generation` optimizer updates, as in the papers' 8 updates per
 rollout batch, so the clip regions, CE-GPPO's gradient-preserving terms and ERC act.
 
+Each run is built as `ce-gppo train` builds it (`benchmarks.harness.grid.build`: the quickstart recipe, the toy
+plant's CPU fields, this study's budget and the method's fields); GRPO and DAPO run TRL's own loss (`loss_type`
+`grpo` / `dapo`) inside `CEGPPOTrainer`. Precision: bf16 autocast on the CPU (`bf16: true`), the precision the
+recorded figures of RESULTS section 3 were made with; `--float32` trains in float32, the recipes' precision.
+
     python -m benchmarks.entropy_dynamics --jobs 2              # all methods, 3 seeds, 2 worker processes
     python -m benchmarks.entropy_dynamics --methods GRPO DAPO --seeds 1 --steps 20 --out-dir /tmp/ed
 
@@ -22,6 +27,7 @@ Runs already saved under `--out-dir/runs` are reused, so an interrupted sweep re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -32,16 +38,16 @@ import sys
 import time
 from typing import Any
 
-from .harness import grid, stats
+from .harness import grid, heldout, stats
 from .harness.arms import ARMS
-from .harness.plants import cpu_config
+from .harness.plants import PLANTS
 from .harness.results import write_results
 from .harness.stats import FAILS, HOLDS, UNRESOLVED  # noqa: F401 - the verdicts, as this study's tests read them
 
-# Method name -> (trainer, config fields). "trl" runs trl.GRPOTrainer with a plain GRPOConfig, i.e. TRL's own loss.
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    name: (arm.trainer, arm.fields) for name, arm in list(ARMS.items())[:10]
-}
+METHODS: dict[str, dict[str, Any]] = {name: arm.fields for name, arm in list(ARMS.items())[:10]}
+"""Method name -> config fields."""
+PLANT = dataclasses.replace(PLANTS["toy"], build=None, data=None)
+"""The toy plant's CPU fields and score; the model (`--toy-dir`) and the data (`task_data`) are this study's."""
 RESULTS_START = "<!-- entropy_dynamics:start -->"
 RESULTS_END = "<!-- entropy_dynamics:end -->"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=8, help="steps between held-out accuracy points")
     parser.add_argument("--eval-k", type=int, default=4, help="samples per problem for the final avg@k")
     parser.add_argument("--eval-temperature", type=float, default=0.6, help="papers: 0.6 (top_p 0.95, not used)")
+    parser.add_argument(
+        "--float32", action="store_true", help="train in float32 (default: bf16 autocast, as the recorded figures)"
+    )
     parser.add_argument("--controller-target-ratio", type=float, nargs=2, default=(1.0, 0.6), metavar=("START", "END"))
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each); 1: this process")
     parser.add_argument("--toy-dir", default=os.path.join("outputs", "bench-toy-9"), help="toy model (cached)")
@@ -125,42 +134,30 @@ def build_toy(opts: argparse.Namespace) -> dict[str, Any]:
 
 def avg_at_k(model: Any, tokenizer: Any, dataset: Any, k: int, temperature: float, seed: int) -> float:
     """Mean accuracy over `k` samples per problem, with its own RNG stream (training's is left untouched)."""
-    import torch
+    return heldout.evaluate(model, tokenizer, dataset, PLANT.score, k=k, temperature=temperature, seed=seed)["avg"]
 
-    from ce_gppo_trl.toy import evaluate_arithmetic
 
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return statistics.fmean(
-            evaluate_arithmetic(model, tokenizer, dataset, temperature=temperature) for _ in range(k)
-        )
+def run_fields(opts: argparse.Namespace) -> dict[str, Any]:
+    """The run's precision, budget and rollout layout as `ce-gppo train` fields (beside the plant's, the method's)."""
+    return {
+        "bf16": not opts.float32,
+        "per_device_train_batch_size": opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation,
+        "steps_per_generation": opts.steps_per_generation,
+        "num_generations": opts.num_generations,
+        "max_completion_length": opts.max_completion_length,
+        "learning_rate": opts.learning_rate,
+        "lr_scheduler_type": "constant",
+        "max_steps": opts.steps,
+    }
 
 
 def run_one(opts: argparse.Namespace, method: str, seed: int, start_entropy: float | None) -> dict[str, Any]:
     """Train `method` with `seed` and return its curves and final numbers."""
-    from transformers import AutoTokenizer, TrainerCallback, set_seed
-    from trl import GRPOTrainer
+    from transformers import AutoTokenizer, TrainerCallback
 
-    from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.rewards import math_accuracy_reward
-
-    trainer_kind, fields = METHODS[method]
+    fields = METHODS[method]
     if fields.get("entropy_controller"):
         fields = {**fields, **controller_fields(opts, start_entropy)}
-    batch = opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation
-    args = cpu_config(
-        trainer_kind,
-        os.path.join(opts.out_dir, "trainer", f"{slug(method)}-{seed}"),
-        seed=seed,
-        per_device_train_batch_size=batch,
-        steps_per_generation=opts.steps_per_generation,
-        num_generations=opts.num_generations,
-        max_completion_length=opts.max_completion_length,
-        learning_rate=opts.learning_rate,
-        lr_scheduler_type="constant",
-        max_steps=opts.steps,
-        **fields,
-    )
     tokenizer = AutoTokenizer.from_pretrained(opts.toy_dir)
     train, held_out = task_data(opts, seed)
     curve: list[tuple[int, float]] = []
@@ -176,16 +173,10 @@ def run_one(opts: argparse.Namespace, method: str, seed: int, start_entropy: flo
             if state.global_step % opts.eval_every == 0 and state.global_step < state.max_steps:
                 self.evaluate(model, state.global_step)
 
-    set_seed(seed)
-    trainer_class = GRPOTrainer if trainer_kind == "trl" else CEGPPOTrainer
-    trainer = trainer_class(
-        model=opts.toy_dir,
-        reward_funcs=math_accuracy_reward,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        callbacks=[HeldOutAccuracy()],
-    )
+    output_dir = os.path.join(opts.out_dir, "trainer", f"{slug(method)}-{seed}")
+    run = {"seed": seed, "output_dir": output_dir, "model_dir": opts.toy_dir, "train_dataset": train}
+    trainer = grid.build(PLANT, {**run_fields(opts), **fields}, **run)
+    trainer.add_callback(HeldOutAccuracy())
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

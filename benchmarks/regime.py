@@ -19,6 +19,12 @@ Three experiments, one command:
    the mean entropy over the same micro-batch's tokens (entropy before = the step's logged `entropy`; after = the
    same tokens under the updated weights, measured here independently of the library's `entropy_attribution/realised`).
 
+The sweep's runs are built as `ce-gppo train` builds them (`benchmarks.harness.grid.build`: the quickstart recipe, the
+testbed plant's fields, this study's budget and the method's fields); GRPO and DAPO run TRL's own loss (`loss_type`
+`grpo` / `dapo`) inside `CEGPPOTrainer`. Precision: the sweep trains in bf16 autocast on the CPU (`bf16: true`), the
+precision the recorded figures of RESULTS section 4 were made with; `--float32` trains it in float32, the recipes'
+precision. The micro run is float32 either way (RESULTS section 16).
+
     python -m benchmarks.regime --jobs 2   # the full study, 2 worker processes; writes regime.json, PNGs, RESULTS.md
     python -m benchmarks.regime --quick    # ~2 minutes: a tiny testbed, 3 methods x 2 seeds, 2 micro batches
 
@@ -40,16 +46,14 @@ import time
 from typing import Any
 
 from . import entropy_dynamics as ed
-from .harness import grid, micro, stats
+from .harness import grid, heldout, micro, stats
 from .harness.arms import ARMS, DAPO_OWN_LOSS, ce_gppo
-from .harness.plants import PLANTS, Plant, cpu_config, testbed_build, testbed_data
+from .harness.plants import PLANTS, Plant, testbed_build, testbed_data
 from .harness.results import write_results
 from .harness.stats import cell, mean_se
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    name: (arm.trainer, arm.fields) for name, arm in ARMS.items() if "controller" not in name
-}
+METHODS: dict[str, dict[str, Any]] = {name: arm.fields for name, arm in ARMS.items() if "controller" not in name}
 QUICK_METHODS = ["DAPO", "CE-GPPO (0.5, 1)", "DAPO + ERC"]
 # Micro-experiment settings (beta1, beta2): the beta1 sweep at beta2 = 1 and the beta2 sweep at beta1 = 0.5.
 MICRO_BETA1 = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -120,6 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--hidden-size", type=int)
     parser.add_argument("--num-layers", type=int)
+    parser.add_argument(
+        "--float32", action="store_true", help="train the sweep in float32 (default: bf16 autocast, as recorded)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each); 1: this process")
     parser.add_argument("--model-dir", help="testbed model (built once, then reused)")
     parser.add_argument("--out-dir", help="saved runs")
@@ -161,23 +168,21 @@ def task_data(opts: argparse.Namespace, seed: int) -> tuple[Any, Any]:
 
 
 def evaluate(model: Any, tokenizer: Any, held_out: Any, opts: argparse.Namespace, seed: int) -> dict[str, float]:
-    """Held-out avg@k and pass@k at T = 1 and T = 0.6, with their own RNG stream (training's is left untouched)."""
-    import torch
-
-    from ce_gppo_trl.testbed import sample_correct
-
+    """Held-out avg@k and pass@k at T = 1 and T = 0.6, each with its own RNG stream seeded `seed` (training's is left
+    untouched): each prompt's `--eval-k` samples in a row, 512 completions per `generate` call."""
+    sampling = {"k": opts.eval_k, "seed": seed, "grouped": True, "batch_size": 512}
+    sampling["max_new_tokens"] = opts.max_completion_length
     numbers = {}
     for name, temperature in (("t1", 1.0), ("t06", 0.6)):
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            correct = sample_correct(model, tokenizer, held_out, k=opts.eval_k, temperature=temperature)
-        numbers[f"avg_{name}"] = correct.float().mean().item()
-        numbers[f"pass_{name}"] = correct.any(1).float().mean().item()
+        result = heldout.evaluate(
+            model, tokenizer, held_out, PLANTS["testbed"].score, temperature=temperature, **sampling
+        )
+        numbers[f"avg_{name}"], numbers[f"pass_{name}"] = result["avg"], result["pass"]
     return numbers
 
 
 def run_fields(opts: argparse.Namespace) -> dict[str, Any]:
-    """The run's budget and rollout layout as trainer fields (beside `CPU_STUDY_FIELDS` and the method's)."""
+    """The run's budget and rollout layout as `ce-gppo train` fields (beside the plant's and the method's)."""
     return {
         "per_device_train_batch_size": opts.prompts_per_rollout * opts.num_generations // opts.steps_per_generation,
         "steps_per_generation": opts.steps_per_generation,
@@ -188,11 +193,6 @@ def run_fields(opts: argparse.Namespace) -> dict[str, Any]:
         "warmup_steps": opts.warmup_steps,
         "max_steps": opts.steps,
     }
-
-
-def trainer_args(opts: argparse.Namespace, kind: str, fields: dict[str, Any], seed: int, name: str) -> Any:
-    output_dir = os.path.join(opts.out_dir, "trainer", f"{name}-{seed}")
-    return cpu_config(kind, output_dir, seed=seed, disable_tqdm=True, **run_fields(opts), **fields)
 
 
 series = grid.series
@@ -218,40 +218,27 @@ def start_numbers(opts: argparse.Namespace, seed: int) -> dict[str, float]:
 
 def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
     """Train `method` with `seed`; return its curves and start / end held-out numbers."""
-    from transformers import AutoTokenizer, TrainerCallback, set_seed
-    from trl import GRPOTrainer
+    from transformers import AutoTokenizer, TrainerCallback
 
-    from ce_gppo_trl import CEGPPOTrainer
-    from ce_gppo_trl.rewards import math_accuracy_reward
-    from ce_gppo_trl.testbed import sample_correct
-
-    kind, fields = METHODS[method]
-    args = trainer_args(opts, kind, fields, seed, ed.slug(method))
     tokenizer = AutoTokenizer.from_pretrained(opts.model_dir)
     train, held_out = task_data(opts, seed)
     start = start_numbers(opts, seed)
     curve: list[tuple[int, float]] = [(0, start["avg_t1"])]
+    curve_sampling = {"k": 1, "temperature": 1.0, "grouped": True, "batch_size": 512}
+    curve_sampling["max_new_tokens"] = opts.max_completion_length
 
     class HeldOutCurve(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if state.global_step % opts.eval_every == 0 and state.global_step < state.max_steps:
-                import torch
+                score, step = PLANTS["testbed"].score, state.global_step
+                accuracy = heldout.evaluate(model, tokenizer, held_out, score, seed=seed + step, **curve_sampling)
+                curve.append((step, accuracy["avg"]))
 
-                with torch.random.fork_rng():
-                    torch.manual_seed(seed + state.global_step)
-                    accuracy = sample_correct(model, tokenizer, held_out, k=1).float().mean().item()
-                curve.append((state.global_step, accuracy))
-
-    set_seed(seed)
-    trainer = (GRPOTrainer if kind == "trl" else CEGPPOTrainer)(
-        model=opts.model_dir,
-        reward_funcs=math_accuracy_reward,
-        args=args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        callbacks=[HeldOutCurve()],
-    )
-    quiet(trainer)
+    fields = {**run_fields(opts), "bf16": not opts.float32, **METHODS[method]}
+    output_dir = os.path.join(opts.out_dir, "trainer", f"{ed.slug(method)}-{seed}")
+    run = {"seed": seed, "output_dir": output_dir, "model_dir": opts.model_dir, "train_dataset": train}
+    trainer = quiet(grid.build(testbed_plant(opts), fields, **run))
+    trainer.add_callback(HeldOutCurve())
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

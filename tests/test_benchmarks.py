@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.harness import grid, micro, stats
+from benchmarks.harness import grid, heldout, micro, stats
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_RUN = {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4, "steps_per_generation": 2}
@@ -128,6 +128,55 @@ def test_micro_update_is_the_trainers_own_step(tiny_model_dir, tmp_path):
     for name, value in trainer.model.state_dict().items():
         torch.testing.assert_close(value, seen["after"][name], rtol=0, atol=0)
     assert math.isfinite(out["loss"]) and 0 <= out["clipped"] <= 1 and math.isnan(out["erc_masked"])
+
+
+def test_heldout_scores_by_hand_and_sampling_in_its_own_stream(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ce_gppo_trl.toy import make_arithmetic_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eos = tokenizer.eos_token_id
+    right, wrong = (tokenizer.encode(f"\\boxed{{{n}}}", add_special_tokens=False) for n in (7, 8))
+    rows = {"solution": ["7", "7", "7"], "prompt": ["3 + 4 =", "3 + 4 =", "3 + 4 ="]}
+    # the toy's rule: exactly \boxed{solution} then EOS; the testbed's: the boxed answer, EOS or not
+    assert heldout.exact_boxed(tokenizer, [right + [eos, eos], right, wrong + [eos]], rows) == [1.0, 0.0, 0.0]
+    assert heldout.boxed_answer(tokenizer, [right + [eos], right, wrong], rows) == [1.0, 1.0, 0.0]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    data = make_arithmetic_dataset(5, seed=1)
+    lengths = heldout.reward_score(lambda completions, prompts: [len(c) / 8 for c in completions])
+    sampling = {"temperature": 1.0, "seed": 3, "max_new_tokens": 8}
+    torch.manual_seed(0)
+    numbers = heldout.evaluate(model, tokenizer, data, lengths, k=3, **sampling)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))  # training's stream untouched
+    # Sweeps of the whole set, by hand: the k = 3 samples of each prompt, their mean and their best.
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        inputs = tokenizer(list(data["prompt"]), return_tensors="pt", padding=True)
+        sweeps = [
+            model.generate(
+                **inputs,
+                max_new_tokens=8,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for _ in range(3)
+        ]
+    texts = [
+        tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True) for out in sweeps
+    ]
+    scores = torch.tensor([[len(t) / 8 for t in sweep] for sweep in texts], dtype=torch.float64)
+    assert numbers["avg"] == pytest.approx(scores.mean().item()) and 0 < numbers["avg"] <= numbers["pass"]
+    assert numbers["pass"] == pytest.approx(scores.max(0).values.mean().item())
+    # One sample per prompt: both orders draw the same completions.
+    one = heldout.evaluate(model, tokenizer, data, lengths, k=1, **sampling)
+    assert one == heldout.evaluate(model, tokenizer, data, lengths, k=1, grouped=True, **sampling)
 
 
 def test_overhead_prints_ratios_and_equal_forward_counts(tmp_path, capsys):

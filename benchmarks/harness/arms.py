@@ -31,11 +31,10 @@ def ce_gppo(beta1: float, beta2: float, clip_ratio_c: float | None = 10.0, **ext
 
 @dataclass(frozen=True)
 class Arm:
-    """A named set of config overrides; `trainer` is `"ours"` (CEGPPOTrainer) or `"trl"` (TRL's GRPOTrainer)."""
+    """A named set of config overrides."""
 
     name: str
     fields: dict[str, Any]
-    trainer: str = "ours"
 
 
 def _arms(*arms: Arm) -> dict[str, Arm]:
@@ -43,8 +42,8 @@ def _arms(*arms: Arm) -> dict[str, Arm]:
 
 
 ARMS: dict[str, Arm] = _arms(
-    Arm("GRPO", {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2}, "trl"),
-    Arm("DAPO", {"loss_type": "dapo", **DAPO_CLIP}, "trl"),
+    Arm("GRPO", {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2}),
+    Arm("DAPO", {"loss_type": "dapo", **DAPO_CLIP}),
     Arm("GPPO (1, 1)", ce_gppo(1.0, 1.0)),
     Arm("CE-GPPO (0.5, 1)", ce_gppo(0.5, 1.0)),
     Arm("CE-GPPO (0.75, 1)", ce_gppo(0.75, 1.0)),

@@ -17,17 +17,19 @@ sets itself (`data`). `benchmarks.harness.grid.build` turns a plant, an arm and 
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import heldout
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOLLM2_RECIPE = os.path.join("configs", "SmolLM2-135M-Instruct", "ce_gppo_cpu.yaml")
 
-# What every CPU study trains with, beside the plant's own fields: one optimizer update per micro-batch (so a rollout
-# batch feeds steps_per_generation updates, all but the first off-policy, as in the papers), logging every step, no
-# checkpoints, no KL, no activation checkpointing (pure cost on models of a few layers).
+# What every CPU study trains with, beside the plant's own fields and on top of the quickstart recipe: one optimizer
+# update per micro-batch (so a rollout batch feeds steps_per_generation updates, all but the first off-policy, as in
+# the papers), logging every step, no checkpoints, no KL, no activation checkpointing (pure cost on models of a few
+# layers).
 CPU_STUDY_FIELDS: dict[str, Any] = {
     "report_to": "none",
     "save_strategy": "no",
@@ -38,18 +40,6 @@ CPU_STUDY_FIELDS: dict[str, Any] = {
     "beta": 0.0,
     "gradient_checkpointing": False,
 }
-
-
-def cpu_config(kind: str, output_dir: str, *, seed: int, **fields: Any) -> Any:
-    """A CPU study's trainer config built in Python (the sweeps that also run TRL's own `GRPOTrainer`):
-    `CPU_STUDY_FIELDS`, `seed` as both `seed` and `data_seed`, then `fields`; `trl.GRPOConfig` for `kind == "trl"`,
-    else `CEGPPOConfig`. A field given twice is a `TypeError`."""
-    from trl import GRPOConfig
-
-    from ce_gppo_trl import CEGPPOConfig
-
-    args_class = GRPOConfig if kind == "trl" else CEGPPOConfig
-    return args_class(output_dir=output_dir, seed=seed, data_seed=seed, **CPU_STUDY_FIELDS, **fields)
 
 
 def digit_reward(completions: list[str], **kwargs: Any) -> list[float]:
@@ -77,7 +67,8 @@ def format_reward(completions: list[str], **kwargs: Any) -> list[float]:
 class Plant:
     """One model + data + reward. `cli_fields(model_dir)` are `ce-gppo train` fields; `recipe` the YAML they
     override (None: the quickstart); `build(model_dir)` makes the model once; `data(seed)` returns (train, held-out)
-    when the plant brings its own data, else None; `reward` is the reward's name or dotted path."""
+    when the plant brings its own data, else None; `reward` is the reward's name or dotted path; `score` scores a
+    held-out completion (`benchmarks.harness.heldout`)."""
 
     name: str
     fields: dict[str, Any]
@@ -85,6 +76,7 @@ class Plant:
     recipe: str | None = None
     build: Callable[[str], Any] | None = None
     data: Callable[[int], tuple[Any, Any]] | None = None
+    score: heldout.Score = heldout.exact_boxed
 
     def cli_fields(self, model_dir: str | None) -> dict[str, Any]:
         out = dict(self.fields)
@@ -236,6 +228,7 @@ PLANTS: dict[str, Plant] = {
         {**CPU_STUDY_FIELDS, "disable_tqdm": True, "max_completion_length": 48},
         build=testbed_build(),
         data=testbed_data(256, 2 * 80 * 64),
+        score=heldout.boxed_answer,
     ),
     "toy": Plant(
         "toy",
@@ -264,13 +257,9 @@ PLANTS: dict[str, Plant] = {
             reward=f"benchmarks.harness.plants.{spec['reward'].__name__}",
             build=_build_random(spec),
             data=_arithmetic_data(99, 4096, 64, exclude=False),
+            score=heldout.reward_score(spec["reward"]),
         )
         for name, spec in RANDOM_SPECS.items()
     },
 }
 """Plant name -> `Plant`."""
-
-
-def score_completions(plant: str, prompts: list[str], texts: list[str]) -> float:
-    """The mean of a random-init plant's reward over (prompt, completion) pairs."""
-    return statistics.fmean(RANDOM_SPECS[plant]["reward"](texts, prompts=prompts))
