@@ -102,20 +102,41 @@ def test_grid_trains_arms_x_seeds_on_the_toy_through_build_trainer(tiny_model_di
     assert grid.run_grid(jobs, run, out_dir=str(tmp_path)) == []
 
 
-def test_micro_update_is_the_trainers_own_step(tiny_model_dir, tmp_path):
+# (name, fields): a constant rate, a warm-up whose rate grows with every update of the rollout batch, and LoRA.
+SCHEDULES = [
+    ("constant", {}),
+    ("warmup", {"lr_scheduler_type": "linear", "warmup_steps": 3, "steps_per_generation": 3, "max_steps": 3}),
+    (
+        "lora",
+        {
+            "use_peft": True,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.0,
+            "lora_target_modules": ["q_proj", "v_proj"],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("schedule", "overrides"), SCHEDULES, ids=[name for name, _ in SCHEDULES])
+def test_micro_update_is_the_trainers_own_step(tiny_model_dir, tmp_path, schedule, overrides):
     from transformers import TrainerCallback
 
     fields = {**TINY_RUN, "model_name_or_path": tiny_model_dir, "ce_gppo_beta1": 1.0, "learning_rate": 1e-2}
+    # The share of digits: a reward that differs within a group on the random tiny model, so the updates move it.
+    fields |= {"reward_funcs": "benchmarks.harness.plants.digit_reward", **overrides}
     trainer = grid.quiet(grid.build("quickstart", fields, seed=0, output_dir=str(tmp_path / "run")))
+    last = fields["max_steps"]
     seen = {}
 
     class Capture(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 1:  # the second, off-policy update of the rollout batch
-                seen["frozen"], seen["batch"] = micro.freeze(trainer), dict(trainer._buffered_inputs[1])
+            if state.global_step == 1:  # the second, off-policy update of the rollout batch, and those after it
+                seen["frozen"], seen["batches"] = micro.freeze(trainer), [dict(b) for b in trainer._buffered_inputs]
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 2:
+            if state.global_step == last:
                 seen["after"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
     trainer.add_callback(Capture())
@@ -123,11 +144,15 @@ def test_micro_update_is_the_trainers_own_step(tiny_model_dir, tmp_path):
     args = grid.parse("quickstart", {**fields, **micro.NO_DIAGNOSTICS}, seed=0, output_dir=str(tmp_path / "arm"))[1]
     arm = micro.arm_trainer(trainer, args)
     micro.restore(trainer, seen["frozen"], arm)
-    out = micro.update(arm, seen["batch"])
-    # compute_loss + backward + clipping + the optimizer step reproduce the training loop's update exactly
+    outs = [micro.update(arm, batch) for batch in seen["batches"][1:last]]
+    # compute_loss + backward + clipping + the optimizer and scheduler steps reproduce the training loop's updates
+    # exactly (in a warm-up, each update at its own rate: 1/3 then 2/3 of the peak here)
     for name, value in trainer.model.state_dict().items():
         torch.testing.assert_close(value, seen["after"][name], rtol=0, atol=0)
-    assert math.isfinite(out["loss"]) and 0 <= out["clipped"] <= 1 and math.isnan(out["erc_masked"])
+    moved = max(float((seen["after"][k] - v).abs().max()) for k, v in seen["frozen"].model.items())
+    assert moved > 1e-4  # the updates did change the weights
+    for out in outs:
+        assert math.isfinite(out["loss"]) and 0 <= out["clipped"] <= 1 and math.isnan(out["erc_masked"])
 
 
 def test_heldout_scores_by_hand_and_sampling_in_its_own_stream(tiny_model_dir):

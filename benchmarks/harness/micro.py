@@ -3,9 +3,10 @@ apply the batch's updates once per arm with `trainer.compute_loss`, and measure 
 
 An arm is a second `CEGPPOTrainer` over the same model object with the arm's config overrides (`arm_trainer`): its
 `compute_loss` is the library's loss path, as in training, and its optimizer is the one `Trainer.create_optimizer`
-builds, loaded with the frozen optimizer state. One update (`update`) is what `Trainer.training_step` plus the
-optimizer step of the training loop do: loss, backward, gradient clipping at `max_grad_norm`, `optimizer.step()`.
-Nothing here re-implements the loss.
+builds, loaded with the frozen optimizer state, and its learning-rate scheduler the one `create_scheduler` builds,
+at the frozen step. One update (`update`) is what `Trainer.training_step` plus the optimizer step of the training
+loop do: loss, backward, gradient clipping at `max_grad_norm`, `optimizer.step()`, `lr_scheduler.step()` (so a
+batch's updates during a warm-up each get their own rate, as in training). Nothing here re-implements the loss.
 
 Example:
     >>> frozen = freeze(trainer)  # doctest: +SKIP
@@ -30,10 +31,11 @@ NO_DIAGNOSTICS = {"entropy_attribution_steps": 0, "entropy_diagnostics": False, 
 
 @dataclasses.dataclass
 class Frozen:
-    """The model's weights and the optimizer's state at one moment."""
+    """The model's weights, the optimizer's state and the learning-rate scheduler's at one moment."""
 
     model: dict[str, Any]
     optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None = None
 
 
 def inner_optimizer(trainer: Any) -> Any:
@@ -43,14 +45,18 @@ def inner_optimizer(trainer: Any) -> Any:
 
 def freeze(trainer: Any) -> Frozen:
     model = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return Frozen(model, copy.deepcopy(inner_optimizer(trainer).state_dict()))
+    scheduler = trainer.lr_scheduler.state_dict() if trainer.lr_scheduler is not None else None
+    return Frozen(model, copy.deepcopy(inner_optimizer(trainer).state_dict()), copy.deepcopy(scheduler))
 
 
 def restore(trainer: Any, frozen: Frozen, into: Any = None) -> None:
-    """Load the frozen weights into the (shared) model and the frozen optimizer state into `into`'s optimizer
+    """Load the frozen weights into the (shared) model, and the frozen optimizer and scheduler states into `into`'s
     (default: `trainer`'s own)."""
+    into = into or trainer
     trainer.model.load_state_dict(frozen.model)
-    inner_optimizer(into or trainer).load_state_dict(copy.deepcopy(frozen.optimizer))
+    inner_optimizer(into).load_state_dict(copy.deepcopy(frozen.optimizer))
+    if frozen.scheduler is not None and into.lr_scheduler is not None:
+        into.lr_scheduler.load_state_dict(copy.deepcopy(frozen.scheduler))
 
 
 @contextmanager
@@ -87,6 +93,7 @@ def arm_trainer(base: Any, args: Any) -> Any:
         )
     trainer.remove_callback(PrinterCallback)
     trainer.create_optimizer()
+    trainer.create_scheduler(base.state.max_steps or args.max_steps, inner_optimizer(trainer))
     # Set by the training loop, read by compute_loss to scale the token-mean normaliser to one accumulation window.
     trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
     return trainer
@@ -108,6 +115,8 @@ def update(trainer: Any, inputs: dict[str, Any]) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     optimizer = inner_optimizer(trainer)
     optimizer.step()
+    if trainer.lr_scheduler is not None:
+        trainer.lr_scheduler.step()
     optimizer.zero_grad()
 
     def last(key: str) -> float:
@@ -122,16 +131,22 @@ def update(trainer: Any, inputs: dict[str, Any]) -> dict[str, float]:
 
 @contextmanager
 def scaled_lr(trainer: Any, factor: float) -> Iterator[None]:
-    """The optimizer's learning rates times `factor` inside the block, restored after it."""
-    optimizer = inner_optimizer(trainer)
+    """The optimizer's learning rates times `factor` inside the block, the scheduler's too (its base rates, so that
+    the rate each update gets is scaled), restored after it."""
+    optimizer, scheduler = inner_optimizer(trainer), trainer.lr_scheduler
     saved = [group["lr"] for group in optimizer.param_groups]
+    bases = list(scheduler.base_lrs) if scheduler is not None else None
     for group in optimizer.param_groups:
         group["lr"] *= factor
+    if scheduler is not None:
+        scheduler.base_lrs = [base * factor for base in bases]
     try:
         yield
     finally:
         for group, lr in zip(optimizer.param_groups, saved, strict=True):
             group["lr"] = lr
+        if scheduler is not None:
+            scheduler.base_lrs = bases
 
 
 def token_entropies(model: Any, batch: dict[str, Any], temperature: float = 1.0) -> Any:
