@@ -45,8 +45,7 @@ import sys
 import time
 from typing import Any
 
-from . import entropy_dynamics as ed
-from .harness import grid, heldout, micro, stats
+from .harness import entropy_claims, grid, heldout, micro, stats
 from .harness.arms import ARMS, DAPO_OWN_LOSS, ce_gppo
 from .harness.plants import PLANTS, Plant, testbed_build, testbed_data
 from .harness.results import write_results
@@ -142,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.methods = QUICK_METHODS if opts.quick else list(METHODS)
     if opts.steps % opts.steps_per_generation:
         parser.error(f"--steps {opts.steps} must be a multiple of --steps-per-generation {opts.steps_per_generation}")
-    opts.eval_temperature = 1.0  # the curve (read by ed.plot)
+    opts.eval_temperature = 1.0  # the curve (read by entropy_claims.plot)
     return opts
 
 
@@ -235,7 +234,7 @@ def run_one(opts: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
                 curve.append((step, accuracy["avg"]))
 
     fields = {**run_fields(opts), "bf16": not opts.float32, **METHODS[method]}
-    output_dir = os.path.join(opts.out_dir, "trainer", f"{ed.slug(method)}-{seed}")
+    output_dir = os.path.join(opts.out_dir, "trainer", f"{grid.slug(method)}-{seed}")
     run = {"seed": seed, "output_dir": output_dir, "model_dir": opts.model_dir, "train_dataset": train}
     trainer = quiet(grid.build(testbed_plant(opts), fields, **run))
     trainer.add_callback(HeldOutCurve())
@@ -489,19 +488,19 @@ def summarize_micro(micro: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per method: (mean, SE over seeds) of each number, plus ed.per_method's end / swing standard errors."""
-    base = ed.per_method(results, methods)
+    """Per method: (mean, SE over seeds) of each number, plus `entropy_claims.per_method`'s end / swing errors."""
+    base = entropy_claims.per_method(results, methods)
     summary = {}
     for method in methods:
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        rewards = [(statistics.fmean(r["reward"][:8]), ed.end_value(r["reward"])) for r in runs]
+        rewards = [(statistics.fmean(r["reward"][:8]), entropy_claims.end_value(r["reward"])) for r in runs]
         numbers = {
             "entropy_start": [r["entropy"][0] for r in runs],
             "entropy_min": [min(r["entropy"]) for r in runs],
-            "entropy_end": [ed.end_value(r["entropy"]) for r in runs],
-            "entropy_end_ratio": [ed.end_value(r["entropy"]) / r["entropy"][0] for r in runs],
+            "entropy_end": [entropy_claims.end_value(r["entropy"]) for r in runs],
+            "entropy_end_ratio": [entropy_claims.end_value(r["entropy"]) / r["entropy"][0] for r in runs],
             "reward_start": [a for a, _ in rewards],
             "reward_end": [b for _, b in rewards],
             "clip": [statistics.fmean(r["clip_region"]) if r["clip_region"] else float("nan") for r in runs],
@@ -514,7 +513,9 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, di
                 numbers[f"{key}_{when}"] = [r[f"heldout_{when}"][key] for r in runs]
         numbers["gain_t1"] = [r["heldout_end"]["avg_t1"] - r["heldout_start"]["avg_t1"] for r in runs]
         summary[method] = {name: mean_se(v) for name, v in numbers.items()}
-        summary[method].update(base[method])  # "start", "end", "end_se", "swing", "swing_se" for ed.check_claims
+        summary[method].update(
+            base[method]
+        )  # "start", "end", "end_se", "swing", "swing_se" for entropy_claims.check_claims
         summary[method]["seeds"] = (float(len(runs)), 0.0)
     return summary
 
@@ -713,14 +714,14 @@ def regime_json(opts: argparse.Namespace, record: dict, results: list[dict], sum
                 "seed": r["seed"],
                 "entropy_start": r["entropy"][0],
                 "entropy_min": min(r["entropy"]),
-                "entropy_end": ed.end_value(r["entropy"]),
+                "entropy_end": entropy_claims.end_value(r["entropy"]),
                 "heldout_t1_start": r["heldout_start"]["avg_t1"],
                 "heldout_t1_end": r["heldout_end"]["avg_t1"],
                 "heldout_pass_t1_end": r["heldout_end"]["pass_t1"],
                 "heldout_t06_start": r["heldout_start"]["avg_t06"],
                 "heldout_t06_end": r["heldout_end"]["avg_t06"],
                 "heldout_pass_t06_end": r["heldout_end"]["pass_t06"],
-                "reward_end": ed.end_value(r["reward"]),
+                "reward_end": entropy_claims.end_value(r["reward"]),
                 "clipped_fraction": statistics.fmean(r["clip_region"]) if r["clip_region"] else None,
                 "erc_masked_fraction": statistics.fmean(r["erc_masked"]) if r["erc_masked"] else None,
                 "seconds": r["seconds"],
@@ -740,8 +741,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(results, opts.methods)
     summary_micro = summarize_micro(micro)
     diag = diagnostics_check(micro)
-    claims = regime_checks(summary) + ed.check_claims(summary) + accuracy_claims(summary) + micro_claims(summary_micro)
-    ed.plot(results, opts.methods, opts.plot_prefix + ".png", opts)
+    claims = (
+        regime_checks(summary)
+        + entropy_claims.check_claims(summary)
+        + accuracy_claims(summary)
+        + micro_claims(summary_micro)
+    )
+    entropy_claims.plot(results, opts.methods, opts.plot_prefix + ".png", opts)
     plot_micro(micro, summary_micro, diag, opts.plot_prefix + "_micro.png")
     report = regime_json(opts, record, results, summary_micro, diag)
     if opts.json:

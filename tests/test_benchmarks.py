@@ -408,7 +408,7 @@ def test_regime_quick_writes_json_plots_and_results(tmp_path):
     text = results_md.read_text()
     assert text.startswith("# Results\n\nkept\n") and "| DAPO + ERC |" in text and "Command: `python" in text
     verdicts = {verdict for _, verdict, _ in report["claims"]}
-    assert verdicts <= {regime.ed.HOLDS, regime.ed.FAILS, regime.ed.UNRESOLVED}
+    assert verdicts <= {regime.stats.HOLDS, regime.stats.FAILS, regime.stats.UNRESOLVED}
     # a second call reuses every saved run and rewrites its block in place
     regime.main([*argv, "--results-md", str(results_md)])
     assert results_md.read_text().count("| DAPO + ERC |") == 1
