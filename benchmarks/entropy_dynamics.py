@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from .harness import grid, heldout
+from .harness import grid, heldout, micro
 from .harness.arms import ARMS
 from .harness.entropy_claims import check_claims, end_value, per_method, plot  # noqa: F401 - also this study's API
 from .harness.plants import PLANTS
@@ -251,10 +251,7 @@ def measure_start_entropy(opts: argparse.Namespace) -> float:
             return_dict_in_generate=True,
         )
     completion = out.sequences[:, inputs["input_ids"].shape[1] :]
-    # A token counts up to and including the first EOS, as in TRL's completion mask.
-    is_eos = completion == tokenizer.eos_token_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
-    mask = ~after_eos & (completion != tokenizer.pad_token_id) | is_eos
+    mask = micro.completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
     logits = torch.stack(out.scores, dim=1)
     entropy = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).nan_to_num().sum(-1)
     return float((entropy * mask).sum() / mask.sum())

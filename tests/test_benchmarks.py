@@ -155,6 +155,16 @@ def test_micro_update_is_the_trainers_own_step(tiny_model_dir, tmp_path, schedul
         assert math.isfinite(out["loss"]) and 0 <= out["clipped"] <= 1 and math.isnan(out["erc_masked"])
 
 
+def test_probe_mask_counts_up_to_the_first_eos_also_when_pad_is_eos():
+    # generate fills finished rows with the pad token; SmolLM2's pad is its EOS (2), the toy's is not (EOS 2, pad 0)
+    sampled = torch.tensor([[5, 6, 2, 2, 2], [5, 6, 7, 8, 9], [2, 2, 2, 2, 2]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(micro.completion_mask(sampled, eos=2, pad=2), expected)
+    toy = torch.tensor([[5, 6, 2, 0, 0], [5, 0, 7, 8, 9], [2, 0, 0, 0, 0]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(micro.completion_mask(toy, eos=2, pad=0), expected)  # a pad sampled before EOS not counted
+
+
 def test_heldout_scores_by_hand_and_sampling_in_its_own_stream(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -169,8 +169,8 @@ def mean_entropy(model: Any, batch: dict[str, Any], temperature: float = 1.0) ->
 
 
 def probe_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """Completions sampled once (T = 1) from `model` on `prompts`, as a teacher-forcing batch; the mask keeps the
-    tokens up to and including the first EOS, as TRL's completion mask does."""
+    """Completions sampled once (T = 1) from `model` on `prompts`, as a teacher-forcing batch, masked by
+    `completion_mask`."""
     import torch
 
     side = tokenizer.padding_side
@@ -189,14 +189,21 @@ def probe_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: 
             eos_token_id=tokenizer.eos_token_id,
         )
     completion = out[:, inputs["input_ids"].shape[1] :]
-    is_eos = completion == tokenizer.eos_token_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
     return {
         "prompt_ids": inputs["input_ids"],
         "prompt_mask": inputs["attention_mask"],
         "completion_ids": completion,
-        "completion_mask": (~after_eos & (completion != tokenizer.pad_token_id) | is_eos).long(),
+        "completion_mask": completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id).long(),
     }
+
+
+def completion_mask(completion: Any, eos: int, pad: int | None) -> Any:
+    """The sampled tokens up to and including each row's first EOS, as TRL's completion mask counts them, without
+    pad tokens sampled before it. Right for a tokenizer whose pad is its EOS (SmolLM2: `generate` fills finished rows
+    with EOS, which count only up to the first)."""
+    is_eos = completion == eos
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    return ~after_eos & ((completion != pad) | is_eos)
 
 
 def erc_masked_by_entropy_bin(
